@@ -1,0 +1,40 @@
+# nichekd: two commands do all set-up on a fresh clone.
+#   make demo   install into .venv, run the pipeline on the embedded synthetic tissue
+#   make test   install with the dev extra, run the test suite
+# TORCH selects the torch requirement; CI pins the CPU wheel (torch==2.13.0).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+TORCH  ?= torch
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip
+STAMP   = $(VENV)/.installed
+
+.PHONY: install demo test lint docs bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[dev,notebooks]" "$(TORCH)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m nichekd.demo --out demo_output
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check nichekd tests benchmarks
+	$(PY) -m ruff format --check nichekd tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

@@ -1,0 +1,290 @@
+"""The standard layout every nichekd function reads and writes.
+
+One :class:`~spatialdata.SpatialData` object holds, per tissue section (a *library*):
+
+=====================  =============================================================================
+element                content
+=====================  =============================================================================
+``{library}_he``       the H&E image, RGB ``uint8`` with dims ``(c, y, x)``, multiscale (a pyramid),
+                       registered to the coordinate system ``{library}`` by ``Scale([mpp, mpp])``
+                       (optionally followed by a translation), so that coordinates are **microns**
+``{library}_{kind}s``  spots or cells as circles (``kind`` is ``spot``, ``cell`` or ``tile``), centres and
+                       radii in microns, identity transform to ``{library}``
+``table``              one :class:`~anndata.AnnData` annotating all shapes elements: ``obs['region']``
+                       (the shapes element), ``obs['instance_id']`` (its index there),
+                       ``obs['library']`` (categorical), ``obsm['spatial']`` (x, y in microns),
+                       raw counts in ``X``
+=====================  =============================================================================
+
+``table.uns['nichekd']['libraries'][library]`` records, per library, the element names, microns per pixel,
+the spot/cell diameter in microns, the kind and the technology. Results of the pipeline are added to the same
+table (``obs``, ``obsm``, ``uns``), so writing the object to zarr keeps everything in one store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+TABLE_KEY = "table"
+LIBRARY_KEY = "library"
+REGION_KEY = "region"
+INSTANCE_KEY = "instance_id"
+SPATIAL_KEY = "spatial"
+UNS_KEY = "nichekd"
+UNITS = "micrometer"
+KINDS = ("spot", "cell", "tile")
+# Smallest pyramid level kept: below this many pixels on the long side a further level adds nothing.
+MIN_PYRAMID_SIZE = 256
+
+
+def image_name(library: str) -> str:
+    """Name of a library's H&E image element."""
+    return f"{library}_he"
+
+
+def shapes_name(library: str, kind: str = "spot") -> str:
+    """Name of a library's spots/cells/tiles shapes element."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+    return f"{library}_{kind}s"
+
+
+@dataclass(frozen=True)
+class LibraryInfo:
+    """Where one library's elements are and its physical scale."""
+
+    library: str
+    image: str | None
+    shapes: str | None
+    mpp: float | None
+    diameter_um: float | None
+    kind: str
+    technology: str
+
+    @property
+    def coordinate_system(self) -> str:
+        """The library's coordinate system (microns)."""
+        return self.library
+
+
+def pyramid_scale_factors(shape_yx: Sequence[int], min_size: int = MIN_PYRAMID_SIZE) -> list[int]:
+    """Factor-2 pyramid steps until the long side drops below ``min_size`` pixels."""
+    factors: list[int] = []
+    size = max(shape_yx)
+    while size // 2 >= min_size:
+        factors.append(2)
+        size //= 2
+    return factors
+
+
+def as_rgb_cyx(image: Any) -> Any:
+    """Return a ``(c, y, x)`` uint8 RGB array (numpy or dask) from ``(y, x, c)``/``(c, y, x)`` input."""
+    arr = image
+    if arr.ndim != 3:
+        raise ValueError(f"The H&E image must have 3 dimensions (RGB), got shape {arr.shape}.")
+    if arr.shape[0] not in (3, 4) and arr.shape[-1] in (3, 4):
+        arr = arr.transpose(2, 0, 1)
+    if arr.shape[0] == 4:  # drop alpha
+        arr = arr[:3]
+    if arr.shape[0] != 3:
+        raise ValueError(
+            f"The H&E image must be RGB (3 channels), got shape {image.shape}; "
+            "fluorescence or grayscale images are not H&E."
+        )
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.floating) and float(arr.max()) <= 1.0:
+            arr = arr * 255
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    return arr
+
+
+def make_image(image: Any, mpp: float, library: str, *, offset_um: tuple[float, float] = (0.0, 0.0),
+               chunks: int = 1024):
+    """Parse an RGB image into a multiscale image element registered in microns.
+
+    Parameters
+    ----------
+    image
+        ``(y, x, c)`` or ``(c, y, x)`` RGB array (numpy or dask).
+    mpp
+        Microns per pixel of ``image``.
+    library
+        Library id; the image is registered to the coordinate system of that name.
+    offset_um
+        ``(x, y)`` position in microns of the image's top-left pixel corner.
+    chunks
+        Chunk size in pixels of the stored pyramid.
+    """
+    from spatialdata.models import Image2DModel
+    from spatialdata.transformations import Scale, Sequence as TSequence, Translation
+
+    if not np.isfinite(mpp) or mpp <= 0:
+        raise ValueError(f"Microns per pixel must be a positive number, got {mpp!r}; pass mpp= explicitly.")
+    arr = as_rgb_cyx(image)
+    transform = Scale([mpp, mpp], axes=("y", "x"))
+    if offset_um != (0.0, 0.0):
+        transform = TSequence([transform, Translation([offset_um[1], offset_um[0]], axes=("y", "x"))])
+    factors = pyramid_scale_factors(arr.shape[1:])
+    return Image2DModel.parse(
+        arr,
+        dims=("c", "y", "x"),
+        scale_factors=factors or None,
+        transformations={library: transform},
+        c_coords=["r", "g", "b"],
+        chunks=(3, chunks, chunks),
+    )
+
+
+def make_shapes(xy_um: np.ndarray, diameter_um: float | np.ndarray, library: str, index: Sequence | None = None):
+    """Circles (centres ``(x, y)`` and diameters in microns) registered to the library's coordinate system."""
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity
+
+    xy = np.asarray(xy_um, dtype=float)
+    radius = np.broadcast_to(np.asarray(diameter_um, dtype=float) / 2.0, (len(xy),)).copy()
+    gdf = ShapesModel.parse(xy, geometry=0, radius=radius, index=None, transformations={library: Identity()})
+    if index is not None:
+        gdf.index = pd.Index(np.asarray(index))
+    return gdf
+
+
+def build_library(
+    adata: ad.AnnData,
+    *,
+    library: str,
+    xy_um: np.ndarray,
+    diameter_um: float,
+    kind: str = "spot",
+    technology: str = "unknown",
+    image: Any = None,
+    mpp: float | None = None,
+    image_offset_um: tuple[float, float] = (0.0, 0.0),
+):
+    """Assemble one library into a SpatialData object in the standard layout.
+
+    This is the single constructor used by every reader and by the simulator.
+
+    Parameters
+    ----------
+    adata
+        Counts (observations x genes); ``obs_names`` must be unique.
+    library
+        Section id; names the elements and the coordinate system.
+    xy_um
+        ``(n, 2)`` centres ``(x, y)`` in microns.
+    diameter_um
+        Spot or cell diameter in microns.
+    kind
+        ``"spot"``, ``"cell"`` or ``"tile"``.
+    technology
+        Free text recorded in ``uns`` (``"visium"``, ``"st"``, ``"xenium"``, ...).
+    image
+        Optional RGB image (``(y, x, c)`` or ``(c, y, x)``).
+    mpp
+        Microns per pixel of ``image``; required with ``image``.
+    image_offset_um
+        ``(x, y)`` in microns of the image's top-left corner.
+
+    Returns
+    -------
+    SpatialData in the standard layout.
+    """
+    from spatialdata import SpatialData
+    from spatialdata.models import TableModel
+
+    xy = np.asarray(xy_um, dtype=float)
+    if xy.shape != (adata.n_obs, 2):
+        raise ValueError(f"xy_um must have shape ({adata.n_obs}, 2), got {xy.shape}.")
+    if not np.isfinite(xy).all():
+        raise ValueError("Spot/cell coordinates contain NaN or infinite values; drop or fix those rows first.")
+    if not adata.obs_names.is_unique:
+        raise ValueError("Observation names must be unique; call adata.obs_names_make_unique() first.")
+    library = str(library)
+    sname = shapes_name(library, kind)
+    shapes = make_shapes(xy, diameter_um, library, index=np.arange(adata.n_obs))
+    table = adata.copy()
+    table.obs[REGION_KEY] = pd.Categorical([sname] * table.n_obs)
+    table.obs[INSTANCE_KEY] = np.arange(table.n_obs)
+    table.obs[LIBRARY_KEY] = pd.Categorical([library] * table.n_obs)
+    table.obsm[SPATIAL_KEY] = xy
+    images = {}
+    iname = None
+    if image is not None:
+        if mpp is None:
+            raise ValueError("An image needs its microns per pixel (mpp=).")
+        iname = image_name(library)
+        images[iname] = make_image(image, mpp, library, offset_um=image_offset_um)
+    # anndata cannot store None: "" and NaN mark a missing image
+    info = {
+        "image": iname or "",
+        "shapes": sname,
+        "mpp": float("nan") if mpp is None else float(mpp),
+        "diameter_um": float(diameter_um),
+        "kind": kind,
+        "technology": technology,
+    }
+    table.uns[UNS_KEY] = {"libraries": {library: info}}
+    table = TableModel.parse(table, region=[sname], region_key=REGION_KEY, instance_key=INSTANCE_KEY)
+    return SpatialData(images=images, shapes={sname: shapes}, tables={TABLE_KEY: table})
+
+
+def get_table(sdata, table_key: str = TABLE_KEY) -> ad.AnnData:
+    """Return the table, or raise naming the tables that exist."""
+    if isinstance(sdata, ad.AnnData):
+        return sdata
+    if table_key not in sdata.tables:
+        raise KeyError(
+            f"No table {table_key!r} in the SpatialData object; it has {sorted(sdata.tables)}. "
+            "Pass table_key= with one of those, or read the data with a nichekd.io reader."
+        )
+    return sdata.tables[table_key]
+
+
+def library_infos(adata: ad.AnnData) -> dict[str, LibraryInfo]:
+    """Per-library element names and scales recorded in ``uns['nichekd']``."""
+    libs = adata.uns.get(UNS_KEY, {}).get("libraries", {})
+    if not libs:
+        raise KeyError(
+            "The table has no uns['nichekd']['libraries'] record; build the object with a nichekd.io reader "
+            "or nichekd.datasets.synthetic_tissue so that images, shapes and scales are known."
+        )
+    return {
+        str(k): LibraryInfo(
+            library=str(k),
+            image=v.get("image") or None,
+            shapes=v.get("shapes") or None,
+            mpp=None if v.get("mpp") is None or not np.isfinite(v["mpp"]) else float(v["mpp"]),
+            diameter_um=None if v.get("diameter_um") is None else float(v["diameter_um"]),
+            kind=str(v.get("kind", "spot")),
+            technology=str(v.get("technology", "unknown")),
+        )
+        for k, v in libs.items()
+    }
+
+
+def library_labels(adata: ad.AnnData, library_key: str = LIBRARY_KEY) -> pd.Categorical:
+    """The library of each observation (one library if the column is missing)."""
+    if library_key in adata.obs:
+        return pd.Categorical(adata.obs[library_key].astype(str))
+    return pd.Categorical(["library"] * adata.n_obs)
+
+
+def spatial_coords(adata: ad.AnnData, spatial_key: str = SPATIAL_KEY) -> np.ndarray:
+    """``(n, 2)`` micron coordinates, with a clear error if missing or not finite."""
+    if spatial_key not in adata.obsm:
+        raise KeyError(
+            f"No coordinates in obsm[{spatial_key!r}]; the table needs (x, y) in microns there "
+            "(nichekd.io readers write it)."
+        )
+    xy = np.asarray(adata.obsm[spatial_key], dtype=float)
+    if xy.ndim != 2 or xy.shape[1] < 2:
+        raise ValueError(f"obsm[{spatial_key!r}] must be (n, 2), got {xy.shape}.")
+    if not np.isfinite(xy[:, :2]).all():
+        raise ValueError(f"obsm[{spatial_key!r}] has NaN or infinite coordinates; drop those observations.")
+    return xy[:, :2]

@@ -1,0 +1,152 @@
+"""Spatial neighbourhoods shared by the teacher, the student and the baselines.
+
+The paper's rule: the radius is set per dataset so that the expected number of neighbours within it hits a
+target, then reused at test time; neighbourhoods never cross a section (library) or a split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+
+@dataclass
+class Neighbourhoods:
+    """Fixed-width neighbour lists: ``index[i, 0] == i``; ``-1`` pads cells with fewer neighbours."""
+
+    index: np.ndarray  # (n, m) int64
+    distance: np.ndarray  # (n, m) float32, inf where padded
+    radius: float
+
+    @property
+    def mask(self) -> np.ndarray:
+        """True where a neighbour exists."""
+        return self.index >= 0
+
+    def counts(self) -> np.ndarray:
+        """Neighbours per cell, the cell itself excluded."""
+        return self.mask.sum(1) - 1
+
+    def offsets(self, xy: np.ndarray) -> np.ndarray:
+        """``(n, m, 2)`` relative positions in microns (zero where padded). Use per batch for large n."""
+        safe = np.where(self.mask, self.index, np.arange(len(self.index))[:, None])
+        return np.where(self.mask[..., None], xy[safe] - xy[:, None, :], 0.0).astype(np.float32)
+
+
+def _group_codes(groups: np.ndarray | None, n: int) -> np.ndarray:
+    if groups is None:
+        return np.zeros(n, dtype=np.int64)
+    return np.unique(np.asarray(groups).astype(str), return_inverse=True)[1].ravel()
+
+
+def estimate_radius(
+    xy: np.ndarray, n_neighbors_target: float, groups: np.ndarray | None = None, max_cells: int = 200_000,
+    random_state: int = 0,
+) -> float:
+    """Radius (same units as ``xy``) at which the mean number of neighbours equals ``n_neighbors_target``.
+
+    Neighbours are counted within each group only (cells of other sections never count). For large inputs
+    a random subset of query cells estimates the mean (the trees still hold every cell).
+    """
+    xy = np.asarray(xy, dtype=float)
+    if n_neighbors_target <= 0:
+        raise ValueError(f"n_neighbors_target must be positive, got {n_neighbors_target}.")
+    codes = _group_codes(groups, len(xy))
+    k = int(np.ceil(n_neighbors_target * 2)) + 1
+    rng = np.random.default_rng(random_state)
+    dists = []
+    for g in np.unique(codes):
+        sel = np.flatnonzero(codes == g)
+        if len(sel) < 2:
+            continue
+        tree = cKDTree(xy[sel])
+        q = sel if len(sel) <= max_cells * len(sel) / len(xy) + 1 else sel
+        share = max(1, int(round(max_cells * len(sel) / len(xy))))
+        if len(q) > share:
+            q = rng.choice(sel, share, replace=False)
+        d, _ = tree.query(xy[q], k=min(k, len(sel)))
+        d = d[:, 1:]  # drop self
+        if d.shape[1] < k - 1:
+            d = np.pad(d, ((0, 0), (0, k - 1 - d.shape[1])), constant_values=np.inf)
+        dists.append(d)
+    if not dists:
+        raise ValueError("Too few cells to estimate a neighbourhood radius (need at least 2 per section).")
+    d = np.concatenate(dists)
+    finite = np.sort(d[np.isfinite(d)])
+    # mean count within r = (#pairs with distance <= r) / n_cells: pick the distance at that rank
+    rank = int(round(n_neighbors_target * len(d))) - 1
+    rank = int(np.clip(rank, 0, len(finite) - 1))
+    return float(finite[rank])
+
+
+def radius_neighbours(
+    xy: np.ndarray,
+    radius: float,
+    groups: np.ndarray | None = None,
+    max_neighbors: int = 32,
+) -> Neighbourhoods:
+    """The cell itself plus up to ``max_neighbors`` nearest cells within ``radius``, never across groups.
+
+    Memory is ``O(n * max_neighbors)``: no dense distance matrix is formed.
+    """
+    xy = np.asarray(xy, dtype=float)
+    n = len(xy)
+    if radius <= 0 or not np.isfinite(radius):
+        raise ValueError(f"radius must be a positive finite number, got {radius}.")
+    m = int(max_neighbors) + 1
+    index = np.full((n, m), -1, dtype=np.int64)
+    distance = np.full((n, m), np.inf, dtype=np.float32)
+    codes = _group_codes(groups, n)
+    for g in np.unique(codes):
+        sel = np.flatnonzero(codes == g)
+        tree = cKDTree(xy[sel])
+        k = min(m, len(sel))
+        d, j = tree.query(xy[sel], k=k, distance_upper_bound=radius * (1 + 1e-9))
+        d = np.asarray(d).reshape(len(sel), k)
+        j = np.asarray(j).reshape(len(sel), k)
+        ok = np.isfinite(d)
+        index[sel, :k] = np.where(ok, sel[np.minimum(j, len(sel) - 1)], -1)
+        distance[sel, :k] = np.where(ok, d, np.inf)
+    # the query point is its own nearest neighbour; ties at distance 0 (duplicate positions) may swap it
+    self_first = index[:, 0] == np.arange(n)
+    if not self_first.all():
+        for i in np.flatnonzero(~self_first):
+            row = index[i]
+            pos = np.flatnonzero(row == i)
+            if len(pos):
+                row[[0, pos[0]]] = row[[pos[0], 0]]
+            else:
+                row[1:] = row[:-1].copy()
+                row[0] = i
+    return Neighbourhoods(index=index, distance=distance, radius=float(radius))
+
+
+def neighbour_mean(features: np.ndarray, nbrs: Neighbourhoods, weights: str = "uniform",
+                   include_self: bool = True, chunk: int = 65_536) -> np.ndarray:
+    """Mean of ``features`` over each neighbourhood, in chunks (no ``n x m x d`` tensor for all cells).
+
+    ``weights="gaussian"`` weighs neighbours by ``exp(-d^2 / (2 (radius/2)^2))``.
+    """
+    x = np.asarray(features, dtype=np.float32)
+    n = len(x)
+    out = np.empty_like(x)
+    sigma = nbrs.radius / 2.0
+    for s in range(0, n, chunk):
+        idx = nbrs.index[s : s + chunk]
+        mask = idx >= 0
+        if not include_self:
+            mask[:, 0] = False
+        if weights == "gaussian":
+            w = np.exp(-(nbrs.distance[s : s + chunk].astype(np.float64) ** 2) / (2 * sigma**2))
+            w = np.where(mask, w, 0.0)
+        elif weights == "uniform":
+            w = mask.astype(np.float64)
+        else:
+            raise ValueError(f"weights must be 'uniform' or 'gaussian', got {weights!r}.")
+        denom = w.sum(1, keepdims=True)
+        denom[denom == 0] = 1.0
+        gathered = x[np.where(mask, idx, 0)]  # (chunk, m, d) for this chunk only
+        out[s : s + chunk] = (np.einsum("nm,nmd->nd", w, gathered) / denom).astype(np.float32)
+    return out

@@ -1,0 +1,3 @@
+"""Plots: niche maps over the H&E, compositions, agreement, training curves."""
+
+# one import line per module below

@@ -1,0 +1,3 @@
+"""Preprocessing: histology features, spatial splits, cell types, tissue masks."""
+
+# one import line per module below

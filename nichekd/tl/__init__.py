@@ -1,0 +1,3 @@
+"""Tools: teacher niches, distillation, prediction, baselines, evaluation."""
+
+# one import line per module below
