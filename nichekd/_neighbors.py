@@ -62,10 +62,8 @@ def estimate_radius(
         if len(sel) < 2:
             continue
         tree = cKDTree(xy[sel])
-        q = sel if len(sel) <= max_cells * len(sel) / len(xy) + 1 else sel
         share = max(1, int(round(max_cells * len(sel) / len(xy))))
-        if len(q) > share:
-            q = rng.choice(sel, share, replace=False)
+        q = rng.choice(sel, share, replace=False) if len(sel) > share else sel
         d, _ = tree.query(xy[q], k=min(k, len(sel)))
         d = d[:, 1:]  # drop self
         if d.shape[1] < k - 1:

@@ -1,0 +1,123 @@
+"""Loaders of the small public samples in the shared data folder (``NICHEKD_DATA_DIR``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from .._layout import get_table
+
+_ENV = "NICHEKD_DATA_DIR"
+_REPO = Path(__file__).resolve().parents[2]
+
+
+def resolve_data_dir(data_dir: str | Path | None = None, dataset: str | None = None) -> Path:
+    """The data folder: the argument, else ``$NICHEKD_DATA_DIR``, else ``../shared/data`` (from the current
+    directory, then from the repository); with ``dataset``, that subfolder.
+
+    Examples
+    --------
+    >>> import nichekd as nk
+    >>> nk.datasets.resolve_data_dir(dataset="st_mob")  # doctest: +SKIP
+    PosixPath('../shared/data/st_mob')
+    """
+    if data_dir is not None:
+        candidates = [Path(data_dir)]
+    elif os.environ.get(_ENV):
+        candidates = [Path(os.environ[_ENV])]
+    else:
+        candidates = [Path.cwd().parent / "shared" / "data", _REPO.parent / "shared" / "data"]
+    for root in candidates:
+        path = root / dataset if dataset else root
+        if path.is_dir():
+            return path
+    looked = [str(c / dataset) if dataset else str(c) for c in candidates]
+    raise FileNotFoundError(
+        f"Dataset folder {dataset or ''} not found (looked in {looked}). Pass data_dir= or set {_ENV} to the "
+        "folder holding the shared datasets."
+    )
+
+
+def st_mob(data_dir: str | Path | None = None, sections: Sequence[str] = ("MOB1", "MOB2", "MOB3", "MOB4")):
+    """Mouse olfactory bulb, legacy Spatial Transcriptomics (STUtility example data), sections concatenated.
+
+    Parameters
+    ----------
+    data_dir
+        Folder holding ``st_mob/``; defaults to ``$NICHEKD_DATA_DIR`` or ``../shared/data``.
+    sections
+        Which of ``MOB1``..``MOB4`` to load (one library each).
+
+    Returns
+    -------
+    SpatialData in the standard layout; ``obs['animal']`` (categorical) from ``metaData.csv``.
+
+    Examples
+    --------
+    >>> import nichekd as nk
+    >>> sdata = nk.datasets.st_mob(sections=("MOB1", "MOB3"))  # doctest: +SKIP
+    >>> sdata.tables["table"].obs["animal"].cat.categories.tolist()  # doctest: +SKIP
+    ['1', '2']
+    """
+    from ..io._concatenate import concatenate
+    from ..io._st import read_st
+
+    root = resolve_data_dir(data_dir, "st_mob")
+    if isinstance(sections, str) or not len(sections):
+        raise ValueError(f"sections must be a non-empty list such as ('MOB1', 'MOB2'), got {sections!r}.")
+    meta = pd.read_csv(root / "metaData.csv", sep=";")
+    animal = {
+        Path(s).name.split(".")[0]: str(i) for s, i in zip(meta["samples"], meta["individual"], strict=True)
+    }
+    unknown = [s for s in sections if s not in animal]
+    if unknown:
+        raise ValueError(f"Unknown sections {unknown}; st_mob has {sorted(animal)}.")
+    parts = [
+        read_st(root / f"{s}.tsv.gz", root / f"alignment_table_{s}.tsv", root / f"{s}.jpg", library_id=s)
+        for s in sections
+    ]
+    sdata = concatenate(parts) if len(parts) > 1 else parts[0]
+    table = get_table(sdata)
+    table.obs["animal"] = pd.Categorical(table.obs["library"].astype(str).map(animal))
+    return sdata
+
+
+def visium_hd_kidney_crop(data_dir: str | Path | None = None, *, library_id: str = "kidney"):
+    """Human kidney cortex, Visium HD 8 um bins on a 1 mm x 1 mm H&E crop (2 um/px).
+
+    Parameters
+    ----------
+    data_dir
+        Folder holding ``visium_hd_kidney_crop/``; defaults to ``$NICHEKD_DATA_DIR`` or ``../shared/data``.
+    library_id
+        Section id.
+
+    Returns
+    -------
+    SpatialData in the standard layout; ``obs['he_tissue']`` marks bins on stained tissue.
+
+    Examples
+    --------
+    >>> import nichekd as nk
+    >>> sdata = nk.datasets.visium_hd_kidney_crop()  # doctest: +SKIP
+    """
+    import anndata as ad
+
+    from ..io._hest import read_anndata_image
+
+    root = resolve_data_dir(data_dir, "visium_hd_kidney_crop")
+    adata = ad.read_h5ad(root / "bins_8um_crop.h5ad")
+    return read_anndata_image(
+        adata,
+        root / "he_crop.png",
+        mpp=float(adata.uns["um_per_hires_px"]),
+        spatial_key="spatial",
+        xy_order="xy",
+        diameter_um=float(adata.uns.get("bin_size_um", 8.0)),
+        kind="spot",
+        technology="visium_hd",
+        library_id=library_id,
+    )

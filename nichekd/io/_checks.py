@@ -1,0 +1,167 @@
+"""Validation shared by the readers: files, images, count matrices, barcodes and spot positions.
+
+Every check raises *before* a reader builds anything, with a message that names the file or field and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+# Standard deviation (uint8 grey levels) below which an image is treated as a blank placeholder.
+BLANK_STD = 2.0
+# Pixels sampled per axis when testing an image for blankness (keeps dask images lazy).
+_SAMPLE_SIDE = 512
+
+
+def require_file(path: str | Path, what: str, hint: str = "") -> Path:
+    """Return ``path`` if it exists, else raise naming it, what it should hold and what is beside it."""
+    path = Path(path)
+    if path.exists():
+        return path
+    parent = path.parent
+    beside = sorted(p.name for p in parent.iterdir())[:20] if parent.is_dir() else []
+    where = (
+        f" The folder {parent} holds: {beside}."
+        if parent.is_dir()
+        else f" The folder {parent} does not exist."
+    )
+    raise FileNotFoundError(f"Missing {what}: {path}.{where} {hint}".rstrip())
+
+
+def find_first(folder: str | Path, candidates: Sequence[str], what: str, hint: str = "") -> Path:
+    """The first of ``candidates`` (names or glob patterns, relative to ``folder``) that exists."""
+    folder = Path(folder)
+    for name in candidates:
+        hits = sorted(folder.glob(name)) if any(c in name for c in "*?[") else [folder / name]
+        hits = [h for h in hits if h.exists()]
+        if hits:
+            return hits[0]
+    beside = sorted(p.name for p in folder.iterdir())[:20] if folder.is_dir() else "(folder missing)"
+    raise FileNotFoundError(
+        f"Missing {what} in {folder}: looked for {list(candidates)}; the folder holds {beside}. {hint}".rstrip()
+    )
+
+
+def read_json(path: str | Path, what: str) -> dict[str, Any]:
+    """A JSON file as a dict, with the file named on failure."""
+    path = require_file(path, what)
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} {path} is not valid JSON ({err}).") from err
+
+
+def read_image(path: str | Path, what: str = "image") -> Any:
+    """Read an RGB image as ``(y, x, c)``: TIFFs lazily (dask, level 0), PNG/JPEG in memory."""
+    path = require_file(path, what)
+    suffix = "".join(path.suffixes[-2:]).lower()
+    if suffix.endswith((".tif", ".tiff", ".btf")):
+        import dask.array as da
+        import tifffile
+        import zarr
+
+        store = tifffile.imread(path, aszarr=True, level=0)
+        arr = da.from_zarr(zarr.open(store, mode="r"))
+        arr = arr.squeeze() if arr.ndim > 3 else arr
+        if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
+            arr = arr.transpose(1, 2, 0)
+        return arr
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # scanned slides exceed PIL's decompression-bomb guard
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as err:
+        raise ValueError(f"Cannot read {what} {path} as an image ({err}); pass a PNG, JPEG or TIFF.") from err
+
+
+def _sample(image: Any) -> np.ndarray:
+    """A strided subsample of at most ``_SAMPLE_SIDE`` pixels per axis, as numpy."""
+    step_y = max(1, image.shape[0] // _SAMPLE_SIDE)
+    step_x = max(1, image.shape[1] // _SAMPLE_SIDE)
+    return np.asarray(image[::step_y, ::step_x])
+
+
+def is_blank(image: Any, tol: float = BLANK_STD) -> bool:
+    """True if ``(y, x, c)`` ``image`` is empty or near-constant (a placeholder, e.g. all black)."""
+    if image.size == 0 or min(image.shape[:2]) == 0:
+        return True
+    return float(_sample(image).astype(np.float32).std()) < tol
+
+
+def check_image(image: Any, source: str | Path) -> None:
+    """Raise if an image is not RGB, empty or blank."""
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise ValueError(f"The image {source} must be RGB (y, x, 3), got shape {tuple(image.shape)}.")
+    if is_blank(image):
+        raise ValueError(
+            f"The image {source} is empty or blank (near-constant pixels); it cannot be the H&E of this "
+            "section. Point the reader at the real H&E image."
+        )
+
+
+def check_counts(x: Any, source: str | Path) -> None:
+    """Raise unless ``x`` holds raw counts: finite, non-negative integers."""
+    data = x.data if sparse.issparse(x) else np.asarray(x)
+    if data.size == 0:
+        return
+    if not np.isfinite(data).all():
+        raise ValueError(f"The count matrix from {source} has NaN or infinite values; pass raw counts.")
+    if (data < 0).any():
+        raise ValueError(
+            f"The count matrix from {source} has negative values: it looks normalised or scaled. "
+            "Pass the raw counts (e.g. the filtered_feature_bc_matrix, or adata.layers['counts'])."
+        )
+    if not np.allclose(data, np.round(data)):
+        raise ValueError(
+            f"The count matrix from {source} has non-integer values: it looks normalised or log-transformed. "
+            "Pass the raw counts (e.g. adata.raw or adata.layers['counts'])."
+        )
+
+
+def check_barcodes(
+    counts_ids: pd.Index,
+    position_ids: pd.Index,
+    counts_source: Any,
+    positions_source: Any,
+    max_missing: float = 0.0,
+) -> None:
+    """Raise if more than a fraction ``max_missing`` of the count matrix's observations have no position."""
+    missing = counts_ids.difference(position_ids)
+    if len(missing) > max_missing * len(counts_ids) or len(missing) == len(counts_ids):
+        raise ValueError(
+            f"{len(missing)} of {len(counts_ids)} barcodes in {counts_source} have no position in "
+            f"{positions_source} (e.g. {list(missing[:3])}); the two files belong to different samples or "
+            "runs. Use the count matrix and positions from the same output folder."
+        )
+
+
+def check_on_image(
+    xy_px: np.ndarray, shape_yx: Sequence[int], source: str | Path, tol_px: float = 1.0
+) -> None:
+    """Raise if positions ``(x, y)`` in pixels of an image of shape ``(y, x)`` fall outside it."""
+    xy = np.asarray(xy_px, dtype=float)
+    h, w = shape_yx[:2]
+    out = (xy[:, 0] < -tol_px) | (xy[:, 1] < -tol_px) | (xy[:, 0] > w + tol_px) | (xy[:, 1] > h + tol_px)
+    if out.any():
+        i = int(np.flatnonzero(out)[0])
+        raise ValueError(
+            f"{int(out.sum())} of {len(xy)} positions fall outside the image {source} ({w} x {h} px), e.g. "
+            f"(x={xy[i, 0]:.1f}, y={xy[i, 1]:.1f}); the positions and image do not match (wrong image, "
+            "resolution or scale factor, or x/y swapped)."
+        )
+
+
+def check_min_obs(n: int, source: Any, minimum: int = 1) -> None:
+    """Raise if fewer than ``minimum`` observations remain."""
+    if n < minimum:
+        raise ValueError(f"{source} has {n} observations after filtering; at least {minimum} are needed.")

@@ -1,0 +1,187 @@
+"""Builders of small on-disk fixtures in the real Visium HD / Xenium / Visium formats, and image probes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import sparse
+
+N_GENES = 12
+
+
+def tissue_image(h: int, w: int, centre_xy: tuple[float, float], radius: float, seed: int = 0) -> np.ndarray:
+    """White slide with a purple disc of tissue (textured so it is not blank)."""
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), 240, dtype=np.float32) + rng.normal(0, 3, (h, w, 3))
+    yy, xx = np.mgrid[0:h, 0:w]
+    disc = (xx - centre_xy[0]) ** 2 + (yy - centre_xy[1]) ** 2 < radius**2
+    img[disc] = np.array([150, 80, 160]) + rng.normal(0, 10, (int(disc.sum()), 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_10x_h5(path: Path, x: sparse.csr_matrix, barcodes, genes, feature_types=None) -> None:
+    """A Cell Ranger v3 ``*_feature_bc_matrix.h5`` (barcodes x features stored as features x barcodes)."""
+    x = sparse.csr_matrix(x)
+    feature_types = feature_types or ["Gene Expression"] * len(genes)
+    with h5py.File(path, "w") as f:
+        m = f.create_group("matrix")
+        m.create_dataset("barcodes", data=np.array(barcodes, dtype="S"))
+        m.create_dataset("data", data=x.data.astype(np.int32))
+        m.create_dataset("indices", data=x.indices.astype(np.int64))
+        m.create_dataset("indptr", data=x.indptr.astype(np.int64))
+        m.create_dataset("shape", data=np.array([x.shape[1], x.shape[0]], dtype=np.int32))
+        feat = m.create_group("features")
+        feat.create_dataset("id", data=np.array([f"ENSG{i:05d}" for i in range(len(genes))], dtype="S"))
+        feat.create_dataset("name", data=np.array(genes, dtype="S"))
+        feat.create_dataset("feature_type", data=np.array(feature_types, dtype="S"))
+        feat.create_dataset("genome", data=np.array(["GRCh38"] * len(genes), dtype="S"))
+        feat.create_dataset("_all_tag_keys", data=np.array(["genome"], dtype="S"))
+
+
+def _counts(n: int, n_genes: int, seed: int) -> sparse.csr_matrix:
+    rng = np.random.default_rng(seed)
+    return sparse.csr_matrix(rng.poisson(2.0, (n, n_genes)).astype(np.int32))
+
+
+def make_visium_hd(
+    root: Path, *, grid: int = 30, mpp: float = 0.5, hires_scalef: float = 0.25, seed: int = 0
+) -> dict:
+    """A Space Ranger Visium HD ``outs`` folder with 8 um bins; returns what the reader should find."""
+    folder = root / "outs" / "binned_outputs" / "square_008um"
+    spatial = folder / "spatial"
+    spatial.mkdir(parents=True)
+    bin_px = 8.0 / mpp
+    rows, cols = np.mgrid[0:grid, 0:grid]
+    rows, cols = rows.ravel(), cols.ravel()
+    barcodes = [f"s_008um_{r:05d}_{c:05d}-1" for r, c in zip(rows, cols, strict=True)]
+    pxl_row = (rows + 0.5) * bin_px + 10
+    pxl_col = (cols + 0.5) * bin_px + 10
+    full = int(grid * bin_px + 20)
+    h = w = int(round(full * hires_scalef))
+    centre, radius = (w / 2, h / 2), w / 3
+    in_tissue = (
+        (pxl_col * hires_scalef - centre[0]) ** 2 + (pxl_row * hires_scalef - centre[1]) ** 2
+    ) < radius**2
+    pd.DataFrame(
+        {
+            "barcode": barcodes,
+            "in_tissue": in_tissue.astype(np.int32),
+            "array_row": rows,
+            "array_col": cols,
+            "pxl_row_in_fullres": pxl_row,
+            "pxl_col_in_fullres": pxl_col,
+        }
+    ).to_parquet(spatial / "tissue_positions.parquet")
+    sf = {
+        "spot_diameter_fullres": bin_px,
+        "bin_size_um": 8.0,
+        "microns_per_pixel": mpp,
+        "regist_target_img_scalef": hires_scalef,
+        "tissue_lowres_scalef": hires_scalef / 4,
+        "fiducial_diameter_fullres": bin_px * 10,
+        "tissue_hires_scalef": hires_scalef,
+    }
+    (spatial / "scalefactors_json.json").write_text(json.dumps(sf))
+    img = tissue_image(h, w, centre, radius, seed)
+    Image.fromarray(img).save(spatial / "tissue_hires_image.png")
+    Image.fromarray(img[::4, ::4]).save(spatial / "tissue_lowres_image.png")
+    genes = [f"GENE{i}" for i in range(N_GENES)]
+    x = _counts(len(barcodes), N_GENES, seed)
+    keep = np.flatnonzero(in_tissue)
+    write_10x_h5(folder / "filtered_feature_bc_matrix.h5", x[keep], [barcodes[i] for i in keep], genes)
+    write_10x_h5(folder / "raw_feature_bc_matrix.h5", x, barcodes, genes)
+    return {"outs": root / "outs", "n_in_tissue": len(keep), "n_bins": len(barcodes), "mpp_full": mpp}
+
+
+def xenium_alignment(scale: float = 2.0, angle_deg: float = 10.0, shift=(120.0, 40.0)) -> np.ndarray:
+    """An H&E-pixel -> Xenium-pixel affine with rotation, as Xenium Explorer exports it."""
+    a = np.deg2rad(angle_deg)
+    return np.array(
+        [
+            [scale * np.cos(a), -scale * np.sin(a), shift[0]],
+            [scale * np.sin(a), scale * np.cos(a), shift[1]],
+            [0.0, 0.0, 1.0],
+        ]
+    )
+
+
+def make_xenium(root: Path, *, n_cells: int = 150, he_size: int = 300, seed: int = 0) -> dict:
+    """A Xenium Ranger output folder plus an aligned H&E OME-TIFF and its alignment CSV."""
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    out = root / "xenium_outs"
+    out.mkdir(parents=True)
+    pixel_size = 0.2125
+    (out / "experiment.xenium").write_text(
+        json.dumps(
+            {"pixel_size": pixel_size, "region_name": "fixture_region", "analysis_sw_version": "xenium-2.0.0"}
+        )
+    )
+    centre, radius = (he_size / 2, he_size / 2), he_size / 3
+    he = tissue_image(he_size, he_size, centre, radius, seed)
+    # cells: most on the tissue disc, some on bare glass, all in H&E pixels first
+    n_on = int(n_cells * 0.8)
+    r = radius * np.sqrt(rng.uniform(0, 0.8, n_on))
+    t = rng.uniform(0, 2 * np.pi, n_on)
+    on = np.c_[centre[0] + r * np.cos(t), centre[1] + r * np.sin(t)]
+    off = rng.uniform(5, 40, (n_cells - n_on, 2))
+    he_px = np.r_[on, off]
+    on_tissue = np.r_[np.ones(n_on, bool), np.zeros(n_cells - n_on, bool)]
+    matrix = xenium_alignment()
+    xen_px = (matrix @ np.c_[he_px, np.ones(n_cells)].T).T[:, :2]
+    xy_um = xen_px * pixel_size
+    cell_ids = [f"aaa{i:05d}-1" for i in range(n_cells)]
+    pd.DataFrame(
+        {
+            "cell_id": cell_ids,
+            "x_centroid": xy_um[:, 0],
+            "y_centroid": xy_um[:, 1],
+            "transcript_counts": rng.integers(10, 100, n_cells),
+            "cell_area": np.full(n_cells, np.pi * 6.0**2),
+            "nucleus_area": np.full(n_cells, np.pi * 3.0**2),
+        }
+    ).to_parquet(out / "cells.parquet")
+    genes = [f"GENE{i}" for i in range(N_GENES)] + ["NegControlProbe_1", "BLANK_0001"]
+    types = ["Gene Expression"] * N_GENES + ["Negative Control Probe", "Unassigned Codeword"]
+    write_10x_h5(out / "cell_feature_matrix.h5", _counts(n_cells, len(genes), seed), cell_ids, genes, types)
+    he_path = root / "fixture_he_image.ome.tif"
+    tifffile.imwrite(he_path, he, photometric="rgb")
+    align_path = root / "fixture_he_imagealignment.csv"
+    pd.DataFrame(matrix).to_csv(align_path, header=False, index=False)
+    return {
+        "outs": out,
+        "he_image": he_path,
+        "alignment": align_path,
+        "he_px": he_px,
+        "on_tissue": on_tissue,
+        "mpp_he": pixel_size * 2.0,
+        "xy_um_xenium": xy_um,
+        "n_genes": N_GENES,
+    }
+
+
+def image_at(sdata, library: str, xy_um: np.ndarray) -> np.ndarray:
+    """RGB values of a library's full-resolution image at micron positions, via the registered transform."""
+    from spatialdata.transformations import get_transformation
+
+    name = f"{library}_he"
+    el = sdata.images[name]
+    arr = el["scale0"]["image"] if hasattr(el, "children") and "scale0" in el.children else el
+    t = get_transformation(arr, to_coordinate_system=library)
+    m = t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
+    px = (np.linalg.inv(m) @ np.c_[xy_um, np.ones(len(xy_um))].T).T[:, :2]
+    img = np.asarray(arr.values)  # (c, y, x)
+    cols = np.clip(np.floor(px[:, 0]).astype(int), 0, img.shape[2] - 1)
+    rows = np.clip(np.floor(px[:, 1]).astype(int), 0, img.shape[1] - 1)
+    return img[:, rows, cols].T.astype(float)
+
+
+def darkness(rgb: np.ndarray) -> np.ndarray:
+    """255 minus mean intensity: high on stained tissue, low on bare glass."""
+    return 255.0 - rgb.mean(1)

@@ -1,0 +1,57 @@
+"""The standard layout builder: element names, micron registration, uns record, errors."""
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from spatialdata.transformations import get_transformation
+
+from nichekd import _layout as L
+
+
+def _adata(n=50, g=8):
+    a = ad.AnnData(sp.random(n, g, density=0.5, format="csr", dtype=np.float32, random_state=0))
+    a.obs_names = [f"c{i}" for i in range(n)]
+    return a
+
+
+def test_build_library_layout():
+    img = np.zeros((600, 520, 3), np.uint8)
+    xy = np.random.default_rng(0).uniform(0, 250, size=(50, 2))
+    s = L.build_library(_adata(), library="s1", xy_um=xy, diameter_um=10, kind="cell", image=img, mpp=0.5)
+    assert set(s.images) == {"s1_he"} and set(s.shapes) == {"s1_cells"}
+    t = L.get_table(s)
+    assert list(t.obs[L.LIBRARY_KEY].unique()) == ["s1"]
+    assert np.allclose(t.obsm[L.SPATIAL_KEY], xy)
+    info = L.library_infos(t)["s1"]
+    assert (info.image, info.shapes, info.mpp, info.kind) == ("s1_he", "s1_cells", 0.5, "cell")
+    tr = get_transformation(s.images["s1_he"], to_coordinate_system="s1")
+    assert np.allclose(tr.to_affine_matrix(("x", "y"), ("x", "y"))[:2, :2], np.eye(2) * 0.5)
+    assert list(s.images["s1_he"].keys())[:2] == ["scale0", "scale1"]  # a pyramid
+    assert np.allclose(s.shapes["s1_cells"].radius, 5.0)
+
+
+def test_library_without_image_round_trips(tmp_path):
+    import spatialdata as sd
+
+    s = L.build_library(_adata(), library="s2", xy_um=np.zeros((50, 2)), diameter_um=55)
+    s.write(tmp_path / "x.zarr")
+    info = L.library_infos(L.get_table(sd.read_zarr(tmp_path / "x.zarr")))["s2"]
+    assert info.image is None and info.mpp is None and info.diameter_um == 55
+
+
+def test_bad_inputs():
+    a = _adata()
+    with pytest.raises(ValueError, match="shape"):
+        L.build_library(a, library="s", xy_um=np.zeros((3, 2)), diameter_um=1)
+    with pytest.raises(ValueError, match="NaN"):
+        L.build_library(a, library="s", xy_um=np.full((50, 2), np.nan), diameter_um=1)
+    with pytest.raises(ValueError, match="RGB"):
+        L.build_library(a, library="s", xy_um=np.zeros((50, 2)), diameter_um=1,
+                        image=np.zeros((5, 10, 10), np.uint16), mpp=1)
+    with pytest.raises(ValueError, match="mpp"):
+        L.build_library(a, library="s", xy_um=np.zeros((50, 2)), diameter_um=1, image=np.zeros((10, 10, 3)))
+    with pytest.raises(KeyError, match="table_key"):
+        L.get_table(L.build_library(a, library="s", xy_um=np.zeros((50, 2)), diameter_um=1), "nope")
+    with pytest.raises(KeyError, match="nichekd"):
+        L.library_infos(a)
