@@ -1,0 +1,345 @@
+"""Tissue detection on a low-resolution pyramid level, and a tile grid over the detected tissue.
+
+Stained tissue is *saturated* (pink eosin, purple haematoxylin) while glass, background and most dust are
+grey or white, so an Otsu threshold on saturation separates them. Pen marks are saturated too, but blue/green
+rather than pink/purple, and black ink is dark: both are removed by colour before the morphology. Small specks
+are dropped by a minimum area in square microns, holes are filled, and each connected piece of tissue becomes
+one polygon in microns.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from .._image import image_pyramid
+from .._layout import image_name
+
+# Hue (fraction of the colour wheel) of blue and green inks; H&E pinks and purples lie outside it.
+INK_HUE = (0.17, 0.68)
+# Darker than this (HSV value) is black ink, folds of charred tissue or the slide's label shadow.
+BLACK_VALUE = 0.2
+# Otsu's saturation threshold is kept in this range so that an all-tissue crop or a blank slide stay sane.
+SATURATION_RANGE = (0.05, 0.15)
+
+
+def tissue_mask(
+    sdata: Any,
+    *,
+    image_key: str | None = None,
+    library: str | None = None,
+    level: int | None = None,
+    target_mpp: float = 10.0,
+    min_area_um2: float = 50_000.0,
+    closing_um: float = 30.0,
+    saturation_threshold: float | None = None,
+    remove_ink: bool = True,
+    key_added: str | None = None,
+    copy: bool = False,
+):
+    """Detect tissue on a low-resolution level of an H&E image and store it as polygons in microns.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData holding the H&E image (e.g. from :func:`nichekd.io.read_wsi`).
+    image_key
+        Image element; defaults to ``{library}_he`` or the only image.
+    library
+        Library (coordinate system, microns); defaults to the image's only coordinate system.
+    level
+        Pyramid scale to threshold; by default the coarsest one at or finer than ``target_mpp``, further
+        averaged by an integer factor to about ``target_mpp``.
+    target_mpp
+        Working resolution in microns per pixel (8-16 is plenty to outline tissue and keeps memory small).
+    min_area_um2
+        Pieces of tissue smaller than this (square microns) are dropped as dust or debris.
+    closing_um
+        Radius in microns of the morphological closing that joins fragmented tissue.
+    saturation_threshold
+        HSV saturation above which a pixel is stained; default: Otsu's threshold clipped to
+        ``SATURATION_RANGE``.
+    remove_ink
+        Drop blue/green pen marks and black ink.
+    key_added
+        Shapes element to write; default ``f"{library}_tissue"``.
+    copy
+        If ``True`` return the polygons and leave ``sdata`` untouched; otherwise store them and return ``None``.
+
+    Returns
+    -------
+    ``None``, or with ``copy=True`` a :class:`~geopandas.GeoDataFrame` with one polygon per piece of tissue
+    (column ``area_um2``), identity transform to the library's coordinate system. With ``copy=False`` the
+    parameters go to ``sdata.attrs['nichekd']['tissue'][key_added]``. A slide without detectable tissue
+    raises a ``ValueError`` (spatialdata has no empty shapes element).
+
+    Examples
+    --------
+    >>> import nichekd as nk
+    >>> sdata = nk.io.read_wsi("slide.svs")  # doctest: +SKIP
+    >>> nk.pp.tissue_mask(sdata)  # doctest: +SKIP
+    >>> centres = nk.pp.tissue_tiles(sdata, tile_size_um=112)  # doctest: +SKIP
+    """
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity
+
+    from .._utils import _uns_safe, versions
+
+    image_key, library = _resolve_image(sdata, image_key, library)
+    if not np.isfinite(target_mpp) or target_mpp <= 0:
+        raise ValueError(f"target_mpp must be a positive number of microns per pixel, got {target_mpp!r}.")
+    if not np.isfinite(min_area_um2) or min_area_um2 < 0:
+        raise ValueError(f"min_area_um2 must be >= 0, got {min_area_um2!r}.")
+    if not np.isfinite(closing_um) or closing_um < 0:
+        raise ValueError(f"closing_um must be >= 0, got {closing_um!r}.")
+    if saturation_threshold is not None and not 0 < saturation_threshold < 1:
+        raise ValueError(f"saturation_threshold must lie in (0, 1), got {saturation_threshold!r}.")
+    key_added = key_added or f"{library}_tissue"
+    for kind in ("images", "labels", "points", "tables"):
+        if key_added in getattr(sdata, kind):
+            raise ValueError(
+                f"key_added={key_added!r} is already a {kind[:-1]} element; choose another name."
+            )
+
+    levels = image_pyramid(sdata, image_key, library).levels
+    if level is not None and not 0 <= level < len(levels):
+        raise ValueError(f"level={level} is out of range: {image_key!r} has {len(levels)} scale(s).")
+    if level is None:
+        finer = [lv.index for lv in levels if lv.mpp <= target_mpp * (1 + 1e-6)]
+        level = max(finer) if finer else 0
+    chosen = levels[level]
+    factor = max(1, int(np.floor(target_mpp / chosen.mpp + 1e-6)))
+    rgb = _read_level(chosen.data, factor)  # (y, x, 3) uint8
+    pixel_affine = chosen.to_um @ np.diag([factor, factor, 1.0])
+    mpp = chosen.mpp * factor
+
+    mask, threshold = _detect(
+        rgb, mpp, min_area_um2=min_area_um2, closing_um=closing_um, threshold=saturation_threshold,
+        remove_ink=remove_ink,
+    )  # fmt: skip
+    gdf = _polygons(mask, pixel_affine, mpp)
+    if len(gdf) == 0:
+        # spatialdata has no empty shapes element; a blank slide is an input problem, not a result
+        raise ValueError(
+            f"No tissue found in {image_key!r} (saturation threshold {threshold:.3f}, min_area_um2="
+            f"{min_area_um2:g}); lower saturation_threshold= or min_area_um2=, or check that this is an H&E image."
+        )
+    gdf = ShapesModel.parse(gdf, transformations={library: Identity()})
+    if copy:
+        return gdf
+    sdata.shapes[key_added] = gdf
+    params = {
+        "image_key": image_key,
+        "library": library,
+        "level": int(level),
+        "factor": factor,
+        "mpp": float(mpp),
+        "target_mpp": float(target_mpp),
+        "min_area_um2": float(min_area_um2),
+        "closing_um": float(closing_um),
+        "saturation_threshold": float(threshold),
+        "remove_ink": bool(remove_ink),
+        "versions": versions(),
+    }
+    record = sdata.attrs.setdefault("nichekd", {})
+    record.setdefault("tissue", {})[key_added] = _uns_safe({"params": params})
+    return None
+
+
+def tissue_tiles(
+    sdata: Any,
+    *,
+    tile_size_um: float,
+    image_key: str | None = None,
+    library: str | None = None,
+    mask_key: str | None = None,
+    grid: Literal["square", "hex"] = "square",
+) -> np.ndarray:
+    """Centres of a regular grid of tiles that fall inside the tissue polygons.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData with a tissue mask from :func:`tissue_mask`.
+    tile_size_um
+        Tile side (square grid) or centre spacing (hex grid) in microns.
+    image_key, library
+        Which image/library; as in :func:`tissue_mask`.
+    mask_key
+        Shapes element with the tissue polygons; default ``f"{library}_tissue"``.
+    grid
+        ``"square"``: centres at ``tile_size_um * (i + 1/2)``; ``"hex"``: rows ``tile_size_um * sqrt(3)/2``
+        apart, every other row shifted by half a tile (denser, more isotropic coverage).
+
+    Returns
+    -------
+    ``(n, 2)`` float array of ``(x, y)`` centres in microns, row by row; a centre is kept if it lies inside
+    (or on the edge of) a tissue polygon.
+
+    Examples
+    --------
+    >>> import nichekd as nk
+    >>> nk.pp.tissue_mask(sdata)  # doctest: +SKIP
+    >>> xy = nk.pp.tissue_tiles(sdata, tile_size_um=112, grid="hex")  # doctest: +SKIP
+    """
+    import shapely
+
+    if not np.isfinite(tile_size_um) or tile_size_um <= 0:
+        raise ValueError(f"tile_size_um must be a positive number of microns, got {tile_size_um!r}.")
+    if grid not in ("square", "hex"):
+        raise ValueError(f"grid must be 'square' or 'hex', got {grid!r}.")
+    if mask_key is None:
+        _, library = _resolve_image(sdata, image_key, library)
+        mask_key = f"{library}_tissue"
+    if mask_key not in sdata.shapes:
+        raise KeyError(
+            f"No tissue mask {mask_key!r} in the SpatialData object (shapes: {sorted(sdata.shapes)}); run "
+            "nichekd.pp.tissue_mask(sdata) first or pass mask_key=."
+        )
+    polygons = sdata.shapes[mask_key].geometry
+    if len(polygons) == 0:
+        return np.empty((0, 2))
+    tissue = shapely.union_all(polygons.values)
+    x0, y0, x1, y1 = tissue.bounds
+    step_y = tile_size_um * (np.sqrt(3) / 2 if grid == "hex" else 1.0)
+    rows = np.arange(np.floor(y0 / step_y), np.ceil(y1 / step_y) + 1)
+    out = []
+    for r in rows:
+        shift = 0.5 * tile_size_um * (int(r) % 2) if grid == "hex" else 0.0
+        cols = np.arange(np.floor((x0 - shift) / tile_size_um) - 1, np.ceil((x1 - shift) / tile_size_um) + 1)
+        xs = (cols + 0.5) * tile_size_um + shift
+        ys = np.full_like(xs, (r + 0.5) * step_y)
+        keep = shapely.intersects_xy(tissue, xs, ys)
+        out.append(np.column_stack([xs[keep], ys[keep]]))
+    return np.concatenate(out).astype(float) if out else np.empty((0, 2))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _resolve_image(sdata: Any, image_key: str | None, library: str | None) -> tuple[str, str]:
+    """Find the image element and the library (coordinate system) it is registered to."""
+    from spatialdata.transformations import get_transformation
+
+    if not hasattr(sdata, "images"):
+        raise TypeError(
+            f"Expected a SpatialData object with an H&E image, got {type(sdata).__name__}; read the slide with "
+            "nichekd.io.read_wsi."
+        )
+    if image_key is None:
+        if library is not None and image_name(library) in sdata.images:
+            image_key = image_name(library)
+        elif len(sdata.images) == 1:
+            image_key = next(iter(sdata.images))
+        else:
+            raise ValueError(
+                f"Pass image_key= or library=: the object has {len(sdata.images)} images {sorted(sdata.images)}."
+            )
+    if image_key not in sdata.images:
+        raise KeyError(f"No image {image_key!r}; the object has images {sorted(sdata.images)}.")
+    systems = sorted(get_transformation(sdata.images[image_key], get_all=True))
+    if library is None:
+        named = [s for s in systems if s != "global"]
+        if len(named) != 1:
+            raise ValueError(f"Pass library=: image {image_key!r} is registered to {systems}.")
+        library = named[0]
+    if library not in systems:
+        raise KeyError(f"Image {image_key!r} is not registered to library {library!r}; it has {systems}.")
+    return image_key, library
+
+
+def _read_level(arr: Any, factor: int) -> np.ndarray:
+    """Load one level as ``(y, x, 3)`` uint8, averaged over ``factor x factor`` blocks, strip by strip."""
+    import dask.array as da
+    from tqdm.auto import tqdm
+
+    data = arr.data if hasattr(arr, "data") else arr
+    data = da.asarray(data)
+    if data.ndim != 3 or data.shape[0] < 3:
+        raise ValueError(f"Tissue detection needs an RGB (c, y, x) image, got shape {data.shape}.")
+    data = data[:3]
+    h, w = (data.shape[1] // factor) * factor, (data.shape[2] // factor) * factor
+    if h == 0 or w == 0:
+        raise ValueError(
+            f"The image ({data.shape[1]} x {data.shape[2]} px) is smaller than one {factor}-px block."
+        )
+    data = data[:, :h, :w]
+    # strips of whole dask chunks so that each tile is decoded once
+    strip = max(factor, (max(data.chunks[1]) // factor) * factor)
+    out = np.empty((h // factor, w // factor, 3), dtype=np.uint8)
+    for y in tqdm(range(0, h, strip), desc="tissue mask", leave=False, disable=h <= strip):
+        block = np.asarray(data[:, y : y + strip].compute())
+        if factor > 1:
+            c, bh, bw = block.shape
+            block = block.reshape(c, bh // factor, factor, bw // factor, factor).mean(axis=(2, 4))
+        out[y // factor : (y + block.shape[1] * factor) // factor] = (
+            np.round(block).astype(np.uint8).transpose(1, 2, 0)
+        )
+    return out
+
+
+def _detect(
+    rgb: np.ndarray, mpp: float, *, min_area_um2: float, closing_um: float, threshold: float | None,
+    remove_ink: bool,
+) -> tuple[np.ndarray, float]:  # fmt: skip
+    """Boolean tissue mask and the saturation threshold used."""
+    from scipy import ndimage as ndi
+    from skimage.color import rgb2hsv
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import disk, remove_small_objects
+
+    hsv = rgb2hsv(rgb)
+    hue, sat, val = hsv[..., 0], ndi.median_filter(hsv[..., 1], size=3), hsv[..., 2]
+    ink = np.zeros(sat.shape, dtype=bool)
+    if remove_ink:
+        blue_green = (hue >= INK_HUE[0]) & (hue <= INK_HUE[1]) & (sat > SATURATION_RANGE[0])
+        ink = blue_green | (val < BLACK_VALUE)
+        # the anti-aliased rim of a stroke is paler but still ink
+        ink = ndi.binary_dilation(ink, iterations=2)
+    if threshold is None:
+        candidates = sat[~ink]
+        otsu = (
+            threshold_otsu(candidates) if candidates.size and np.ptp(candidates) > 0 else SATURATION_RANGE[1]
+        )
+        threshold = float(np.clip(otsu, *SATURATION_RANGE))
+    mask = (sat > threshold) & ~ink
+    radius = int(round(closing_um / mpp))
+    if radius > 0:
+        pad = radius + 1  # closing near the border must not glue tissue to the edge
+        mask = np.pad(mask, pad)
+        mask = ndi.binary_closing(mask, structure=disk(radius))[pad:-pad, pad:-pad]
+    mask = ndi.binary_fill_holes(mask)
+    mask = ndi.binary_opening(mask, structure=disk(1))
+    min_px = int(np.ceil(min_area_um2 / mpp**2))
+    if min_px > 1:
+        mask = remove_small_objects(mask, max_size=min_px - 1)
+    return mask, float(threshold)
+
+
+def _polygons(mask: np.ndarray, affine: np.ndarray, mpp: float):
+    """One polygon (holes filled) per connected component, vertices mapped to microns."""
+    import geopandas as gpd
+    import shapely
+    from scipy import ndimage as ndi
+    from skimage.measure import find_contours
+
+    labels, n = ndi.label(mask)
+    geoms = []
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        comp = np.pad(labels[sl] == i, 1)
+        contours = find_contours(comp.astype(np.uint8), 0.5)
+        if not contours:
+            continue
+        rc = max(contours, key=len)
+        # contour (row, col) are pixel-centre indices in the padded crop; +0.5 moves to pixel-corner coordinates
+        x = rc[:, 1] - 1 + sl[1].start + 0.5
+        y = rc[:, 0] - 1 + sl[0].start + 0.5
+        xy = affine @ np.vstack([x, y, np.ones_like(x)])
+        poly = shapely.make_valid(shapely.Polygon(xy[:2].T)).buffer(0)
+        poly = shapely.simplify(poly, tolerance=0.5 * mpp)
+        if not poly.is_empty:
+            geoms.append(poly)
+    gdf = gpd.GeoDataFrame({"area_um2": [g.area for g in geoms]}, geometry=geoms)
+    return gdf
