@@ -1,0 +1,179 @@
+"""Teacher niches from spatial transcriptomics: the targets the H&E student learns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anndata as ad
+import pandas as pd
+
+from .._layout import LIBRARY_KEY, TABLE_KEY, get_table
+from .._utils import store_params
+from ..models.teacher import DEFAULT_N_NEIGHBORS, NicheTeacher
+
+
+def teacher_niches(
+    sdata: Any,
+    n_niches: int | None,
+    *,
+    table_key: str = TABLE_KEY,
+    method: str = "aggregate",
+    use_rep: str | None = None,
+    cell_type_key: str | None = None,
+    labels_key: str | None = None,
+    library_key: str = LIBRARY_KEY,
+    radius_um: float | None = None,
+    n_neighbors_target: float = DEFAULT_N_NEIGHBORS,
+    n_rings: int = 1,
+    n_comps: int = 30,
+    batch_correct: bool = False,
+    label_smoothing: float = 0.0,
+    transformer_kwargs: dict | None = None,
+    key_added: str = "teacher_niche",
+    random_state: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    return_model: bool = False,
+    copy: bool = False,
+) -> ad.AnnData | NicheTeacher | tuple[ad.AnnData, NicheTeacher] | None:
+    """Find K spatial niches from expression (or any representation) and store them as teacher targets.
+
+    All libraries are fitted jointly, so every section shares one label space. Methods:
+
+    - ``"aggregate"``: a per-cell latent (PCA of log-normalised counts, or ``obsm[use_rep]`` as given, e.g. an
+      scVI latent or image features) averaged over each cell's neighbourhood with Gaussian distance weights
+      (``n_rings > 1`` concatenates the means of successive hops), then a Gaussian mixture with K components.
+    - ``"composition"``: the neighbourhood's cell-type composition (``cell_type_key``: obs categories or an
+      obsm of per-spot fractions), Hellinger-transformed, then a Gaussian mixture.
+    - ``"transformer"``: a small NOLAN-like transformer over neighbourhood tokens (latent + relative position
+      in microns) with a K-prototype head trained self-supervised by balanced (Sinkhorn) swapped prediction.
+    - ``"labels"``: an existing obs column (annotation or another tool's niches) as one-hot targets, with
+      optional ``label_smoothing``.
+
+    Parameters
+    ----------
+    sdata
+        :class:`~spatialdata.SpatialData` in the nichekd layout, or its table (:class:`~anndata.AnnData`).
+    n_niches
+        Number of niches K (``None`` for ``method="labels"``: one niche per label).
+    table_key
+        Table to use in ``sdata``.
+    method
+        ``"aggregate"``, ``"composition"``, ``"transformer"`` or ``"labels"``.
+    use_rep
+        ``obsm`` key of a per-cell latent used instead of the expression PCA (no normalisation applied).
+    cell_type_key
+        Cell types for ``"composition"`` (obs column, or obsm key of fractions); see
+        :func:`nichekd.pp.cell_types` when none exist.
+    labels_key
+        ``obs`` column for ``method="labels"``.
+    library_key
+        ``obs`` column of sections; neighbourhoods never cross them.
+    radius_um
+        Neighbourhood radius in microns; by default estimated so the mean neighbour count equals
+        ``n_neighbors_target`` (the paper's rule). The radius used is stored in ``uns[key_added]``.
+    n_neighbors_target
+        Target mean number of neighbours when estimating the radius.
+    n_rings
+        Hops of neighbourhood means concatenated (CellCharter-style multi-scale context).
+    n_comps
+        PCA components of the expression latent.
+    batch_correct
+        Centre/scale the latent per library before aggregation (batch-aware teacher).
+    label_smoothing
+        Smoothing of one-hot targets with ``method="labels"``.
+    transformer_kwargs
+        Overrides of the transformer's settings (``n_steps``, ``d_model``, ...).
+    key_added
+        Results go to ``obs[key_added]``, ``obsm[f"{key_added}_proba"]``, ``obsm[f"{key_added}_logits"]``
+        and ``uns[key_added]``.
+    random_state
+        Seed: the same seed gives the same niches.
+    device
+        Torch device for ``"transformer"`` (``"auto"`` uses a GPU when present).
+    progress
+        Show progress bars.
+    return_model
+        Also return the fitted :class:`~nichekd.models.NicheTeacher` (to predict on new sections or save it).
+    copy
+        Return a modified copy of the table instead of writing in place.
+
+    Returns
+    -------
+    ``None`` (or the table with ``copy=True``); with ``return_model=True`` the fitted teacher, or
+    ``(table, teacher)`` when ``copy=True`` too. Written to the table:
+
+    - ``obs[key_added]``: categorical niche ``N0, N1, ...`` (ordered by decreasing size; categories in the
+      column order of the probabilities);
+    - ``obsm[f"{key_added}_proba"]``: ``(n, K)`` float32 probabilities, rows summing to 1;
+    - ``obsm[f"{key_added}_logits"]``: ``(n, K)`` log posteriors / logits (not for ``"labels"``);
+    - ``uns[key_added]``: ``params`` (method, K, radius, seed, versions, ...) and ``niche_names``
+      (plus ``label_names`` for ``"labels"``: the source label of each niche).
+
+    Examples
+    --------
+    >>> import nichekd as nk
+    >>> sdata = nk.datasets.synthetic_tissue(n_cells=5000, seed=0)
+    >>> nk.tl.teacher_niches(sdata, 6)
+    >>> sdata["table"].obs["teacher_niche"].value_counts()
+    >>> teacher = nk.tl.teacher_niches(sdata, 6, method="transformer", return_model=True)
+    >>> teacher.save("teacher/")
+    """
+    adata = get_table(sdata, table_key)
+    teacher = NicheTeacher(
+        n_niches,
+        method=method,
+        use_rep=use_rep,
+        cell_type_key=cell_type_key,
+        labels_key=labels_key,
+        library_key=library_key,
+        radius_um=radius_um,
+        n_neighbors_target=n_neighbors_target,
+        n_rings=n_rings,
+        n_comps=n_comps,
+        batch_correct=batch_correct,
+        label_smoothing=label_smoothing,
+        transformer_kwargs=transformer_kwargs,
+        random_state=random_state,
+        device=device,
+        progress=progress,
+    )
+    # everything is computed before anything is written: a failure leaves the table untouched
+    inputs = teacher.prepare(adata, fit=True)
+    teacher.fit_head(inputs)
+    logits = teacher.logits_from_inputs(inputs)
+    proba = teacher.proba_from_inputs(inputs)
+
+    target = adata.copy() if copy else adata
+    target.obs[key_added] = pd.Categorical(teacher.labels_from_proba(proba), categories=teacher.niche_names_)
+    target.obsm[f"{key_added}_proba"] = proba
+    if logits is not None:
+        target.obsm[f"{key_added}_logits"] = logits
+    elif f"{key_added}_logits" in target.obsm:  # stale logits of an earlier run would not match
+        del target.obsm[f"{key_added}_logits"]
+    params = {
+        "method": method,
+        "n_niches": teacher.n_niches,
+        "use_rep": use_rep,
+        "cell_type_key": cell_type_key,
+        "labels_key": labels_key,
+        "library_key": library_key,
+        "radius_um": teacher.radius_um_,
+        "radius_um_given": radius_um is not None,
+        "n_neighbors_target": n_neighbors_target,
+        "mean_neighbours": inputs.extra.get("mean_neighbours"),
+        "n_rings": n_rings,
+        "n_comps": n_comps if use_rep is None and method in ("aggregate", "transformer") else None,
+        "batch_correct": batch_correct,
+        "label_smoothing": label_smoothing if method == "labels" else None,
+        "random_state": random_state,
+        "device": device if method == "transformer" else None,
+    }
+    extra: dict[str, Any] = {"niche_names": list(teacher.niche_names_)}
+    if method == "labels":
+        extra["label_names"] = dict(zip(teacher.niche_names_, teacher.encoder_["labels"], strict=True))
+    store_params(target, key_added, params, **extra)
+
+    if return_model:
+        return (target, teacher) if copy else teacher
+    return target if copy else None
