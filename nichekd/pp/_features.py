@@ -1,0 +1,379 @@
+"""Histology patch features: one vector per spot/cell from the H&E around it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .. import _image, _layout
+from .._utils import resolve_device, store_params
+from ..models import encoders as _enc
+
+# Settings that define the features: a cached result is reused only if all of them match.
+_SETTINGS = ("backbone", "weights", "checkpoint_path", "patch_size_um", "input_size", "mpp", "mean", "std",
+             "features_key", "stain_normalization", "standardize", "image_key", "shapes_key")  # fmt: skip
+# Keys recorded in params for provenance only; accepted (and ignored) on replay.
+_PROVENANCE = ("weights", "output_dim", "mpp_used", "pyramid_level", "embedding", "kind", "device_used",
+               "versions", "date", "table_key", "library_key", "normalization")  # fmt: skip
+
+
+def _centres(sdata, table: ad.AnnData, rows: np.ndarray, library: str, shapes_key: str | None) -> np.ndarray:
+    """Micron centres of ``rows``: ``obsm['spatial']``, or the centroids of ``shapes_key`` in the library's
+    coordinate system (matched through ``obs['instance_id']``)."""
+    if shapes_key is None or isinstance(sdata, ad.AnnData):
+        return _layout.spatial_coords(table)[rows]
+    from spatialdata.transformations import get_transformation
+
+    if shapes_key not in sdata.shapes:
+        raise KeyError(
+            f"No shapes element {shapes_key!r}; the object has {sorted(sdata.shapes)}. Pass shapes_key= with one."
+        )
+    shapes = sdata.shapes[shapes_key]
+    transforms = get_transformation(shapes, get_all=True) or {}
+    if library not in transforms:
+        raise ValueError(
+            f"Shapes {shapes_key!r} are not registered to the coordinate system {library!r} of the image "
+            f"(they are registered to {sorted(transforms)}); register them in microns to {library!r} or pass the "
+            "shapes element of this library."
+        )
+    aff = np.asarray(transforms[library].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")))
+    cent = shapes.geometry.centroid
+    xy = np.c_[cent.x.to_numpy(), cent.y.to_numpy()] @ aff[:2, :2].T + aff[:2, 2]
+    pos = pd.Index(shapes.index).get_indexer(table.obs[_layout.INSTANCE_KEY].to_numpy()[rows])
+    if (pos < 0).any():
+        raise ValueError(
+            f"{(pos < 0).sum()} observations of library {library!r} have no shape in {shapes_key!r}."
+        )
+    return xy[pos]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float | int | np.floating | np.integer) and isinstance(
+        b, float | int | np.floating | np.integer
+    ):
+        return bool(np.isclose(float(a), float(b), rtol=1e-9, atol=1e-12))
+    if isinstance(a, list | tuple | np.ndarray) and isinstance(b, list | tuple | np.ndarray):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def _standardize(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Z-score every feature within each library (removes slide-level shifts)."""
+    out = x.copy()
+    for lib in np.unique(labels):
+        sel = labels == lib
+        mu, sd = x[sel].mean(0), x[sel].std(0)
+        out[sel] = (x[sel] - mu) / np.where(sd > 1e-8, sd, 1.0)
+    return out
+
+
+def histology_features(
+    sdata: Any,
+    *,
+    image_key: str | Mapping[str, str] | None = None,
+    shapes_key: str | None = None,
+    table_key: str = _layout.TABLE_KEY,
+    library_key: str = _layout.LIBRARY_KEY,
+    backbone: Any = "efficientnet_lite0",
+    patch_size_um: float | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    key_added: str | None = None,
+    overwrite: bool = False,
+    num_workers: int = 2,
+    checkpoint_path: str | None = None,
+    input_size: int | None = None,
+    mpp: float | None = None,
+    mean: Any = None,
+    std: Any = None,
+    features_key: str | None = None,
+    stain_normalization: str | None = None,
+    stain_reference: Mapping[str, Any] | list[str] | None = None,
+    standardize: str | None = None,
+    copy: bool = False,
+    **provenance: Any,
+) -> ad.AnnData | None:
+    """Encode the H&E patch around every spot/cell into a feature vector.
+
+    Each patch is a square of ``patch_size_um`` microns centred on the observation (``obsm['spatial']`` in the
+    library's coordinate system), cut from the coarsest pyramid level still at least as fine as the encoder's
+    working resolution, resampled to the encoder's input size, padded with white background at image borders.
+    Images are read tile by tile (never whole); each library's observations use that library's image.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData in the nichekd layout (images needed unless ``backbone="precomputed"``).
+    image_key
+        Image element to use (a name for one library, or ``{library: name}``); default: the layout's record.
+    shapes_key
+        Take centres from this shapes element's centroids (must be registered to the image's coordinate system)
+        instead of ``obsm['spatial']``.
+    table_key
+        Table with the observations.
+    library_key
+        ``obs`` column naming each observation's library.
+    backbone
+        A name from :func:`list_backbones` (``"efficientnet_lite0"``, ``"stain"``, ``"uni2_h"``, ...),
+        ``"timm:<architecture>"`` with ``checkpoint_path``, ``"hf-hub:<org/name>"``, a ``torch.nn.Module`` or a
+        callable on normalised ``(n, 3, s, s)`` tensors, or ``"precomputed"`` with ``features_key``.
+    patch_size_um
+        Patch side in microns; default the encoder's field of view (input size x its microns per pixel).
+    batch_size
+        Patches per forward pass.
+    device
+        ``"auto"`` (CUDA, MPS, then CPU), ``"cpu"``, ``"cuda"``... Mixed precision is used on CUDA.
+    key_added
+        ``obsm`` and ``uns`` key; default ``f"X_{backbone}"``.
+    overwrite
+        Recompute even if ``key_added`` holds features computed with the same settings.
+    num_workers
+        Threads reading image tiles ahead of the encoder.
+    checkpoint_path
+        Local weights for the backbone (foundation models without hub access, ``timm:`` architectures).
+    input_size, mpp, mean, std
+        Preprocessing of a custom module/callable or ``timm:``/``hf-hub:`` backbone (defaults 224 px, 0.5 um/px,
+        ImageNet mean/std); fixed for registered backbones.
+    features_key
+        With ``backbone="precomputed"``: the ``obsm`` key holding the features.
+    stain_normalization
+        ``None``, ``"macenko"`` or ``"reinhard"``: normalise each patch's stain to ``stain_reference``.
+    stain_reference
+        Reference statistics (a dict as stored in ``uns[key_added]['params']``) or a list of libraries whose
+        patches define them (default: all libraries).
+    standardize
+        ``"library"``: z-score every feature within each library; ``None``: raw features.
+    copy
+        Return a modified copy of the table instead of writing in place.
+    **provenance
+        Keys recorded in ``uns[key_added]['params']`` for provenance only, so that
+        ``histology_features(other, **adata.uns[key]['params'])`` replays the same settings.
+
+    Returns
+    -------
+    ``None``, or the table copy if ``copy=True``. Sets ``obsm[key_added]`` (``(n, d)`` float32) and
+    ``uns[key_added]['params']`` (backbone, weights, patch size in microns, microns per pixel and pyramid level
+    used per library, input size, mean/std, options).
+
+    Examples
+    --------
+    >>> import nichekd as nk
+    >>> sdata = nk.datasets.synthetic_tissue(n_cells=500, seed=0)  # doctest: +SKIP
+    >>> nk.pp.histology_features(sdata, backbone="stain")  # doctest: +SKIP
+    >>> sdata.tables["table"].obsm["X_stain"].shape  # doctest: +SKIP
+    (500, 27)
+    >>> params = sdata.tables["table"].uns["X_stain"]["params"]  # doctest: +SKIP
+    >>> nk.pp.histology_features(other_sdata, **params)  # same settings on new slides  # doctest: +SKIP
+    """
+    unknown = set(provenance) - set(_PROVENANCE)
+    if unknown:
+        raise TypeError(f"histology_features() got unexpected keyword arguments {sorted(unknown)}.")
+    table = _layout.get_table(sdata, table_key)
+    spec = _enc.resolve_spec(
+        backbone, input_size=input_size, mpp=mpp, mean=mean, std=std, checkpoint_path=checkpoint_path
+    )
+    name = spec.name
+    if key_added is None:
+        precomputed_key = features_key if name == "precomputed" and features_key else None
+        key_added = precomputed_key or f"X_{name.replace(':', '_').replace('/', '_')}"
+    if stain_normalization not in (None, "macenko", "reinhard"):
+        raise ValueError(
+            f"stain_normalization must be None, 'macenko' or 'reinhard', got {stain_normalization!r}."
+        )
+    if standardize not in (None, "library"):
+        raise ValueError(f"standardize must be None or 'library', got {standardize!r}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if table.n_obs == 0:
+        raise ValueError("The table has no observations.")
+    labels = np.asarray(_layout.library_labels(table, library_key)).astype(str)
+
+    if name == "precomputed":
+        feats, per_lib = _precomputed(table, features_key), {}
+        patch_size_um = None
+    else:
+        patch_size_um = float(patch_size_um if patch_size_um is not None else spec.input_size * spec.mpp)
+        per_lib = _plan(sdata, table, labels, image_key, shapes_key, patch_size_um, spec)
+
+    settings = {
+        "backbone": name, "weights": spec.weights, "checkpoint_path": None if checkpoint_path is None else str(checkpoint_path),
+        "patch_size_um": patch_size_um, "input_size": spec.input_size or None, "mpp": spec.mpp if name != "precomputed" else None,
+        "mean": list(spec.mean), "std": list(spec.std), "features_key": features_key,
+        "stain_normalization": stain_normalization, "standardize": standardize,
+        "image_key": image_key if isinstance(image_key, str | type(None)) else dict(image_key), "shapes_key": shapes_key,
+    }  # fmt: skip
+    # registered backbones imply their preprocessing; custom and timm ones must replay it explicitly
+    fixed = isinstance(backbone, str) and not name.startswith(("timm:", "hf-hub:"))
+    replay = {k: v for k, v in settings.items() if not (fixed and k in ("input_size", "mpp", "mean", "std"))}
+
+    existing = (
+        table.uns.get(key_added, {}).get("params") if isinstance(table.uns.get(key_added), Mapping) else None
+    )
+    if name == "precomputed" and key_added == features_key and existing is not None:
+        return table.copy() if copy else None  # features computed by nichekd: keep their own provenance
+    if key_added in table.obsm and existing is not None and not overwrite:
+        diff = [k for k in _SETTINGS if k in replay or k in existing]
+        diff = [k for k in diff if not _same(existing.get(k), replay.get(k))]
+        if not diff:
+            return table.copy() if copy else None  # same settings: reuse
+        raise ValueError(
+            f"obsm[{key_added!r}] already holds features computed with different settings ({diff}: "
+            f"{[existing.get(k) for k in diff]} vs {[settings.get(k) for k in diff]}). Pass overwrite=True to "
+            "replace them, or key_added= to keep both."
+        )
+
+    reference = None
+    if name != "precomputed":
+        dev = resolve_device(device) if spec.kind != "handcrafted" else "cpu"
+        _set_threads()
+        if stain_normalization is not None:
+            reference = _reference(stain_normalization, stain_reference, per_lib, patch_size_um)
+        encoder = _enc.build_encoder(backbone, spec, device=dev, checkpoint_path=checkpoint_path)
+        feats = _encode(
+            encoder,
+            per_lib,
+            table.n_obs,
+            spec,
+            patch_size_um,
+            batch_size,
+            num_workers,
+            stain_normalization,
+            reference,
+        )
+    if standardize == "library":
+        feats = _standardize(feats, labels)
+
+    target = table.copy() if copy else table
+    target.obsm[key_added] = feats.astype(np.float32, copy=False)
+    params = {
+        **replay,
+        "stain_reference": reference,
+        "table_key": table_key, "library_key": library_key,
+        "output_dim": int(feats.shape[1]), "kind": spec.kind, "embedding": spec.embedding,
+        "normalization": {"mean": list(spec.mean), "std": list(spec.std), "scale": "x / 255"},
+        "mpp_used": {lib: p["level"].mpp for lib, p in per_lib.items()},
+        "pyramid_level": {lib: p["level"].index for lib, p in per_lib.items()},
+        "device_used": None if name == "precomputed" else str(getattr(encoder, "device", "cpu")),
+    }  # fmt: skip
+    store_params(target, key_added, params)
+    return target if copy else None
+
+
+def _precomputed(table: ad.AnnData, features_key: str | None) -> np.ndarray:
+    if features_key is None:
+        raise ValueError(
+            "backbone='precomputed' needs features_key= naming the obsm entry with the features."
+        )
+    if features_key not in table.obsm:
+        raise KeyError(f"No obsm[{features_key!r}]; the table has obsm keys {sorted(table.obsm)}.")
+    x = table.obsm[features_key]
+    x = np.asarray(x.to_numpy() if hasattr(x, "to_numpy") else x)
+    if x.ndim != 2 or x.shape[0] != table.n_obs or not np.issubdtype(x.dtype, np.number):
+        raise ValueError(
+            f"obsm[{features_key!r}] must be a numeric (n_obs, d) array, got {x.shape} {x.dtype}."
+        )
+    if not np.isfinite(x).all():
+        raise ValueError(
+            f"obsm[{features_key!r}] has NaN or infinite values; fix or drop those observations."
+        )
+    return x.astype(np.float32)
+
+
+def _plan(sdata, table, labels, image_key, shapes_key, patch_size_um, spec) -> dict[str, dict[str, Any]]:
+    """Per library: rows, centres, image pyramid and level; every check runs before any work."""
+    if isinstance(sdata, ad.AnnData):
+        raise ValueError(
+            "histology_features needs the SpatialData object (with images), not a bare table; "
+            "or use backbone='precomputed'."
+        )
+    plan = {}
+    for lib in pd.unique(labels):
+        rows = np.flatnonzero(labels == lib)
+        key = image_key.get(lib) if isinstance(image_key, Mapping) else image_key
+        if isinstance(image_key, str) and len(set(labels)) > 1:
+            raise ValueError(
+                "image_key= names one image but the table has several libraries; pass {library: image}."
+            )
+        name = _image.find_image(sdata, lib, key, table=table)
+        pyramid = _image.image_pyramid(sdata, name, lib)
+        centres = _centres(sdata, table, rows, lib, shapes_key)
+        _image.check_patch_geometry(pyramid, centres, patch_size_um)
+        level = pyramid.level_for(patch_size_um / spec.input_size)
+        plan[lib] = {"rows": rows, "centres": centres, "pyramid": pyramid, "level": level}
+    return plan
+
+
+def _set_threads() -> None:
+    import torch
+
+    n = _enc.available_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def _reference(method: str, reference: Any, plan: dict, patch_size_um: float) -> dict[str, Any]:
+    """Stain reference: given as a dict, or computed from up to 256 patches of the given libraries."""
+    if isinstance(reference, Mapping):
+        ref = dict(reference)
+        if ref.get("method", method) != method:
+            raise ValueError(f"stain_reference was computed for {ref.get('method')!r}, not {method!r}.")
+        return {"method": method, **{k: v for k, v in ref.items() if k != "method"}}
+    libs = list(plan) if reference is None else [str(x) for x in reference]
+    missing = [lib for lib in libs if lib not in plan]
+    if missing:
+        raise KeyError(f"stain_reference libraries {missing} are not in the table ({list(plan)}).")
+    rng = np.random.default_rng(0)
+    patches = []
+    for lib in libs:
+        p = plan[lib]
+        pick = np.sort(rng.choice(len(p["rows"]), min(256 // len(libs) + 1, len(p["rows"])), replace=False))
+        patches.append(_image.read_patches(p["pyramid"], p["centres"][pick], patch_size_um, 64))
+    return _enc._stain.stain_reference(method, np.concatenate(patches))
+
+
+def _batches(stream, batch_size: int):
+    """Regroup ``(indices, patches)`` tiles from :func:`_image.iter_patches` into batches of ``batch_size``."""
+    idx_buf, patch_buf, held = [], [], 0
+    for idx, patches in stream:
+        idx_buf.append(idx)
+        patch_buf.append(patches)
+        held += len(idx)
+        while held >= batch_size:
+            idx_all, patches_all = np.concatenate(idx_buf), np.concatenate(patch_buf)
+            yield idx_all[:batch_size], patches_all[:batch_size]
+            idx_buf, patch_buf = [idx_all[batch_size:]], [patches_all[batch_size:]]
+            held -= batch_size
+    if held:
+        yield np.concatenate(idx_buf), np.concatenate(patch_buf)
+
+
+def _encode(
+    encoder, plan, n_obs, spec, patch_size_um, batch_size, num_workers, stain_normalization, reference
+):
+    """Features of every planned observation, library by library, batch by batch."""
+    out = None
+    total = sum(len(p["rows"]) for p in plan.values())
+    with tqdm(total=total, desc=f"histology features ({spec.name})", unit="patch") as bar:
+        for p in plan.values():
+            stream = _image.iter_patches(
+                p["pyramid"],
+                p["centres"],
+                patch_size_um,
+                spec.input_size,
+                level=p["level"],
+                num_workers=num_workers,
+            )
+            for idx, x in _batches(stream, batch_size):
+                if stain_normalization is not None:
+                    x = _enc._stain.normalize_stain(x, stain_normalization, reference)
+                f = np.asarray(encoder(x), dtype=np.float32).reshape(len(idx), -1)
+                if out is None:
+                    out = np.zeros((n_obs, f.shape[1]), dtype=np.float32)
+                out[p["rows"][idx]] = f
+                bar.update(len(idx))
+    return out

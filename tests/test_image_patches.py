@@ -1,0 +1,170 @@
+"""Image access and patch extraction: geometry at every level and transform, borders, chunk-wise reads."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+from spatialdata.transformations import Affine, Scale, Sequence, Translation, set_transformation
+
+from nichekd import _image, _layout
+
+MARKER_UM = (300.0, 200.0)
+
+
+def _sdata(mpp: float = 0.5, shape=(1500, 1700), marker_um=MARKER_UM, mpp_y: float | None = None):
+    """White-ish image with a black 8-pixel square at ``marker_um`` (for square pixels of ``mpp``)."""
+    img = np.full((*shape, 3), 230, np.uint8)
+    cx, cy = int(marker_um[0] / mpp), int(marker_um[1] / (mpp_y or mpp))
+    img[cy - 8 : cy + 8, cx - 8 : cx + 8] = 0
+    a = ad.AnnData(np.zeros((2, 1), np.float32))
+    return _layout.build_library(
+        a, library="L", xy_um=np.array([marker_um, (5.0, 5.0)]), diameter_um=10, image=img, mpp=mpp
+    )
+
+
+def _marker_centre(patch: np.ndarray) -> tuple[float, float]:
+    dark = patch.min(0) < 115
+    assert dark.any(), "marker not in the patch"
+    ys, xs = np.nonzero(dark)
+    return float(xs.mean()), float(ys.mean())
+
+
+def test_marker_at_patch_centre_on_every_level():
+    sdata = _sdata()
+    pyr = _image.image_pyramid(sdata, "L_he", "L")
+    assert len(pyr.levels) == 3
+    assert [lv.mpp for lv in pyr.levels] == [0.5, 1.0, 2.0]
+    for lv in pyr.levels:
+        patch = _image.read_patches(pyr, np.array([MARKER_UM]), 64.0, 32, level=lv)[0]
+        assert patch.shape == (3, 32, 32)
+        cx, cy = _marker_centre(patch)
+        assert abs(cx - 15.5) < 0.6 and abs(cy - 15.5) < 0.6, (lv.index, cx, cy)
+
+
+def test_marker_off_centre_lands_where_expected():
+    sdata = _sdata()
+    pyr = _image.image_pyramid(sdata, "L_he", "L")
+    # centre 16 um right and 8 um below the marker: marker at (-16, -8) um from the centre, 2 um per output px
+    patch = _image.read_patches(pyr, np.array([[MARKER_UM[0] + 16, MARKER_UM[1] + 8]]), 64.0, 32)[0]
+    cx, cy = _marker_centre(patch)
+    assert abs(cx - (15.5 - 8)) < 0.6 and abs(cy - (15.5 - 4)) < 0.6
+
+
+def test_level_choice_is_coarsest_not_coarser_than_needed():
+    pyr = _image.image_pyramid(_sdata(), "L_he", "L")
+    assert pyr.level_for(1.0).index == 1
+    assert pyr.level_for(1.5).index == 1
+    assert pyr.level_for(0.3).index == 0  # nothing fine enough: the finest
+    assert pyr.level_for(5.0).index == 2
+
+
+def test_non_square_pixels():
+    # pixels 0.5 um wide and 0.25 um tall
+    sdata = _sdata(mpp=0.5, mpp_y=0.25, shape=(1700, 1500))
+    el = sdata.images["L_he"]
+    set_transformation(el, Scale([0.25, 0.5], axes=("y", "x")), to_coordinate_system="L")
+    pyr = _image.image_pyramid(sdata, "L_he", "L")
+    assert pyr.levels[0].mpp_xy == (0.5, 0.25)
+    for lv in pyr.levels:
+        patch = _image.read_patches(pyr, np.array([MARKER_UM]), 64.0, 32, level=lv)[0]
+        cx, cy = _marker_centre(patch)
+        assert abs(cx - 15.5) < 0.6 and abs(cy - 15.5) < 0.6, lv.index
+        # 16 px wide (8 um) and 16 px tall (4 um): 4 and 2 output pixels of 2 um -> wider than tall
+        dark = 230.0 - patch.min(0)
+        assert (dark.sum(0) > 50).sum() > (dark.sum(1) > 50).sum()
+
+
+def test_translation_and_affine_rotation():
+    sdata = _sdata()
+    el = sdata.images["L_he"]
+    # image shifted by (100, 50) um: the marker moves with it
+    set_transformation(
+        el,
+        Sequence([Scale([0.5, 0.5], axes=("y", "x")), Translation([50, 100], axes=("y", "x"))]),
+        to_coordinate_system="L",
+    )
+    pyr = _image.image_pyramid(sdata, "L_he", "L")
+    patch = _image.read_patches(pyr, np.array([[MARKER_UM[0] + 100, MARKER_UM[1] + 50]]), 64.0, 32)[0]
+    cx, cy = _marker_centre(patch)
+    assert abs(cx - 15.5) < 0.6 and abs(cy - 15.5) < 0.6
+    # 90 degree rotation: micron (x, y) = (-row * mpp + 1000, col * mpp)
+    m = np.array([[0.0, -0.5, 1000.0], [0.5, 0.0, 0.0], [0, 0, 1]])
+    set_transformation(el, Affine(m, input_axes=("x", "y"), output_axes=("x", "y")), to_coordinate_system="L")
+    pyr = _image.image_pyramid(sdata, "L_he", "L")
+    col, row = MARKER_UM[0] / 0.5, MARKER_UM[1] / 0.5
+    where = m[:2, :2] @ np.array([col, row]) + m[:2, 2]
+    for lv in pyr.levels:
+        patch = _image.read_patches(pyr, where[None], 64.0, 32, level=lv)[0]
+        cx, cy = _marker_centre(patch)
+        assert abs(cx - 15.5) < 0.8 and abs(cy - 15.5) < 0.8, lv.index
+
+
+def test_border_is_background_not_wrapped():
+    img = np.zeros((400, 400, 3), np.uint8)
+    img[:, :, 0] = 100  # dark red everywhere: padding must be white, and the far side must not appear
+    img[:, -20:] = 0
+    a = ad.AnnData(np.zeros((1, 1), np.float32))
+    sdata = _layout.build_library(
+        a, library="L", xy_um=np.array([[1.0, 1.0]]), diameter_um=10, image=img, mpp=1.0
+    )
+    pyr = _image.image_pyramid(sdata, "L_he", "L")
+    patch = _image.read_patches(pyr, np.array([[0.0, 0.0]]), 40.0, 40)[0]
+    assert (patch[:, :19, :] == 255).all() and (patch[:, :, :19] == 255).all()
+    inside = patch[:, 21:, 21:]
+    assert (inside[0] == 100).all() and (inside[1] == 0).all()
+    far = _image.read_patches(pyr, np.array([[399.0, 200.0]]), 40.0, 40)[0]
+    assert (far[:, :, 21:] == 255).all()  # right of the image: background, not the left edge
+
+
+def test_single_scale_element_and_antialias():
+    from spatialdata import SpatialData
+    from spatialdata.models import Image2DModel
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (3, 300, 300), dtype=np.uint8)
+    el = Image2DModel.parse(
+        img, dims=("c", "y", "x"), transformations={"L": Scale([1.0, 1.0], axes=("y", "x"))}
+    )
+    pyr = _image.image_pyramid(SpatialData(images={"im": el}), "im", "L")
+    assert len(pyr.levels) == 1
+    # 100 um -> 10 px: each output pixel averages ~10 x 10 noise pixels, so the patch is smooth
+    patch = _image.read_patches(pyr, np.array([[150.0, 150.0]]), 100.0, 10)[0].astype(float)
+    assert patch.std() < 25 and abs(patch.mean() - 127.5) < 15
+
+
+def test_chunkwise_reads_and_order_independence(monkeypatch):
+    sdata = _sdata(shape=(1500, 1700))
+    pyr = _image.image_pyramid(sdata, "L_he", "L")
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 800, (300, 2))
+    sizes = []
+    real = _image._read_region
+
+    def spy(level, x0, y0, x1, y1):
+        sizes.append((y1 - y0) * (x1 - x0))
+        return real(level, x0, y0, x1, y1)
+
+    monkeypatch.setattr(_image, "MAX_TILE_PX", 256)
+    monkeypatch.setattr(_image, "_read_region", spy)
+    full = _image.read_patches(pyr, xy, 20.0, 40, level=pyr.levels[0], num_workers=3)
+    assert max(sizes) < 1500 * 1700 / 4  # never the whole image
+    assert len(sizes) < len(xy) / 3  # many patches per read
+    perm = rng.permutation(len(xy))
+    again = _image.read_patches(pyr, xy[perm], 20.0, 40, level=pyr.levels[0], num_workers=1)
+    np.testing.assert_array_equal(again, full[perm])
+
+
+def test_bad_geometry_raises():
+    sdata = _sdata()
+    pyr = _image.image_pyramid(sdata, "L_he", "L")
+    with pytest.raises(ValueError, match="below one pixel"):
+        _image.check_patch_geometry(pyr, np.array([MARKER_UM]), 0.1)
+    with pytest.raises(ValueError, match="larger than image"):
+        _image.check_patch_geometry(pyr, np.array([MARKER_UM]), 5000.0)
+    with pytest.raises(ValueError, match="off image"):
+        _image.check_patch_geometry(pyr, np.array([[5000.0, 100.0]]), 50.0)
+    with pytest.raises(ValueError, match="not registered to the coordinate system"):
+        _image.image_pyramid(sdata, "L_he", "other")
+    with pytest.raises(KeyError, match="No image element"):
+        _image.find_image(sdata, "L", "nope")
