@@ -6,11 +6,11 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, io, pl, pp, tl
+from . import datasets, io, models, pl, pp, tl
 
 try:
     __version__ = version("nichekd")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0"
 
-__all__ = ["datasets", "io", "pl", "pp", "tl", "__version__"]
+__all__ = ["datasets", "io", "models", "pl", "pp", "tl", "__version__"]

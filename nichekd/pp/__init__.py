@@ -1,3 +1,8 @@
 """Preprocessing: histology features, spatial splits, cell types, tissue masks."""
 
 # one import line per module below
+from ._split import spatial_split
+from ._tissue import tissue_mask, tissue_tiles
+from ._cell_types import cell_types
+from ._features import histology_features
+from ..models.encoders import list_backbones

@@ -1,0 +1,629 @@
+"""The distilled student: niche logits from H&E features of a cell and its spatial neighbours.
+
+Two architectures share one interface:
+
+- ``"transformer"``: the cell and its neighbours (within the teacher's radius) become tokens, each the
+  projected image feature plus a relative position encoding in microns; a small transformer reads the
+  niche out at the centre token;
+- ``"mlp"``: the fast path, an MLP on ``[own features, mean of neighbourhood features]``.
+
+Features stay one ``(N, D)`` float32 array and neighbourhoods one ``(N, M)`` index; tokens are gathered per
+batch, so memory is ``O(N * (D + M))`` and a million cells fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._neighbors import Neighbourhoods, radius_neighbours
+from .._utils import resolve_device, seed_everything, versions
+from ._position import RelativePositionEncoding
+
+ARCHITECTURES = ("transformer", "mlp")
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+PCA_MAX_CELLS = 20_000
+MIN_STEPS_PER_EPOCH = 32
+MIN_BATCH = 32
+
+
+class _TransformerStudent(nn.Module):
+    """Tokens = projected features + position encoding; read out at the centre token (index 0)."""
+
+    def __init__(
+        self,
+        n_features: int,
+        n_niches: int,
+        radius_um: float,
+        d_model: int,
+        n_layers: int,
+        n_heads: int,
+        dropout: float,
+    ):
+        super().__init__()
+        self.project = nn.Sequential(nn.Linear(n_features, d_model), nn.LayerNorm(d_model))
+        self.position = RelativePositionEncoding(d_model, radius_um)
+        self.centre = nn.Parameter(torch.zeros(d_model))  # tells the centre token apart from neighbours
+        layer = nn.TransformerEncoderLayer(
+            d_model, n_heads, 2 * d_model, dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout), nn.Linear(d_model, n_niches))
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.project(x) + self.position(offsets)
+        h = torch.cat([h[:, :1] + self.centre, h[:, 1:]], dim=1)
+        h = self.encoder(h, src_key_padding_mask=~mask)
+        return self.head(h[:, 0])
+
+
+class _MLPStudent(nn.Module):
+    """MLP on ``[own, neighbourhood mean]`` features."""
+
+    def __init__(self, n_features: int, n_niches: int, hidden: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(2 * n_features, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, n_niches),
+        )
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        w = mask.to(x.dtype)[..., None]
+        mean = (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+        return self.net(torch.cat([x[:, 0], mean], dim=1))
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float):
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over the batch.
+
+    Examples
+    --------
+    >>> import torch
+    >>> float(distillation_loss(torch.zeros(4, 3), torch.zeros(4, 3), 2.0))
+    0.0
+    """
+    t = float(temperature)
+    log_student = F.log_softmax(student_logits / t, dim=1)
+    log_teacher = F.log_softmax(teacher_logits / t, dim=1)
+    return t * t * F.kl_div(log_student, log_teacher, log_target=True, reduction="batchmean")
+
+
+@contextlib.contextmanager
+def _deterministic():
+    """Deterministic torch kernels for the duration (restored afterwards: other code may not want them)."""
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_before = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_before)
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON types (numpy scalars/arrays become Python numbers/lists)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+class NicheStudent:
+    """A student that predicts teacher niches from histology features and spatial neighbourhoods.
+
+    Parameters
+    ----------
+    n_niches
+        Number of niches ``K`` (the teacher's).
+    radius_um
+        Neighbourhood radius in microns (the teacher's, reused at prediction).
+    niche_names
+        Names of the ``K`` niches in output order; default ``"N0"``, ``"N1"``, ...
+    architecture
+        ``"transformer"`` or ``"mlp"``.
+    max_neighbors
+        Neighbours per cell at most (nearest first), the cell itself excluded.
+    temperature
+        Distillation temperature ``T``.
+    d_model, n_layers, n_heads
+        Transformer width, depth and heads.
+    hidden
+        MLP hidden width.
+    dropout
+        Dropout in both architectures.
+    n_components
+        Wide features (e.g. 1280-d) are standardised and reduced once to this many whitened principal
+        components of the training cells (stored in the model): tokens are then cheap to gather and train on.
+        ``None`` keeps every feature.
+    encoder
+        The ``histology_features`` parameters the features were computed with (replayed on new slides).
+    features_key
+        The ``obsm`` key the features were read from.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> xy, feats = rng.uniform(0, 500, (300, 2)), rng.normal(size=(300, 16)).astype("float32")
+    >>> teacher = rng.normal(size=(300, 3))
+    >>> model = NicheStudent(3, radius_um=60.0, architecture="mlp").fit(feats, teacher, xy, epochs=2)
+    >>> model.predict_proba(feats, xy).shape
+    (300, 3)
+    """
+
+    def __init__(
+        self,
+        n_niches: int,
+        *,
+        radius_um: float,
+        niche_names: Sequence[str] | None = None,
+        architecture: str = "transformer",
+        max_neighbors: int = 16,
+        temperature: float = 2.0,
+        d_model: int = 64,
+        n_layers: int = 1,
+        n_heads: int = 4,
+        hidden: int = 256,
+        dropout: float = 0.1,
+        n_components: int | None = 128,
+        encoder: dict | None = None,
+        features_key: str | None = None,
+    ):
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}.")
+        if int(n_niches) < 2:
+            raise ValueError(f"n_niches must be at least 2, got {n_niches}.")
+        if not np.isfinite(radius_um) or radius_um <= 0:
+            raise ValueError(f"radius_um must be a positive number of microns, got {radius_um}.")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}.")
+        names = (
+            [f"N{i}" for i in range(int(n_niches))] if niche_names is None else [str(n) for n in niche_names]
+        )
+        if len(names) != int(n_niches):
+            raise ValueError(f"niche_names has {len(names)} names for {n_niches} niches.")
+        self.n_niches = int(n_niches)
+        self.niche_names = names
+        self.radius_um = float(radius_um)
+        self.architecture = architecture
+        self.max_neighbors = int(max_neighbors)
+        self.temperature = float(temperature)
+        self.d_model = int(d_model)
+        self.n_layers = int(n_layers)
+        self.n_heads = int(n_heads)
+        self.hidden = int(hidden)
+        self.dropout = float(dropout)
+        self.n_components = None if n_components is None else int(n_components)
+        self.encoder = dict(encoder or {})
+        self.features_key = features_key
+        self.n_features: int | None = None
+        self.feature_mean: np.ndarray | None = None
+        self.feature_std: np.ndarray | None = None
+        self.projection: np.ndarray | None = None
+        self.history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
+        self.best_epoch: int | None = None
+        self.module: nn.Module | None = None
+
+    # -- construction ------------------------------------------------------------------------------------
+    def _build(self) -> nn.Module:
+        if self.architecture == "transformer":
+            return _TransformerStudent(
+                self.n_inputs,
+                self.n_niches,
+                self.radius_um,
+                self.d_model,
+                self.n_layers,
+                self.n_heads,
+                self.dropout,
+            )
+        return _MLPStudent(self.n_inputs, self.n_niches, self.hidden, self.dropout)
+
+    @property
+    def n_inputs(self) -> int:
+        """Width of the network's input: principal components if reduced, else the features."""
+        return self.n_features if self.projection is None else self.projection.shape[1]
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether weights and feature normalisation exist."""
+        return self.module is not None
+
+    def neighbourhoods(self, xy: np.ndarray, groups: np.ndarray | None = None) -> Neighbourhoods:
+        """Neighbourhoods by the teacher's rule (fixed radius, never across ``groups``)."""
+        return radius_neighbours(xy, self.radius_um, groups=groups, max_neighbors=self.max_neighbors)
+
+    def _check_features(self, features: np.ndarray, xy: np.ndarray) -> np.ndarray:
+        x = np.asarray(features)
+        if x.ndim != 2:
+            raise ValueError(f"features must be (n_cells, n_features), got shape {x.shape}.")
+        if self.n_features is not None and x.shape[1] != self.n_features:
+            raise ValueError(
+                f"The model expects {self.n_features} features per cell, the data has {x.shape[1]}; "
+                "compute the features with the model's encoder settings (model.encoder)."
+            )
+        if len(xy) != len(x):
+            raise ValueError(f"features ({len(x)} rows) and coordinates ({len(xy)} rows) differ in length.")
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
+        bad = ~np.isfinite(x).all(1)
+        if bad.any():
+            raise ValueError(
+                f"{int(bad.sum())} cells have NaN or infinite features; recompute them or drop those cells."
+            )
+        return np.ascontiguousarray(x)
+
+    def _batch(self, feats: torch.Tensor, xy: np.ndarray, idx: np.ndarray, device: str):
+        """Gather one batch of tokens: features ``(B, M, D)``, offsets ``(B, M, 2)``, mask ``(B, M)``."""
+        mask = idx >= 0
+        safe = np.where(mask, idx, idx[:, :1])
+        x = feats[torch.from_numpy(safe)]
+        offsets = np.where(mask[..., None], xy[safe] - xy[idx[:, :1]], 0.0).astype(np.float32)
+        return x.to(device), torch.from_numpy(offsets).to(device), torch.from_numpy(mask).to(device)
+
+    def _fit_normalisation(self, x: np.ndarray, train: np.ndarray, rng: np.random.Generator) -> None:
+        """Standardise on the training cells; reduce wide features to whitened principal components."""
+        sample = np.flatnonzero(train)
+        if len(sample) > PCA_MAX_CELLS:  # the statistics of 20k cells are plenty and keep this fast
+            sample = np.sort(rng.choice(sample, PCA_MAX_CELLS, replace=False))
+        xs = x[sample].astype(np.float64)
+        std = xs.std(0)
+        self.feature_mean = xs.mean(0).astype(np.float32)
+        self.feature_std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
+        self.projection = None
+        k = self.n_components
+        if k is not None and k < x.shape[1] and k < len(sample):
+            z = ((xs - self.feature_mean) / self.feature_std).astype(np.float32)
+            cov = (z.T @ z).astype(np.float64) / max(len(z) - 1, 1)
+            eigval, eigvec = np.linalg.eigh(cov)
+            eigval, eigvec = eigval[::-1][:k], eigvec[:, ::-1][:, :k]
+            # sign convention: largest loading positive, so the same data give the same projection
+            signs = np.sign(eigvec[np.abs(eigvec).argmax(0), np.arange(k)])
+            self.projection = (eigvec * (signs / np.sqrt(np.maximum(eigval, 1e-6)))).astype(np.float32)
+
+    def transform(self, features: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+        """Standardised (and reduced) network inputs ``(N, n_inputs)`` float32, computed in chunks."""
+        x = np.asarray(features)
+        out = np.empty((len(x), self.n_inputs), dtype=np.float32)
+        for s in range(0, len(x), chunk):
+            z = (x[s : s + chunk].astype(np.float32) - self.feature_mean) / self.feature_std
+            out[s : s + chunk] = z if self.projection is None else z @ self.projection
+        return out
+
+    # -- training ----------------------------------------------------------------------------------------
+    def fit(
+        self,
+        features: np.ndarray,
+        teacher_logits: np.ndarray,
+        xy: np.ndarray,
+        *,
+        groups: np.ndarray | None = None,
+        train_mask: np.ndarray | None = None,
+        val_mask: np.ndarray | None = None,
+        epochs: int = 30,
+        batch_size: int = 512,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        patience: int = 5,
+        device: str = "auto",
+        random_state: int = 0,
+        progress: bool = True,
+    ) -> NicheStudent:
+        """Fit on ``train_mask`` cells against the teacher's logits, early-stopping on ``val_mask`` cells.
+
+        Parameters
+        ----------
+        features
+            ``(N, D)`` histology features of every cell (the neighbours' too).
+        teacher_logits
+            ``(N, K)`` teacher logits (rows outside ``train_mask | val_mask`` are ignored).
+        xy
+            ``(N, 2)`` coordinates in microns.
+        groups
+            Per-cell group (section x split): neighbourhoods never cross groups.
+        train_mask, val_mask
+            Boolean masks of the training and validation cells (default: all cells train, no validation).
+        epochs, batch_size, lr, weight_decay
+            Optimisation (AdamW). With few training cells the batch shrinks (down to 32) so that an epoch takes
+            at least 32 steps; the size used is ``batch_size_used``.
+        patience
+            Stop after this many epochs without a better validation loss; the best weights are kept.
+        device
+            ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        random_state
+            Seed of initialisation, shuffling and dropout.
+        progress
+            Show a progress bar.
+
+        Returns
+        -------
+        ``self``, fitted.
+
+        Examples
+        --------
+        >>> model = NicheStudent(3, radius_um=60.0).fit(feats, teacher, xy, epochs=2)  # doctest: +SKIP
+        """
+        xy = np.asarray(xy, dtype=np.float64)
+        x = self._check_features(features, xy)
+        t = np.asarray(teacher_logits, dtype=np.float32)
+        if t.shape != (len(x), self.n_niches):
+            raise ValueError(f"teacher_logits must be ({len(x)}, {self.n_niches}), got {t.shape}.")
+        train = np.ones(len(x), bool) if train_mask is None else np.asarray(train_mask, bool)
+        val = np.zeros(len(x), bool) if val_mask is None else np.asarray(val_mask, bool)
+        if (train & val).any():
+            raise ValueError(
+                "train_mask and val_mask overlap; validation cells must be held out of training."
+            )
+        if not np.isfinite(t[train | val]).all():
+            raise ValueError("teacher_logits contain NaN or infinite values for training cells.")
+        if train.sum() < max(2 * self.n_niches, 10):
+            raise ValueError(
+                f"Only {int(train.sum())} training cells for {self.n_niches} niches; need at least "
+                f"{max(2 * self.n_niches, 10)}. Use a larger training split or fewer niches."
+            )
+        self.n_features = x.shape[1]
+        device = resolve_device(device)
+        rng = seed_everything(random_state)
+        self._fit_normalisation(x, train, rng)
+        nbrs = self.neighbourhoods(xy, groups)
+        feats = torch.from_numpy(self.transform(x))
+        target = torch.from_numpy(t)
+        train_idx, val_idx = np.flatnonzero(train), np.flatnonzero(val)
+        # small training sets: shrink the batch so that every epoch still takes enough optimiser steps
+        self.batch_size_used = int(min(batch_size, max(MIN_BATCH, len(train_idx) // MIN_STEPS_PER_EPOCH)))
+        batch_size = self.batch_size_used
+
+        with _deterministic():
+            self.module = self._build().to(device)
+            opt = torch.optim.AdamW(self.module.parameters(), lr=lr, weight_decay=weight_decay)
+            self.history = {"train_loss": [], "val_loss": []}
+            best, best_state, since_best = np.inf, None, 0
+            bar = tqdm(range(int(epochs)), desc=f"distilling ({self.architecture})", disable=not progress)
+            for epoch in bar:
+                self.module.train()
+                order = rng.permutation(train_idx)
+                total = 0.0
+                for s in range(0, len(order), batch_size):
+                    b = order[s : s + batch_size]
+                    xb, ob, mb = self._batch(feats, xy, nbrs.index[b], device)
+                    loss = distillation_loss(self.module(xb, ob, mb), target[b].to(device), self.temperature)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach()) * len(b)
+                self.history["train_loss"].append(total / len(order))
+                if len(val_idx):
+                    logits = self._logits(feats, xy, nbrs, val_idx, device, 2048)
+                    vl = float(distillation_loss(torch.from_numpy(logits), target[val_idx], self.temperature))
+                    self.history["val_loss"].append(vl)
+                    if vl < best - 1e-5:
+                        best, since_best, self.best_epoch = vl, 0, epoch
+                        best_state = copy.deepcopy(self.module.state_dict())
+                    else:
+                        since_best += 1
+                    bar.set_postfix(train=f"{self.history['train_loss'][-1]:.3f}", val=f"{vl:.3f}")
+                    if since_best >= patience:
+                        break
+                else:
+                    self.best_epoch = epoch
+                    bar.set_postfix(train=f"{self.history['train_loss'][-1]:.3f}")
+            if best_state is not None:
+                self.module.load_state_dict(best_state)
+        self.module.eval()
+        return self
+
+    # -- prediction --------------------------------------------------------------------------------------
+    def _logits(
+        self,
+        feats: torch.Tensor,
+        xy: np.ndarray,
+        nbrs: Neighbourhoods,
+        idx: np.ndarray,
+        device: str,
+        batch_size: int,
+    ) -> np.ndarray:
+        self.module.eval()
+        out = np.empty((len(idx), self.n_niches), dtype=np.float32)
+        with torch.no_grad():
+            for s in range(0, len(idx), batch_size):
+                b = idx[s : s + batch_size]
+                xb, ob, mb = self._batch(feats, xy, nbrs.index[b], device)
+                out[s : s + len(b)] = self.module(xb, ob, mb).float().cpu().numpy()
+        return out
+
+    def predict_logits(
+        self,
+        features: np.ndarray,
+        xy: np.ndarray,
+        *,
+        groups: np.ndarray | None = None,
+        batch_size: int = 2048,
+        device: str = "auto",
+    ) -> np.ndarray:
+        """``(N, K)`` niche logits for every cell (neighbourhoods within ``groups``).
+
+        Examples
+        --------
+        >>> logits = model.predict_logits(feats, xy)  # doctest: +SKIP
+        """
+        if not self.is_fitted:
+            raise RuntimeError("The student is not fitted; call fit() or NicheStudent.load() first.")
+        xy = np.asarray(xy, dtype=np.float64)
+        x = self._check_features(features, xy)
+        device = resolve_device(device)
+        self.module.to(device)
+        nbrs = self.neighbourhoods(xy, groups)
+        with _deterministic():
+            feats = torch.from_numpy(self.transform(x))
+            return self._logits(feats, xy, nbrs, np.arange(len(x)), device, batch_size)
+
+    def predict_proba(
+        self,
+        features: np.ndarray,
+        xy: np.ndarray,
+        *,
+        groups: np.ndarray | None = None,
+        batch_size: int = 2048,
+        device: str = "auto",
+    ) -> np.ndarray:
+        """``(N, K)`` niche probabilities (softmax of the logits at temperature 1).
+
+        Examples
+        --------
+        >>> proba = model.predict_proba(feats, xy)  # doctest: +SKIP
+        """
+        logits = self.predict_logits(features, xy, groups=groups, batch_size=batch_size, device=device)
+        return torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
+
+    def predict(
+        self,
+        features: np.ndarray,
+        xy: np.ndarray,
+        *,
+        groups: np.ndarray | None = None,
+        batch_size: int = 2048,
+        device: str = "auto",
+    ) -> np.ndarray:
+        """Niche names (argmax of the logits).
+
+        Examples
+        --------
+        >>> niches = model.predict(feats, xy)  # doctest: +SKIP
+        """
+        logits = self.predict_logits(features, xy, groups=groups, batch_size=batch_size, device=device)
+        return np.asarray(self.niche_names, dtype=object)[logits.argmax(1)]
+
+    # -- persistence -------------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """Everything but the weights, as plain JSON types."""
+        return _json_safe(
+            {
+                "format_version": FORMAT_VERSION,
+                "n_niches": self.n_niches,
+                "niche_names": self.niche_names,
+                "radius_um": self.radius_um,
+                "architecture": self.architecture,
+                "max_neighbors": self.max_neighbors,
+                "temperature": self.temperature,
+                "d_model": self.d_model,
+                "n_layers": self.n_layers,
+                "n_heads": self.n_heads,
+                "hidden": self.hidden,
+                "dropout": self.dropout,
+                "encoder": self.encoder,
+                "features_key": self.features_key,
+                "n_features": self.n_features,
+                "n_components": self.n_components,
+                "history": self.history,
+                "best_epoch": self.best_epoch,
+                "versions": versions(),
+            }
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (weights + feature normalisation) to folder ``path``.
+
+        Examples
+        --------
+        >>> model.save("student_model")  # doctest: +SKIP
+        """
+        from safetensors.torch import save_file
+
+        if not self.is_fitted:
+            raise RuntimeError("Nothing to save: the student is not fitted.")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {f"module.{k}": v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        tensors["feature_mean"] = torch.from_numpy(self.feature_mean)
+        tensors["feature_std"] = torch.from_numpy(self.feature_std)
+        if self.projection is not None:
+            tensors["projection"] = torch.from_numpy(self.projection)
+        save_file(tensors, str(path / WEIGHTS_FILE))
+        (path / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> NicheStudent:
+        """Read a saved student; only JSON and safetensors are read (no code runs from the files).
+
+        Examples
+        --------
+        >>> model = NicheStudent.load("student_model")  # doctest: +SKIP
+        """
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (path / name).is_file():
+                raise FileNotFoundError(
+                    f"{path / name} is missing; save a model with NicheStudent.save(path)."
+                )
+        cfg = json.loads((path / CONFIG_FILE).read_text())
+        if cfg.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"Unsupported model format {cfg.get('format_version')!r} (expected {FORMAT_VERSION})."
+            )
+        model = cls(
+            cfg["n_niches"],
+            radius_um=cfg["radius_um"],
+            niche_names=cfg["niche_names"],
+            architecture=cfg["architecture"],
+            max_neighbors=cfg["max_neighbors"],
+            temperature=cfg["temperature"],
+            d_model=cfg["d_model"],
+            n_layers=cfg["n_layers"],
+            n_heads=cfg["n_heads"],
+            hidden=cfg["hidden"],
+            dropout=cfg["dropout"],
+            n_components=cfg.get("n_components"),
+            encoder=cfg.get("encoder"),
+            features_key=cfg.get("features_key"),
+        )
+        model.n_features = int(cfg["n_features"])
+        model.history = cfg.get("history", {"train_loss": [], "val_loss": []})
+        model.best_epoch = cfg.get("best_epoch")
+        tensors = load_file(str(path / WEIGHTS_FILE))
+        model.feature_mean = tensors.pop("feature_mean").numpy()
+        model.feature_std = tensors.pop("feature_std").numpy()
+        projection = tensors.pop("projection", None)
+        model.projection = None if projection is None else projection.numpy()
+        module = model._build()
+        try:
+            module.load_state_dict({k.removeprefix("module."): v for k, v in tensors.items()}, strict=True)
+        except RuntimeError as err:
+            raise ValueError(
+                f"The weights in {path / WEIGHTS_FILE} do not match {path / CONFIG_FILE} (K, feature width or "
+                f"architecture differ): {str(err).splitlines()[0]}"
+            ) from err
+        model.module = module.eval()
+        return model
+
+    def __repr__(self) -> str:
+        state = f"fitted on {self.n_features} features" if self.is_fitted else "not fitted"
+        return (
+            f"NicheStudent(K={self.n_niches}, architecture={self.architecture!r}, "
+            f"radius_um={self.radius_um:.1f}, {state})"
+        )

@@ -1,0 +1,213 @@
+"""Leak-free train/test splits of spatial data: strips, blocks or whole sections.
+
+Neighbouring cells share tissue (and overlapping image patches), so a random split of cells leaks. The
+paper's default holds out the 2nd of 4 horizontal strips per section and drops the cells within half a patch
+of a train/test border ("buffer").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels, spatial_coords
+from .._utils import store_params
+
+SPLIT_LABELS = ("train", "test", "buffer")
+METHODS = ("strips", "blocks", "libraries")
+
+
+def _patch_size_from_features(adata: ad.AnnData, features_key: str | None) -> float | None:
+    """The patch size (microns) recorded by ``histology_features``, if one is known."""
+    keys = [features_key] if features_key is not None else list(adata.uns.keys())
+    sizes = set()
+    for key in keys:
+        entry = adata.uns.get(key)
+        if isinstance(entry, dict) and isinstance(entry.get("params"), dict):
+            size = entry["params"].get("patch_size_um")
+            if size is not None and np.isfinite(float(size)):
+                sizes.add(float(size))
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _rect_distance(xy: np.ndarray, rects: np.ndarray) -> np.ndarray:
+    """Distance of each point to the nearest of ``rects`` (rows ``x0, x1, y0, y1``); inf with no rects."""
+    if len(rects) == 0:
+        return np.full(len(xy), np.inf)
+    x, y = xy[:, :1], xy[:, 1:2]
+    dx = np.maximum(np.maximum(rects[None, :, 0] - x, 0.0), x - rects[None, :, 1])
+    dy = np.maximum(np.maximum(rects[None, :, 2] - y, 0.0), y - rects[None, :, 3])
+    return np.sqrt(dx**2 + dy**2).min(1)
+
+
+def _grid_split(xy: np.ndarray, nx: int, ny: int, test_blocks: np.ndarray, buffer_um: float) -> np.ndarray:
+    """Label one section's cells on an ``nx`` x ``ny`` grid of its bounding box; ``test_blocks`` are flat ids."""
+    lo, hi = xy.min(0), xy.max(0)
+    span = np.maximum(hi - lo, 1e-9)
+    bx = np.minimum(((xy[:, 0] - lo[0]) / span[0] * nx).astype(int), nx - 1)
+    by = np.minimum(((xy[:, 1] - lo[1]) / span[1] * ny).astype(int), ny - 1)
+    block = by * nx + bx
+    is_test = np.isin(block, test_blocks)
+    # block rectangles; outer edges open so only internal borders count
+    xe = lo[0] + span[0] * np.arange(nx + 1) / nx
+    ye = lo[1] + span[1] * np.arange(ny + 1) / ny
+    xe[0], xe[-1], ye[0], ye[-1] = -np.inf, np.inf, -np.inf, np.inf
+    ids = np.arange(nx * ny)
+    rects = np.stack([xe[ids % nx], xe[ids % nx + 1], ye[ids // nx], ye[ids // nx + 1]], 1)
+    test_rects = rects[np.isin(ids, test_blocks)]
+    train_rects = rects[~np.isin(ids, test_blocks)]
+    labels = np.where(is_test, "test", "train").astype(object)
+    if buffer_um > 0:
+        dist_other = np.where(is_test, _rect_distance(xy, train_rects), _rect_distance(xy, test_rects))
+        labels[dist_other < buffer_um] = "buffer"
+    return labels
+
+
+def spatial_split(
+    sdata,
+    *,
+    method: str = "strips",
+    n_strips: int = 4,
+    test_strip: int = 1,
+    test_libraries: Sequence[str] | None = None,
+    n_blocks: int = 4,
+    test_fraction: float = 0.25,
+    buffer_um: float | None = None,
+    features_key: str | None = None,
+    library_key: str = LIBRARY_KEY,
+    key_added: str = "split",
+    table_key: str = TABLE_KEY,
+    random_state: int = 0,
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """Label cells ``train`` / ``test`` / ``buffer`` so that no tissue is shared across the split.
+
+    Parameters
+    ----------
+    sdata
+        :class:`~spatialdata.SpatialData` in the standard layout, or its table.
+    method
+        ``"strips"``: per section, ``n_strips`` horizontal bands of equal height in ``y`` (the paper's
+        default); band ``test_strip`` counted from the top (smallest ``y``) is test. ``"blocks"``: per
+        section, an ``n_blocks`` x ``n_blocks`` grid; random blocks are test until ``test_fraction`` of the
+        cells is reached. ``"libraries"``: whole sections in ``test_libraries`` are test (no buffer needed).
+    n_strips, test_strip
+        Number of strips and the 0-based index of the test strip from the top.
+    test_libraries
+        Held-out sections for ``method="libraries"``.
+    n_blocks, test_fraction
+        Grid size per axis and the share of cells to hold out for ``method="blocks"``.
+    buffer_um
+        Cells closer than this (microns) to a train/test border become ``"buffer"``. Defaults to half the
+        patch size recorded by ``histology_features`` (``uns[features_key]['params']['patch_size_um']``);
+        required when no patch size is known. Use 0 for no buffer.
+    features_key
+        Features whose patch size sets the default buffer (any recorded one if unique).
+    library_key
+        Column of ``obs`` with the section of each cell.
+    key_added
+        ``obs`` column written (categorical ``train``/``test``/``buffer``); parameters go to ``uns``.
+    table_key
+        Table of ``sdata``.
+    random_state
+        Seed for the choice of test blocks.
+    copy
+        Return a modified copy of the table instead of writing in place.
+
+    Returns
+    -------
+    The modified table if ``copy=True``, else ``None``.
+
+    Examples
+    --------
+    >>> import nichekd as nk
+    >>> sdata = nk.datasets.synthetic_tissue(n_cells=5000, seed=0)
+    >>> nk.pp.spatial_split(sdata, buffer_um=56)
+    >>> sdata.tables["table"].obs["split"].value_counts()
+    """
+    adata = get_table(sdata, table_key)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    xy = spatial_coords(adata)
+    if method == "libraries" and library_key not in adata.obs:
+        raise KeyError(f"No obs[{library_key!r}] column: held-out sections need a library per cell.")
+    libs = library_labels(adata, library_key)
+    lib_names = [str(c) for c in libs.categories]
+    if method != "libraries":
+        if buffer_um is None:
+            patch = _patch_size_from_features(adata, features_key)
+            if patch is None:
+                raise ValueError(
+                    "buffer_um is required: no histology feature patch size is recorded in uns. Pass "
+                    "buffer_um= (half the image patch size in microns, e.g. 56 for 112 um patches)."
+                )
+            buffer_um = patch / 2.0
+        if not np.isfinite(buffer_um) or buffer_um < 0:
+            raise ValueError(f"buffer_um must be a non-negative number of microns, got {buffer_um}.")
+    if method == "strips":
+        if n_strips < 2:
+            raise ValueError(f"n_strips must be at least 2, got {n_strips}.")
+        if not 0 <= test_strip < n_strips:
+            raise ValueError(f"test_strip must be in [0, {n_strips - 1}], got {test_strip}.")
+    if method == "blocks":
+        if n_blocks < 2:
+            raise ValueError(f"n_blocks must be at least 2, got {n_blocks}.")
+        if not 0 < test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
+    if method == "libraries":
+        if not test_libraries:
+            raise ValueError(f"method='libraries' needs test_libraries=, a subset of {lib_names}.")
+        test_libraries = [
+            str(t) for t in ([test_libraries] if isinstance(test_libraries, str) else test_libraries)
+        ]
+        missing = sorted(set(test_libraries) - set(lib_names))
+        if missing:
+            raise KeyError(f"test_libraries {missing} are not in obs[{library_key!r}]; it has {lib_names}.")
+        if set(test_libraries) == set(lib_names):
+            raise ValueError("All sections are held out; keep at least one section for training.")
+
+    rng = np.random.default_rng(random_state)
+    labels = np.empty(adata.n_obs, dtype=object)
+    codes = np.asarray(libs.codes)
+    for li, lib in enumerate(lib_names):
+        sel = np.flatnonzero(codes == li)
+        if method == "libraries":
+            labels[sel] = "test" if lib in test_libraries else "train"
+        elif method == "strips":
+            labels[sel] = _grid_split(xy[sel], 1, n_strips, np.array([test_strip]), buffer_um)
+        else:
+            nb = n_blocks * n_blocks
+            lo, hi = xy[sel].min(0), np.maximum(xy[sel].max(0), xy[sel].min(0) + 1e-9)
+            cell_block = np.minimum(((xy[sel] - lo) / (hi - lo) * n_blocks).astype(int), n_blocks - 1)
+            counts = np.bincount(cell_block[:, 1] * n_blocks + cell_block[:, 0], minlength=nb)
+            order = rng.permutation(nb)
+            reached = np.cumsum(counts[order]) / max(len(sel), 1)
+            n_test = int(np.searchsorted(reached, test_fraction) + 1)
+            n_test = min(n_test, nb - 1)
+            labels[sel] = _grid_split(xy[sel], n_blocks, n_blocks, order[:n_test], buffer_um)
+    if not (labels == "train").any() or not (labels == "test").any():
+        raise ValueError(
+            f"The split leaves no {'train' if not (labels == 'train').any() else 'test'} cells "
+            f"(buffer_um={buffer_um} may be too large for these sections)."
+        )
+
+    if copy:
+        adata = adata.copy()
+    adata.obs[key_added] = pd.Categorical(labels.astype(str), categories=list(SPLIT_LABELS))
+    params = {
+        "method": method,
+        "n_strips": n_strips,
+        "test_strip": test_strip,
+        "test_libraries": list(test_libraries) if test_libraries else None,
+        "n_blocks": n_blocks,
+        "test_fraction": test_fraction,
+        "buffer_um": None if buffer_um is None else float(buffer_um),
+        "library_key": library_key,
+        "random_state": random_state,
+    }
+    counts = {lab: int((labels == lab).sum()) for lab in SPLIT_LABELS}
+    store_params(adata, key_added, params, counts=counts)
+    return adata if copy else None

@@ -1,0 +1,305 @@
+"""Distil teacher niches (from transcriptomics) into a student that sees only H&E features."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels, spatial_coords
+from .._neighbors import estimate_radius
+from .._utils import store_params
+from ..models.student import NicheStudent
+
+# hard-label teachers: one-hot targets are smoothed so that log-probabilities stay finite
+LABEL_SMOOTHING = 0.1
+DEFAULT_NEIGHBORS_TARGET = 10.0
+
+
+def teacher_targets(adata: ad.AnnData, teacher_key: str) -> tuple[np.ndarray, list[str], str]:
+    """Teacher logits ``(N, K)``, the niche names and where they came from.
+
+    ``obsm[f"{teacher_key}_logits"]`` if present, else the log of ``obsm[f"{teacher_key}_proba"]``, else
+    smoothed one-hot labels of ``obs[teacher_key]``.
+    """
+    if teacher_key not in adata.obs:
+        raise KeyError(
+            f"No teacher niches in obs[{teacher_key!r}]; run nk.tl.teacher_niches(sdata, n_niches=...) first "
+            "or pass teacher_key= naming a column of niche labels."
+        )
+    labels = adata.obs[teacher_key]
+    if not isinstance(labels.dtype, pd.CategoricalDtype):
+        labels = labels.astype("category")
+    names = [str(c) for c in labels.cat.categories]
+    k = len(names)
+    if k < 2:
+        raise ValueError(f"obs[{teacher_key!r}] has {k} niche(s); distillation needs at least 2.")
+    for suffix, transform in (("_logits", None), ("_proba", "log")):
+        key = f"{teacher_key}{suffix}"
+        if key in adata.obsm:
+            arr = np.asarray(adata.obsm[key], dtype=np.float64)
+            if arr.shape != (adata.n_obs, k):
+                raise ValueError(
+                    f"obsm[{key!r}] has shape {arr.shape} but obs[{teacher_key!r}] has {k} niches "
+                    f"({adata.n_obs} cells); they must come from the same teacher run."
+                )
+            if transform == "log":
+                arr = np.log(np.clip(arr, 1e-8, None))
+            return arr.astype(np.float32), names, key
+    codes = np.asarray(labels.cat.codes)
+    onehot = np.full((adata.n_obs, k), LABEL_SMOOTHING / k)
+    valid = codes >= 0
+    onehot[np.flatnonzero(valid), codes[valid]] += 1.0 - LABEL_SMOOTHING
+    onehot[~valid] = np.nan  # unlabelled cells cannot be trained on
+    return np.log(onehot).astype(np.float32), names, f"obs[{teacher_key!r}] (one-hot)"
+
+
+def resolve_features_key(adata: ad.AnnData, features_key: str | None) -> str:
+    """``features_key``, or the only ``obsm`` entry written by ``nk.pp.histology_features``."""
+    if features_key is not None:
+        return features_key
+    found = [
+        k for k in adata.obsm.keys()
+        if isinstance(adata.uns.get(k), dict) and "backbone" in adata.uns[k].get("params", {})
+    ]  # fmt: skip
+    if len(found) != 1:
+        raise KeyError(
+            f"Pass features_key=: {'no' if not found else len(found)} histology feature sets found in obsm "
+            f"({found}); compute them with nk.pp.histology_features(sdata, key_added=...)."
+        )
+    return found[0]
+
+
+def validation_band(
+    xy: np.ndarray, candidates: np.ndarray, libraries: np.ndarray, fraction: float, rng: np.random.Generator
+) -> np.ndarray:
+    """A spatially coherent validation set: per section, a band in ``x`` holding ``fraction`` of the cells.
+
+    Random cells would leak (their neighbours train); a contiguous band keeps validation honest.
+    """
+    val = np.zeros(len(xy), bool)
+    if fraction <= 0:
+        return val
+    for lib in np.unique(libraries[candidates]):
+        sel = candidates[libraries[candidates] == lib]
+        n_val = int(round(fraction * len(sel)))
+        if n_val < 1 or n_val >= len(sel):
+            continue
+        order = sel[np.argsort(xy[sel, 0], kind="stable")]
+        start = int(rng.integers(0, len(sel) - n_val + 1))
+        val[order[start : start + n_val]] = True
+    return val
+
+
+def prediction_entropy(proba: np.ndarray) -> np.ndarray:
+    """Shannon entropy (nats) of each row: the student's uncertainty."""
+    p = np.clip(proba, 1e-12, 1.0)
+    return -(p * np.log(p)).sum(1)
+
+
+def distill(
+    sdata,
+    *,
+    teacher_key: str = "teacher_niche",
+    features_key: str | None = None,
+    split_key: str | None = "split",
+    temperature: float = 2.0,
+    architecture: str = "transformer",
+    radius_um: float | None = None,
+    n_neighbors_target: float | None = None,
+    max_neighbors: int | None = None,
+    epochs: int = 30,
+    batch_size: int = 512,
+    lr: float = 1e-3,
+    val_fraction: float = 0.1,
+    patience: int = 5,
+    d_model: int = 64,
+    n_layers: int = 1,
+    device: str = "auto",
+    random_state: int = 0,
+    key_added: str = "student_niche",
+    library_key: str = LIBRARY_KEY,
+    table_key: str = TABLE_KEY,
+    progress: bool = True,
+) -> NicheStudent:
+    """Train a student on H&E features to reproduce the teacher's niches, and predict every cell.
+
+    The loss is ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``. Neighbourhoods follow the
+    teacher's rule (its radius when recorded) and never cross a section or a split label.
+
+    Parameters
+    ----------
+    sdata
+        :class:`~spatialdata.SpatialData` in the standard layout, or its table.
+    teacher_key
+        ``obs`` column of teacher niches; logits from ``obsm[f"{teacher_key}_logits"]``, else the log of
+        ``obsm[f"{teacher_key}_proba"]``, else smoothed one-hot labels.
+    features_key
+        ``obsm`` key of the histology features (``nk.pp.histology_features``); default the only such key.
+    split_key
+        ``obs`` column from ``nk.pp.spatial_split``; only ``"train"`` cells train. ``None``: all cells train.
+    temperature
+        Distillation temperature ``T``.
+    architecture
+        ``"transformer"`` (tokens of the neighbourhood) or ``"mlp"`` (own + neighbourhood-mean features).
+    radius_um
+        Neighbourhood radius; default the teacher's (``uns[teacher_key]['params']['radius_um']``), else
+        estimated on the training cells so that the mean neighbour count is ``n_neighbors_target``.
+    n_neighbors_target
+        Target neighbour count when estimating the radius (default the teacher's, else 10).
+    max_neighbors
+        Neighbours kept per cell (nearest first); default twice the target.
+    epochs, batch_size, lr, patience
+        Optimisation; training stops after ``patience`` epochs without a better validation loss.
+    val_fraction
+        Share of training cells held out for early stopping, as one band per section.
+    d_model, n_layers
+        Transformer width and depth.
+    device
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+    random_state
+        Seed; the same seed gives the same model.
+    key_added
+        Writes ``obs[key_added]`` (the teacher's niche names), ``obsm[f"{key_added}_proba"]``,
+        ``obs[f"{key_added}_entropy"]`` and ``uns[key_added]`` (params and per-epoch losses).
+    library_key
+        ``obs`` column with the section of each cell.
+    table_key
+        Table of ``sdata``.
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    The fitted :class:`~nichekd.models.NicheStudent` (save it with ``.save(path)``).
+
+    Examples
+    --------
+    >>> import nichekd as nk
+    >>> sdata = nk.datasets.synthetic_tissue(n_cells=5000, seed=0)
+    >>> nk.tl.teacher_niches(sdata, n_niches=6)
+    >>> nk.pp.histology_features(sdata, key_added="he_features")
+    >>> nk.pp.spatial_split(sdata)
+    >>> model = nk.tl.distill(sdata, features_key="he_features", architecture="mlp")
+    """
+    adata = get_table(sdata, table_key)
+    logits, names, source = teacher_targets(adata, teacher_key)
+    features_key = resolve_features_key(adata, features_key)
+    if features_key not in adata.obsm:
+        raise KeyError(
+            f"No histology features in obsm[{features_key!r}]; run nk.pp.histology_features(sdata, "
+            f"key_added={features_key!r}) first. obsm has {sorted(adata.obsm.keys())}."
+        )
+    feats = np.asarray(adata.obsm[features_key])
+    if feats.ndim != 2 or len(feats) != adata.n_obs:
+        raise ValueError(f"obsm[{features_key!r}] must be (n_cells, n_features), got {feats.shape}.")
+    feats = np.ascontiguousarray(feats, dtype=np.float32)
+    bad = ~np.isfinite(feats).all(1)
+    if bad.any():
+        raise ValueError(
+            f"{int(bad.sum())} cells have NaN or infinite features in obsm[{features_key!r}] (e.g. cells off "
+            "the image); subset the table to cells with features or recompute them."
+        )
+    xy = spatial_coords(adata)
+    libs = np.asarray(library_labels(adata, library_key)).astype(str)
+    if split_key is None:
+        split = np.full(adata.n_obs, "train", dtype=object)
+    else:
+        if split_key not in adata.obs:
+            raise KeyError(
+                f"No split in obs[{split_key!r}]; run nk.pp.spatial_split(sdata) first or pass split_key=None "
+                "to train on every cell."
+            )
+        split = adata.obs[split_key].astype(str).to_numpy()
+    labelled = np.isfinite(logits).all(1)
+    trainable = (split == "train") & labelled
+    teacher_params = adata.uns.get(teacher_key, {}).get("params", {}) if teacher_key in adata.uns else {}
+    if n_neighbors_target is None:
+        n_neighbors_target = float(teacher_params.get("n_neighbors_target", DEFAULT_NEIGHBORS_TARGET))
+    if radius_um is None and teacher_params.get("radius_um") is not None:
+        radius_um = float(teacher_params["radius_um"])
+    min_cells = max(2 * len(names), 10)
+    if trainable.sum() < min_cells:
+        raise ValueError(
+            f"Only {int(trainable.sum())} labelled training cells (obs[{split_key!r}] == 'train'); need at "
+            f"least {min_cells} for {len(names)} niches."
+        )
+    if radius_um is None:
+        radius_um = estimate_radius(
+            xy[trainable], n_neighbors_target, groups=libs[trainable], random_state=random_state
+        )
+    if max_neighbors is None:
+        max_neighbors = int(np.ceil(2 * n_neighbors_target))
+    val = validation_band(
+        xy, np.flatnonzero(trainable), libs, val_fraction, np.random.default_rng(random_state)
+    )
+    train = trainable & ~val
+    # neighbourhoods stay inside one section and one split part (validation is its own part)
+    part = np.where(val, "val", split)
+    groups = np.char.add(np.char.add(libs.astype(str), "|"), part.astype(str))
+
+    encoder = dict(adata.uns.get(features_key, {}).get("params", {})) if features_key in adata.uns else {}
+    model = NicheStudent(
+        len(names),
+        radius_um=radius_um,
+        niche_names=names,
+        architecture=architecture,
+        max_neighbors=max_neighbors,
+        temperature=temperature,
+        d_model=d_model,
+        n_layers=n_layers,
+        encoder=encoder,
+        features_key=features_key,
+    )
+    fit_logits = np.where(labelled[:, None], logits, 0.0).astype(np.float32)
+    model.fit(
+        feats,
+        fit_logits,
+        xy,
+        groups=groups,
+        train_mask=train,
+        val_mask=val,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience,
+        device=device,
+        random_state=random_state,
+        progress=progress,
+    )
+    proba = model.predict_proba(feats, xy, groups=groups, device=device)
+
+    # everything validated and computed: write
+    adata.obs[key_added] = pd.Categorical(np.asarray(names, dtype=object)[proba.argmax(1)], categories=names)
+    adata.obsm[f"{key_added}_proba"] = proba.astype(np.float32)
+    adata.obs[f"{key_added}_entropy"] = prediction_entropy(proba).astype(np.float32)
+    params = {
+        "teacher_key": teacher_key,
+        "teacher_source": source,
+        "features_key": features_key,
+        "split_key": split_key,
+        "temperature": temperature,
+        "architecture": architecture,
+        "radius_um": float(radius_um),
+        "n_neighbors_target": float(n_neighbors_target),
+        "max_neighbors": int(max_neighbors),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "val_fraction": val_fraction,
+        "patience": patience,
+        "d_model": d_model,
+        "n_layers": n_layers,
+        "random_state": random_state,
+        "niche_names": names,
+    }
+    history = {
+        "train_loss": np.asarray(model.history["train_loss"], dtype=float),
+        "val_loss": np.asarray(model.history["val_loss"], dtype=float),
+        "best_epoch": -1 if model.best_epoch is None else int(model.best_epoch),
+        "n_train": int(train.sum()),
+        "n_val": int(val.sum()),
+        "batch_size_used": int(model.batch_size_used),
+    }
+    store_params(adata, key_added, params, history=history)
+    return model

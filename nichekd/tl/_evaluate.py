@@ -1,0 +1,131 @@
+"""Agreement of predicted niches with the teacher's, on held-out cells."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, adjusted_rand_score, f1_score, normalized_mutual_info_score
+
+from .._layout import TABLE_KEY, get_table
+from ._composition import compare_compositions, match_niches
+
+
+def match_labels(truth: np.ndarray, pred: np.ndarray) -> dict[str, str]:
+    """Map predicted clusters to truth labels: Hungarian one-to-one on the overlap, extras to their majority.
+
+    Examples
+    --------
+    >>> match_labels(np.array(["a", "a", "b"]), np.array(["1", "1", "0"]))
+    {'1': 'a', '0': 'b'}
+    """
+    pairs = match_niches(truth, pred)
+    mapping = dict(zip(pairs["niche_b"], pairs["niche_a"], strict=True))
+    overlap = pd.crosstab(pd.Series(pred.astype(str)), pd.Series(truth.astype(str)))
+    for cluster in overlap.index:  # more clusters than niches: the unmatched go to their majority niche
+        mapping.setdefault(str(cluster), str(overlap.loc[cluster].idxmax()))
+    return mapping
+
+
+def _composition_jsd(truth: np.ndarray, pred: np.ndarray, cell_types: ad.AnnData) -> float:
+    """Mean JSD of the cell-type compositions of niches matched by JSD (``compare_compositions``)."""
+    work = cell_types.copy()
+    work.obs["_truth"], work.obs["_pred"] = pd.Categorical(truth), pd.Categorical(pred)
+    return compare_compositions(work, "_truth", "_pred", "_cell_types", n_permutations=0).mean_jsd
+
+
+def evaluate(
+    sdata,
+    *,
+    truth: str = "teacher_niche",
+    predictions: Sequence[str] = ("student_niche",),
+    split_key: str | None = "split",
+    split: str | None = "test",
+    cell_type_key: str | None = None,
+    table_key: str = TABLE_KEY,
+) -> pd.DataFrame:
+    """Score predicted niches against the teacher's on the held-out cells.
+
+    Predictions already in the teacher's label space (the student's) are scored directly; unsupervised
+    baselines are first mapped to the teacher's niches by Hungarian matching on their overlap.
+
+    Parameters
+    ----------
+    sdata
+        :class:`~spatialdata.SpatialData` or its table.
+    truth
+        ``obs`` column of reference niches (the teacher's).
+    predictions
+        ``obs`` columns to score.
+    split_key, split
+        Score only cells with ``obs[split_key] == split``; ``None`` scores every cell.
+    cell_type_key
+        ``obs`` column of cell types (or ``obsm`` per-spot fractions); adds the mean JSD between matched niches'
+        cell-type compositions.
+    table_key
+        Table of ``sdata``.
+
+    Returns
+    -------
+    One row per prediction: ``ari``, ``nmi``, ``accuracy``, ``macro_f1``, ``f1_<niche>`` per teacher niche,
+    ``composition_jsd`` (with cell types: mean Jensen-Shannon divergence of the cell-type compositions of
+    niches matched by :func:`~nichekd.tl.compare_compositions`), ``matched`` (whether Hungarian matching was used), ``n_cells``.
+
+    Examples
+    --------
+    >>> import nichekd as nk
+    >>> nk.tl.evaluate(sdata, predictions=["student_niche", "leiden_niche"])  # doctest: +SKIP
+    """
+    adata = get_table(sdata, table_key)
+    predictions = [predictions] if isinstance(predictions, str) else list(predictions)
+    missing = [k for k in [truth, *predictions] if k not in adata.obs]
+    if missing:
+        raise KeyError(f"obs has no column(s) {missing}; run the teacher/distill/baselines first.")
+    if cell_type_key is not None and cell_type_key not in adata.obs and cell_type_key not in adata.obsm:
+        raise KeyError(f"No cell types in obs[{cell_type_key!r}] (or per-spot fractions in obsm).")
+    scored = np.ones(adata.n_obs, bool)
+    if split_key is not None and split is not None:
+        if split_key not in adata.obs:
+            raise KeyError(f"No split in obs[{split_key!r}]; run nk.pp.spatial_split or pass split_key=None.")
+        scored = (adata.obs[split_key].astype(str) == split).to_numpy()
+        if not scored.any():
+            raise ValueError(f"No cells with obs[{split_key!r}] == {split!r}.")
+    t_col = adata.obs[truth]
+    scored &= t_col.notna().to_numpy()
+    names = (
+        [str(c) for c in t_col.cat.categories]
+        if isinstance(t_col.dtype, pd.CategoricalDtype)
+        else sorted(set(t_col.dropna().astype(str)))
+    )
+    types = None
+    if cell_type_key is not None:  # a bare table of cell types (obs column or obsm fractions) for the JSD
+        types = ad.AnnData(obs=pd.DataFrame(index=adata.obs_names))
+        if cell_type_key in adata.obs:
+            types.obs["_cell_types"] = adata.obs[cell_type_key].to_numpy()
+        else:
+            types.obsm["_cell_types"] = adata.obsm[cell_type_key]
+    rows = []
+    for key in predictions:
+        keep = scored & adata.obs[key].notna().to_numpy()  # e.g. predict_niches(library=...) leaves NaN
+        y_true = t_col.astype(str).to_numpy()[keep]
+        y_pred = adata.obs[key].astype(str).to_numpy()[keep]
+        # the student predicts in the teacher's label space; unsupervised clusters need matching
+        direct = set(np.unique(y_pred)) <= set(names)
+        mapped = y_pred if direct else np.vectorize(match_labels(y_true, y_pred).get, otypes=[object])(y_pred)
+        f1 = f1_score(y_true, mapped, labels=names, average=None, zero_division=0)
+        row = {
+            "prediction": key,
+            "ari": adjusted_rand_score(y_true, y_pred),
+            "nmi": normalized_mutual_info_score(y_true, y_pred),
+            "accuracy": accuracy_score(y_true, mapped),
+            "macro_f1": float(np.mean(f1)),
+            **{f"f1_{n}": float(v) for n, v in zip(names, f1, strict=True)},
+            "matched": not direct,
+            "n_cells": int(keep.sum()),
+        }
+        if types is not None:
+            row["composition_jsd"] = _composition_jsd(y_true, y_pred, types[keep])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("prediction")

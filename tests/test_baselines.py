@@ -1,0 +1,78 @@
+"""histology_baseline: Leiden bisected to K, k-means, the teacher's method on image features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+from test_distill_data import toy_tissue
+
+from nichekd.tl import histology_baseline
+
+
+def _ari(t, key):
+    return adjusted_rand_score(t.obs["teacher_niche"].astype(str), t.obs[key].astype(str))
+
+
+def test_kmeans_and_neighbourhood_features_help():
+    t = toy_tissue(n=1200).tables["table"]
+    histology_baseline(t, method="kmeans", n_niches=4, features_key="feats", key_added="own")
+    histology_baseline(
+        t, method="kmeans", n_niches=4, features_key="feats", neighbourhood=True, key_added="nb"
+    )
+    assert list(t.obs["own"].cat.categories) == ["C0", "C1", "C2", "C3"]
+    assert t.uns["nb"]["params"]["radius_um"] > 0
+    # neighbourhood means average the per-cell noise away
+    assert _ari(t, "nb") > _ari(t, "own") + 0.1
+    again = histology_baseline(
+        t, method="kmeans", n_niches=4, features_key="feats", neighbourhood=True, key_added="nb", copy=True
+    )
+    assert (again.obs["nb"] == t.obs["nb"]).all()
+
+
+def test_leiden_is_bisected_to_k_clusters():
+    t = toy_tissue(n=800).tables["table"]
+    histology_baseline(t, method="leiden", n_niches=4, features_key="feats", neighbourhood=True)
+    assert t.obs["he_leiden_niche"].nunique() == 4
+    assert (
+        t.uns["he_leiden_niche"]["params"]["n_found"] == 4
+        and t.uns["he_leiden_niche"]["params"]["resolution"] > 0
+    )
+    assert _ari(t, "he_leiden_niche") > 0.3
+
+
+def test_teacher_method_on_image_features():
+    pytest.importorskip("nichekd.tl._teacher")
+    t = toy_tissue(n=800).tables["table"]
+    teacher_before = t.obs["teacher_niche"].copy()
+    histology_baseline(t, method="teacher", n_niches=4, features_key="feats")
+    assert t.obs["teacher_niche"].equals(teacher_before)  # the real teacher is left alone
+    assert t.obs["he_teacher_niche"].nunique() == 4
+    assert list(t.obs["he_teacher_niche"].cat.categories) == [
+        "C0",
+        "C1",
+        "C2",
+        "C3",
+    ]  # not the teacher's names
+    assert t.uns["he_teacher_niche"]["teacher_params"]["use_rep"] == "feats"
+    assert "he_teacher_niche_proba" not in t.obsm  # only the labels are written
+    assert _ari(t, "he_teacher_niche") > 0.3
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"features_key": "nope"}, "histology_features"),
+        ({"method": "dbscan"}, "method"),
+        ({"n_niches": 1}, "n_niches"),
+    ],
+)
+def test_bad_input_writes_nothing(kwargs, error):
+    t = toy_tissue(n=300).tables["table"]
+    before = set(t.obs.columns)
+    with pytest.raises((KeyError, ValueError), match=error):
+        histology_baseline(t, **{"method": "kmeans", "n_niches": 4, "features_key": "feats", **kwargs})
+    assert set(t.obs.columns) == before
+    t.obsm["feats"][0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        histology_baseline(t, method="kmeans", n_niches=4, features_key="feats")
