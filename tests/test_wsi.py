@@ -125,7 +125,7 @@ def test_patch_extraction_reads_the_right_level(tmp_path, levels):
         x0, y0 = 100 * mpp, 60 * mpp
         centre = np.array([[x0 + 16 * mpp, y0 + 16 * mpp]])
         patch = read_patches(pyramid, centre, 32 * mpp, 32, level=pyramid.levels[k])[0]
-        np.testing.assert_array_equal(patch, lv[60:92, 100:132])
+        np.testing.assert_array_equal(patch.transpose(1, 2, 0), lv[60:92, 100:132])  # patches are (c, y, x)
 
 
 def test_non_power_of_two_levels(tmp_path):
