@@ -276,6 +276,20 @@ class NicheStudent:
             )
         return np.ascontiguousarray(x)
 
+    def _check_views(self, views: np.ndarray | None, x: np.ndarray) -> np.ndarray | None:
+        """``(N, V, D)`` float32 views matching the features, or ``None``."""
+        if views is None:
+            return None
+        v = np.asarray(views, dtype=np.float32)
+        if v.ndim != 3 or v.shape[0] != len(x) or v.shape[2] != x.shape[1]:
+            raise ValueError(
+                f"views must be (n_cells, n_views, {x.shape[1]}) for {len(x)} cells, got {v.shape}; compute "
+                "them with nk.pp.augmented_features from the same features."
+            )
+        if not np.isfinite(v).all():
+            raise ValueError("views contain NaN or infinite values; recompute them.")
+        return v
+
     def _batch(self, feats: torch.Tensor, xy: np.ndarray, idx: np.ndarray, device: str):
         """Gather one batch of tokens: features ``(B, M, D)``, offsets ``(B, M, 2)``, mask ``(B, M)``."""
         mask = idx >= 0
@@ -323,6 +337,7 @@ class NicheStudent:
         groups: np.ndarray | None = None,
         train_mask: np.ndarray | None = None,
         val_mask: np.ndarray | None = None,
+        views: np.ndarray | None = None,
         epochs: int = 30,
         batch_size: int = 512,
         lr: float = 1e-3,
@@ -346,6 +361,10 @@ class NicheStudent:
             Per-cell group (section x split): neighbourhoods never cross groups.
         train_mask, val_mask
             Boolean masks of the training and validation cells (default: all cells train, no validation).
+        views
+            Optional ``(N, V, D)`` features of augmented views of every patch (``nk.pp.augmented_features``):
+            every epoch each cell (and each neighbour) draws one of its ``V + 1`` versions (original or a
+            view). Validation always uses the originals.
         epochs, batch_size, lr, weight_decay
             Optimisation (AdamW). With few training cells the batch shrinks (down to 32) so that an epoch takes
             at least 32 steps; the size used is ``batch_size_used``.
@@ -390,6 +409,12 @@ class NicheStudent:
         self._fit_normalisation(x, train, rng)
         nbrs = self.neighbourhoods(xy, groups)
         feats = torch.from_numpy(self.transform(x))
+        views = self._check_views(views, x)
+        view_inputs = (
+            None
+            if views is None
+            else np.stack([self.transform(views[:, v]) for v in range(views.shape[1])], 1)
+        )
         target = torch.from_numpy(t)
         train_idx, val_idx = np.flatnonzero(train), np.flatnonzero(val)
         # small training sets: shrink the batch so that every epoch still takes enough optimiser steps
@@ -404,11 +429,17 @@ class NicheStudent:
             bar = tqdm(range(int(epochs)), desc=f"distilling ({self.architecture})", disable=not progress)
             for epoch in bar:
                 self.module.train()
+                epoch_feats = feats
+                if view_inputs is not None:  # one version per cell this epoch: 0 is the original
+                    pick = rng.integers(0, view_inputs.shape[1] + 1, len(x))
+                    aug = pick > 0
+                    epoch_feats = feats.clone()
+                    epoch_feats[aug] = torch.from_numpy(view_inputs[np.flatnonzero(aug), pick[aug] - 1])
                 order = rng.permutation(train_idx)
                 total = 0.0
                 for s in range(0, len(order), batch_size):
                     b = order[s : s + batch_size]
-                    xb, ob, mb = self._batch(feats, xy, nbrs.index[b], device)
+                    xb, ob, mb = self._batch(epoch_feats, xy, nbrs.index[b], device)
                     loss = distillation_loss(self.module(xb, ob, mb), target[b].to(device), self.temperature)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -460,10 +491,14 @@ class NicheStudent:
         xy: np.ndarray,
         *,
         groups: np.ndarray | None = None,
+        views: np.ndarray | None = None,
         batch_size: int = 2048,
         device: str = "auto",
     ) -> np.ndarray:
         """``(N, K)`` niche logits for every cell (neighbourhoods within ``groups``).
+
+        With ``views`` (``(N, V, D)`` augmented views, test-time augmentation) the logits are the log of the
+        probabilities averaged over the original and the ``V`` views.
 
         Examples
         --------
@@ -473,12 +508,22 @@ class NicheStudent:
             raise RuntimeError("The student is not fitted; call fit() or NicheStudent.load() first.")
         xy = np.asarray(xy, dtype=np.float64)
         x = self._check_features(features, xy)
+        views = self._check_views(views, x)
         device = resolve_device(device)
         self.module.to(device)
         nbrs = self.neighbourhoods(xy, groups)
+        versions_ = [x] if views is None else [x, *(views[:, v] for v in range(views.shape[1]))]
         with _deterministic():
-            feats = torch.from_numpy(self.transform(x))
-            return self._logits(feats, xy, nbrs, np.arange(len(x)), device, batch_size)
+            logits = [
+                self._logits(
+                    torch.from_numpy(self.transform(f)), xy, nbrs, np.arange(len(x)), device, batch_size
+                )
+                for f in versions_
+            ]
+        if len(logits) == 1:
+            return logits[0]
+        proba = torch.softmax(torch.from_numpy(np.stack(logits)).double(), dim=2).mean(0)
+        return torch.log(proba.clamp_min(1e-12)).float().numpy()
 
     def predict_proba(
         self,
@@ -486,16 +531,19 @@ class NicheStudent:
         xy: np.ndarray,
         *,
         groups: np.ndarray | None = None,
+        views: np.ndarray | None = None,
         batch_size: int = 2048,
         device: str = "auto",
     ) -> np.ndarray:
-        """``(N, K)`` niche probabilities (softmax of the logits at temperature 1).
+        """``(N, K)`` niche probabilities (softmax of the logits at temperature 1; averaged over ``views``).
 
         Examples
         --------
         >>> proba = model.predict_proba(feats, xy)  # doctest: +SKIP
         """
-        logits = self.predict_logits(features, xy, groups=groups, batch_size=batch_size, device=device)
+        logits = self.predict_logits(
+            features, xy, groups=groups, views=views, batch_size=batch_size, device=device
+        )
         return torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()
 
     def predict(
@@ -504,16 +552,19 @@ class NicheStudent:
         xy: np.ndarray,
         *,
         groups: np.ndarray | None = None,
+        views: np.ndarray | None = None,
         batch_size: int = 2048,
         device: str = "auto",
     ) -> np.ndarray:
-        """Niche names (argmax of the logits).
+        """Niche names (argmax of the logits; probabilities averaged over ``views``).
 
         Examples
         --------
         >>> niches = model.predict(feats, xy)  # doctest: +SKIP
         """
-        logits = self.predict_logits(features, xy, groups=groups, batch_size=batch_size, device=device)
+        logits = self.predict_logits(
+            features, xy, groups=groups, views=views, batch_size=batch_size, device=device
+        )
         return np.asarray(self.niche_names, dtype=object)[logits.argmax(1)]
 
     # -- persistence -------------------------------------------------------------------------------------

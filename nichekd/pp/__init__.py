@@ -6,3 +6,4 @@ from ._tissue import tissue_mask, tissue_tiles
 from ._cell_types import cell_types
 from ._features import histology_features
 from ..models.encoders import list_backbones
+from ._augment import augmented_features

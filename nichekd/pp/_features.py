@@ -353,12 +353,26 @@ def _batches(stream, batch_size: int):
 
 
 def _encode(
-    encoder, plan, n_obs, spec, patch_size_um, batch_size, num_workers, stain_normalization, reference
+    encoder,
+    plan,
+    n_obs,
+    spec,
+    patch_size_um,
+    batch_size,
+    num_workers,
+    stain_normalization,
+    reference,
+    transform=None,
+    desc=None,
 ):
-    """Features of every planned observation, library by library, batch by batch."""
+    """Features of every planned observation, library by library, batch by batch.
+
+    ``transform`` (optional) maps each batch of uint8 patches to new patches before stain normalisation and
+    encoding: the hook ``nk.pp.augmented_features`` uses to encode augmented views.
+    """
     out = None
     total = sum(len(p["rows"]) for p in plan.values())
-    with tqdm(total=total, desc=f"histology features ({spec.name})", unit="patch") as bar:
+    with tqdm(total=total, desc=desc or f"histology features ({spec.name})", unit="patch") as bar:
         for p in plan.values():
             stream = _image.iter_patches(
                 p["pyramid"],
@@ -369,6 +383,8 @@ def _encode(
                 num_workers=num_workers,
             )
             for idx, x in _batches(stream, batch_size):
+                if transform is not None:
+                    x = transform(x)
                 if stain_normalization is not None:
                     x = _enc._stain.normalize_stain(x, stain_normalization, reference)
                 f = np.asarray(encoder(x), dtype=np.float32).reshape(len(idx), -1)

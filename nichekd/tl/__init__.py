@@ -8,3 +8,4 @@ from ._evaluate import evaluate
 from ._teacher import teacher_niches
 from ._k_sweep import niche_k_sweep
 from ._composition import compare_compositions, match_niches, niche_composition
+from ._cross_validate import cross_validate
