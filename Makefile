@@ -29,11 +29,14 @@ demo: $(STAMP)
 	$(PY) -m nichekd.demo --out demo_output
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile tests
+	$(PY) -m pytest -n 2 --dist load tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check nichekd tests benchmarks
 	$(PY) -m ruff format --check nichekd tests benchmarks
+
+docs: $(STAMP)
+	$(PY) -m sphinx -W -b html docs docs/_build/html
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

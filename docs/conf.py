@@ -33,3 +33,9 @@ _dst = HERE / "tutorials"
 _dst.mkdir(exist_ok=True)
 for nb in sorted((ROOT / "tutorials").glob("*.ipynb")):
     shutil.copy2(nb, _dst / nb.name)
+
+# the paper-protocol notebook lives in notebooks/; mirror it too
+_dst_nb = HERE / "notebooks"
+_dst_nb.mkdir(exist_ok=True)
+for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+    shutil.copy2(nb, _dst_nb / nb.name)
