@@ -154,7 +154,7 @@ def kidney(cache: Path | None) -> list[str]:
         sdata.tables["table"] = t = t[t.obs["he_tissue"].astype(bool).to_numpy()].copy()
     for bc in (True,):
         nk.tl.teacher_niches(sdata, K_KIDNEY, key_added="teacher_bc1", batch_correct=bc, progress=False)
-    _features(sdata, "stain", "stain", 64.0, cache)
+    _features(sdata, "stain", "stain", 64.0, None if cache is None else cache / "kidney")
     runs: list[tuple[pd.DataFrame, pd.DataFrame]] = []
     cpu = {"device": "cpu"}
     best = _cv(sdata, runs, "default MLP, stain features (64 um patches)", teacher="teacher_bc1", feats="stain",

@@ -7,3 +7,4 @@ from ._cell_types import cell_types
 from ._features import histology_features
 from ..models.encoders import list_backbones
 from ._augment import augmented_features
+from ._features_dask import histology_features_dask

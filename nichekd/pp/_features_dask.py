@@ -1,0 +1,191 @@
+"""``histology_features`` on dask: spatial partitions of the cells, each encoded by a (possibly remote) worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .. import _dask, _image, _layout
+from .._utils import store_params
+from ..models import encoders as _enc
+from ._features import _standardize, histology_features
+
+
+def _partition_table(table: ad.AnnData, rows: np.ndarray, library: str, library_key: str) -> ad.AnnData:
+    """A minimal table of ``rows``: library, coordinates and the layout record; no counts are shipped."""
+    part = ad.AnnData(obs=pd.DataFrame(index=table.obs_names[rows].astype(str)))
+    part.obs[library_key] = pd.Categorical([library] * len(rows))
+    part.obsm[_layout.SPATIAL_KEY] = _layout.spatial_coords(table)[rows]
+    libs = table.uns[_layout.UNS_KEY]["libraries"]
+    part.uns[_layout.UNS_KEY] = {"libraries": {library: dict(libs[library])}}
+    return part
+
+
+def _image_tiles(pyramid: Any, centres_um: np.ndarray, patch_size_um: float, input_size: int) -> np.ndarray:
+    """Integer ``(column, row)`` of the image tile that :func:`nichekd._image.iter_patches` reads each cell from.
+
+    Partitions made of whole tiles give every patch the same read region, hence the same pixels, as one
+    process does (the anti-aliasing box filter's phase depends on the region's origin).
+    """
+    level = pyramid.level_for(patch_size_um / input_size)
+    ty, tx = _image._tile_size(level)
+    px = level.um_to_px(np.asarray(centres_um, dtype=float))
+    h, w = level.shape_yx
+    col = np.clip(np.floor(px[:, 0] / tx), -1, w // tx + 1)
+    row = np.clip(np.floor(px[:, 1] / ty), -1, h // ty + 1)
+    return np.c_[col, row].astype(np.int64)
+
+
+def _encode_partition(image: Any, image_name: str, part: ad.AnnData, kwargs: dict[str, Any]) -> tuple:
+    """Runs on a worker: features of one partition with the single-process function."""
+    import dask
+    from spatialdata import SpatialData
+
+    work = SpatialData(images={image_name: image})
+    work.tables[_layout.TABLE_KEY] = part
+    # image chunks are read here, in the worker: a nested compute on the cluster would wait for a free
+    # worker thread while holding this one (a deadlock with one thread per worker)
+    with dask.config.set(scheduler="sync"):
+        out = histology_features(work, table_key=_layout.TABLE_KEY, copy=True, **kwargs)
+    key = kwargs["key_added"]
+    return np.asarray(out.obsm[key], dtype=np.float32), dict(out.uns[key]["params"])
+
+
+def histology_features_dask(
+    sdata: Any,
+    *,
+    partition_size: int = _dask.DEFAULT_PARTITION_SIZE,
+    image_key: str | None = None,
+    table_key: str = _layout.TABLE_KEY,
+    library_key: str = _layout.LIBRARY_KEY,
+    key_added: str | None = None,
+    standardize: str | None = None,
+    progress: bool = True,
+    copy: bool = False,
+    **kwargs: Any,
+) -> ad.AnnData | None:
+    """:func:`nichekd.pp.histology_features` in spatial partitions scheduled by dask.
+
+    The cells of each library are cut into compact spatial blocks of about ``partition_size`` cells; each block
+    is encoded by :func:`~nichekd.pp.histology_features` in its own task, which reads only the image chunks
+    under its cells (lazily, from the image's dask array: a slide in a zarr store is never loaded whole). With
+    an active :class:`distributed.Client` the tasks run on its workers, so a cohort of slides spreads over a
+    cluster; without one they run here one after the other. Features equal the single-process ones.
+
+    Parameters
+    ----------
+    sdata
+        SpatialData in the nichekd layout, with the H&E image(s).
+    partition_size
+        Cells per task (about).
+    image_key
+        Image element (one library only); default the layout's record.
+    table_key, library_key
+        Table and its ``obs`` column of libraries.
+    key_added
+        ``obsm``/``uns`` key; default ``f"X_{backbone}"`` as in ``histology_features``.
+    standardize
+        ``"library"``: z-score each feature within each library, over all partitions together.
+    progress
+        Show a progress bar over partitions.
+    copy
+        Return a modified copy of the table instead of writing in place.
+    **kwargs
+        Passed to :func:`~nichekd.pp.histology_features` (``backbone``, ``patch_size_um``, ``batch_size``,
+        ``device``, ``stain_normalization`` with a ``stain_reference`` dict, ...).
+
+    Returns
+    -------
+    ``None``, or the table copy if ``copy=True``. Writes ``obsm[key_added]`` and ``uns[key_added]['params']``
+    (the ``histology_features`` parameters plus ``partitions`` and ``scheduler``).
+
+    Examples
+    --------
+    >>> import nichekd as nk
+    >>> from distributed import Client, LocalCluster
+    >>> sdata = nk.datasets.synthetic_tissue(20_000, seed=0)  # doctest: +SKIP
+    >>> with Client(LocalCluster(n_workers=2, threads_per_worker=1)):  # doctest: +SKIP
+    ...     nk.pp.histology_features_dask(sdata, backbone="stain", partition_size=5000)
+    """
+    import dask
+
+    for bad in ("shapes_key", "table", "overwrite"):
+        if bad in kwargs:
+            raise TypeError(
+                f"histology_features_dask does not take {bad}=; put the centres in obsm['spatial'] "
+                "(or use nk.pp.histology_features)."
+            )
+    if kwargs.get("stain_normalization") and not isinstance(kwargs.get("stain_reference"), dict):
+        raise ValueError(
+            "With stain_normalization, pass stain_reference= as a dict (e.g. uns[key]['params']"
+            "['stain_reference'] of an earlier run): a reference computed per partition would differ."
+        )
+    if standardize not in (None, "library"):
+        raise ValueError(f"standardize must be None or 'library', got {standardize!r}.")
+    table = _layout.get_table(sdata, table_key)
+    if table.n_obs == 0:
+        raise ValueError("The table has no observations.")
+    xy = _layout.spatial_coords(table)
+    labels = np.asarray(_layout.library_labels(table, library_key)).astype(str)
+    infos = _layout.library_infos(table)
+    if image_key is not None and len(set(labels)) > 1:
+        raise ValueError("image_key= names one image but the table has several libraries.")
+    backbone = kwargs.get("backbone", "efficientnet_lite0")
+    if key_added is None:
+        key_added = f"X_{str(getattr(backbone, '__name__', backbone)).replace(':', '_').replace('/', '_')}"
+    kwargs = {**kwargs, "key_added": key_added, "library_key": library_key}
+    if image_key is not None:
+        kwargs["image_key"] = image_key
+    for lib in set(labels):  # every library must have its image before any task starts
+        if lib not in infos:
+            raise KeyError(f"Library {lib!r} has no record in uns['nichekd']['libraries'].")
+        _image.find_image(sdata, lib, image_key, table=table)
+
+    spec = _enc.resolve_spec(
+        backbone, input_size=kwargs.get("input_size"), mpp=kwargs.get("mpp"), mean=kwargs.get("mean"),
+        std=kwargs.get("std"), checkpoint_path=kwargs.get("checkpoint_path"),
+    )  # fmt: skip
+    if spec.name == "precomputed":
+        raise ValueError("backbone='precomputed' reads no image: use nk.pp.histology_features.")
+    patch_size_um = kwargs.get("patch_size_um") or spec.input_size * spec.mpp
+    parts, part_lib = [], []
+    for lib in dict.fromkeys(labels):
+        rows = np.flatnonzero(labels == lib)
+        name = _image.find_image(sdata, lib, image_key, table=table)
+        tiles = _image_tiles(_image.image_pyramid(sdata, name, lib), xy[rows], patch_size_um, spec.input_size)
+        parts += [rows[g] for g in _dask.tile_partitions(tiles, partition_size)]
+        part_lib += [lib] * (len(parts) - len(part_lib))
+    images = {}
+    tasks = []
+    for rows, lib in zip(parts, part_lib, strict=True):
+        name = _image.find_image(sdata, lib, image_key, table=table)
+        if name not in images:  # one graph key per image: shipped once to each worker that needs it
+            images[name] = dask.delayed(sdata.images[name], pure=True, traverse=False)
+        part = _partition_table(table, rows, lib, library_key)
+        tasks.append(dask.delayed(_encode_partition, pure=True)(images[name], name, part, kwargs))
+    results = _dask.compute(tasks, progress=progress, desc="histology feature partitions")
+
+    feats = np.empty((table.n_obs, results[0][0].shape[1]), dtype=np.float32)
+    for rows, (f, _) in zip(parts, results, strict=True):
+        feats[rows] = f
+    if standardize == "library":
+        feats = _standardize(feats, labels)
+    params = results[0][1]
+    for field in ("mpp_used", "pyramid_level"):  # per library: merge the partitions' records
+        params[field] = {k: v for _, p in results for k, v in p.get(field, {}).items()}
+    params.update(
+        standardize=standardize,
+        table_key=table_key,
+        partitions=len(parts),
+        partition_size=int(partition_size),
+        scheduler=_dask.scheduler_name(),
+    )
+    for drop in ("versions", "date"):
+        params.pop(drop, None)
+    target = table.copy() if copy else table
+    target.obsm[key_added] = feats
+    store_params(target, key_added, params)
+    return target if copy else None
