@@ -339,8 +339,13 @@ def iter_patches(
         and abs(lin[0, 0] - step) < 1e-6 * step and abs(lin[1, 1] - step) < 1e-6 * step
     )  # fmt: skip
 
+    pool_k = max(1, int(np.floor(scale)))
+
     def region_of(idx: np.ndarray) -> tuple[int, int, int, int]:
         lo = np.floor(px[idx].min(0) - reach).astype(int)
+        # box-averaging blocks start on multiples of k in level pixels, so a patch never depends on which
+        # other cells share its read region (same features whatever the table or partition)
+        lo -= lo % pool_k
         hi = np.ceil(px[idx].max(0) + reach).astype(int)
         return int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1])
 
