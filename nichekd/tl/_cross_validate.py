@@ -59,7 +59,7 @@ def cross_validate(
     folds: str = "libraries",
     n_blocks: int = 2,
     buffer_um: float | None = None,
-    architecture: str = "mlp",
+    architecture: str = "transformer",
     baselines: Sequence[str] = ("leiden", "kmeans", "teacher"),
     neighbourhood_baselines: bool = True,
     distill_kwargs: Mapping[str, Any] | None = None,
@@ -95,7 +95,7 @@ def cross_validate(
     buffer_um
         Border buffer for ``folds="blocks"``; default half the features' patch size.
     architecture
-        Student architecture (``"mlp"`` or ``"transformer"``).
+        Student architecture (``"transformer"``, the default as in :func:`nichekd.tl.distill`, or ``"mlp"``).
     baselines
         Unsupervised baselines among ``"leiden"``, ``"kmeans"``, ``"teacher"`` (teacher's method on image
         features).
