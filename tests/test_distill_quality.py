@@ -14,6 +14,7 @@ from test_distill_data import one_torch_thread  # noqa: F401
 import nichekd as nk
 
 BACKBONE = "stain"  # cheap, offline encoder: keeps this test within seconds on 2 CPU cores
+BASELINES = [("leiden", False), ("leiden", True), ("kmeans", False), ("kmeans", True), ("teacher", False)]
 
 
 def _features_available():
@@ -22,11 +23,16 @@ def _features_available():
 
 
 def _scores(sdata, k, features_key="he_features"):
+    """Test-strip scores of the MLP student and of every baseline (each method, with and without
+    neighbourhood features; the teacher's method aggregates neighbourhoods itself)."""
     preds = ["student_niche"]
     nk.tl.distill(sdata, features_key=features_key, architecture="mlp", progress=False)
-    for method in ("leiden", "teacher"):
-        key = f"he_{method}_niche"
-        nk.tl.histology_baseline(sdata, method=method, n_niches=k, features_key=features_key, key_added=key)
+    for method, neighbourhood in BASELINES:
+        key = f"he_{method}{'_nb' if neighbourhood else ''}_niche"
+        nk.tl.histology_baseline(
+            sdata, method=method, n_niches=k, features_key=features_key, neighbourhood=neighbourhood,
+            key_added=key,
+        )  # fmt: skip
         preds.append(key)
     return nk.tl.evaluate(sdata, predictions=preds)
 
@@ -35,7 +41,7 @@ def _scores(sdata, k, features_key="he_features"):
 def synthetic_scores():
     _features_available()
     k = 5
-    sdata = nk.datasets.synthetic_tissue(8000, n_niches=k, seed=0, progress=False)
+    sdata = nk.datasets.synthetic_tissue(8000, n_niches=k, seed=0, artifacts=1.5, progress=False)
     nk.tl.teacher_niches(sdata, k, progress=False)
     nk.pp.histology_features(sdata, backbone=BACKBONE, key_added="he_features")
     nk.pp.spatial_split(sdata, features_key="he_features")
@@ -46,8 +52,9 @@ def synthetic_scores():
 def test_student_beats_the_baselines_on_synthetic_tissue(synthetic_scores):
     df = synthetic_scores
     best_baseline = df.drop(index="student_niche")["ari"].max()
-    # measured (stain encoder, 8k cells, seed 0): student ARI 0.62-0.67 vs best baseline (the teacher's method
-    # on image features) 0.45-0.53 across runs, i.e. 1.2-1.5x; at 5k cells that baseline won (0.63 vs 0.45)
+    # measured (stain encoder, 8k cells, K=5, artifacts=1.5, MLP): seed 0 0.55 vs 0.29 (k-means on
+    # neighbourhood features), 1.9x; seed 1 0.58 vs 0.19, 3.0x; seed 2 0.20 vs 0.18, 1.1x. Without artifacts
+    # seed 0 gave 0.63 vs 0.53 (1.2x)
     assert df.loc["student_niche", "ari"] >= 1.1 * best_baseline, df
     assert df.loc["student_niche", "accuracy"] > 0.7, df
 
@@ -55,9 +62,10 @@ def test_student_beats_the_baselines_on_synthetic_tissue(synthetic_scores):
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="paper claim not reached on synthetic_tissue with the stain encoder: the teacher's method on image "
-    "features already averages the neighbourhood, which recovers much of the niche signal (measured ratio "
-    "1.2-1.5x at 8k cells, 1.45x at 15k cells)",
+    reason="paper claim not reached on every seed with the stain encoder: with slide artifacts (artifacts=1.5) "
+    "(8k cells, K=5, MLP) the student/best-baseline ARI ratio is 1.9x (seed 0), 3.0x (seed 1) and 1.1x "
+    "(seed 2, the student falls to 0.20); stain-intensity variation (stain_variation > 0) hurts the student "
+    "more than the baselines",
 )
 def test_student_doubles_the_best_baseline_on_synthetic_tissue(synthetic_scores):
     df = synthetic_scores

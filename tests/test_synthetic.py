@@ -242,6 +242,10 @@ def test_zarr_round_trip(spots, tmp_path):
         ({"library_id": "a b"}, ValueError, "library_id"),
         ({"seed": True}, TypeError, "seed"),
         ({"max_image_pixels": 100}, ValueError, "max_image_pixels"),
+        ({"stain_variation": -0.1}, ValueError, "stain_variation"),
+        ({"stain_variation": float("nan")}, ValueError, "stain_variation"),
+        ({"artifacts": 10.0}, ValueError, "artifacts"),
+        ({"artifacts": True}, ValueError, "artifacts"),
     ],
 )
 def test_bad_parameters_raise(kwargs, error, match):
@@ -302,3 +306,48 @@ def test_strip_rendering_has_no_seams(cells, monkeypatch):
     other = _image(synthetic_tissue(N, n_niches=4, n_genes=60, seed=7, progress=False)).astype(int)
     diff = np.abs(other - _image(cells).astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+@pytest.fixture(scope="module")
+def clean_and_nuisance():
+    args = {"n_niches": 4, "n_genes": 30, "seed": 3, "progress": False}
+    clean = synthetic_tissue(2000, stain_variation=0.0, artifacts=0.0, **args)
+    noisy = synthetic_tissue(2000, stain_variation=0.4, artifacts=1.5, **args)
+    return clean, noisy
+
+
+def test_nuisance_leaves_cells_and_counts_alone(clean_and_nuisance):
+    clean, noisy = (s.tables["table"] for s in clean_and_nuisance)
+    pd.testing.assert_frame_equal(clean.obs, noisy.obs)
+    assert np.array_equal(clean.obsm["spatial"], noisy.obsm["spatial"]) and (clean.X != noisy.X).nnz == 0
+    rec = noisy.uns["nichekd"]["synthetic"]
+    assert (rec["stain_variation"], rec["artifacts"]) == (0.4, 1.5)
+    assert clean.uns["nichekd"]["synthetic"]["stain_variation"] == 0.0
+
+
+def _block_od(img: np.ndarray, block_px: int = 100) -> np.ndarray:
+    """Mean optical density of tissue pixels in square blocks (blocks mostly tissue only)."""
+    od = -np.log(np.clip(img.astype(np.float32) / 255, 1e-3, 1)).sum(-1)
+    h, w = (s // block_px * block_px for s in od.shape[:2])
+    blocks = od[:h, :w].reshape(h // block_px, block_px, w // block_px, block_px).transpose(0, 2, 1, 3)
+    blocks = blocks.reshape(blocks.shape[0] * blocks.shape[1], -1)
+    tissue = (blocks > 0.3).mean(1) > 0.95
+    return blocks[tissue].mean(1)
+
+
+def test_nuisance_adds_stain_variation_red_cells_and_tears(clean_and_nuisance):
+    clean, noisy = (_image(s).astype(float) for s in clean_and_nuisance)
+    # staining/thickness: 50 um blocks of tissue vary much more in darkness than with the niches alone
+    assert _block_od(noisy).std() > 1.5 * _block_od(clean).std()
+    # red blood cells: saturated red pixels (haemorrhage) appear only with artifacts
+    red = lambda im: ((im[..., 0] > 150) & (im[..., 1] < 60) & (im[..., 2] < 140)).mean()  # noqa: E731
+    assert red(noisy) > 1e-3 and red(noisy) > 5 * red(clean)
+    # still H&E: pink tissue overall (red > green), nothing saturated to black
+    assert noisy[..., 0].mean() > noisy[..., 1].mean() + 30 and noisy.sum(-1).min() > 0
+
+
+def test_nuisance_is_deterministic(clean_and_nuisance):
+    _, noisy = clean_and_nuisance
+    again = synthetic_tissue(2000, n_niches=4, n_genes=30, seed=3, progress=False, stain_variation=0.4,
+                             artifacts=1.5)  # fmt: skip
+    assert np.array_equal(_image(again), _image(noisy))

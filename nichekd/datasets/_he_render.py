@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from scipy import ndimage
 from tqdm.auto import tqdm
 
+from ._artifacts import SlideNuisance
 from ._cell_types import NucleusShapes
 
 # Unit optical-density colour vectors (R, G, B) of the two stains, tuned to look like routine H&E.
@@ -152,12 +154,15 @@ def render_he(
     tissue: Field,
     stroma_eosin: Field,
     seed: np.random.SeedSequence,
+    nuisance: SlideNuisance | None = None,
     progress: bool = True,
 ) -> np.ndarray:
     """``(height_px, width_px, 3)`` uint8 image; pixel ``(i, j)`` covers ``[j mpp, (j+1) mpp] x [i mpp, ...]``.
 
     ``tissue(x, y)`` gives tissue coverage in ``[0, 1]`` (0 is bare glass), ``stroma_eosin(x, y)`` the eosin
-    concentration of the extracellular matrix; both are smooth and sampled on a coarse grid.
+    concentration of the extracellular matrix; both are smooth and sampled on a coarse grid. ``nuisance``
+    adds stain/thickness fields, folds, tears, out-of-focus regions and vignetting
+    (:mod:`nichekd.datasets._artifacts`).
     """
     height_px = int(np.ceil(height_um / mpp))
     width_px = int(np.ceil(width_um / mpp))
@@ -172,15 +177,19 @@ def render_he(
         return 0.5 + 0.5 * np.sin(x / 180.0 + 1.3 * np.sin(y / 260.0)) * np.cos(y / 210.0)
 
     step = max(4.0, 2 * mpp, float(np.sqrt(width_um * height_um / COARSE_MAX_POINTS)))
-    coarse = _CoarseGrid([tissue, stroma_eosin, orientation], width_um, height_um, step)
+    extra = nuisance.fields() if nuisance is not None else []
+    coarse = _CoarseGrid([tissue, stroma_eosin, orientation, *extra], width_um, height_um, step)
     order = np.argsort(xy[:, 1], kind="stable")
     y_sorted = xy[order, 1]
     reach = float(np.max(_reach_um(shapes), initial=0.0)) + 2 * mpp
-    image = np.empty((height_px, width_px, 3), dtype=np.uint8)
     x_um = (np.arange(width_px) + 0.5) * mpp
-    strips = range(0, height_px, STRIP_ROWS)
-    for r0 in tqdm(strips, desc="H&E", disable=not progress or len(strips) < 8):
-        r1 = min(height_px, r0 + STRIP_ROWS)
+    # out-of-focus blur needs a halo of rows above and below each strip (strips stay seamless)
+    blur_px = nuisance.blur_sigma_um / mpp if nuisance is not None else 0.0
+    halo = int(np.ceil(4 * blur_px)) if blur_px >= 0.3 else 0
+    vignette_cols = nuisance.vignette_od(x_um) if nuisance is not None else None
+
+    def optical_density(r0: int, r1: int) -> np.ndarray:
+        """``(r1 - r0, width_px, 3)`` optical density of rows ``r0:r1``."""
         rows = np.arange(r0, r1)
         lo, hi = np.searchsorted(y_sorted, [r0 * mpp - reach, r1 * mpp + reach])
         shape = (r1 - r0, width_px)
@@ -196,11 +205,35 @@ def render_he(
         eosin = t * ((1 - body) * stroma + body * cyto_e / np.maximum(cover, 1e-6))
         grain = chromatin[rows % chromatin.shape[0]]
         hema = t * (0.05 + hema * np.clip(0.8 + 0.25 * grain, 0.3, None))
-        od = (
-            GLASS_OD
+        glass = GLASS_OD
+        if nuisance is not None:
+            log_h, log_e, fold, tear = (fields[..., 3 + i] for i in range(4))
+            # stain and thickness scale the dyes; a fold doubles the tissue; a tear removes it
+            kept = (1 + np.clip(fold, 0, None)) * (1 - np.clip(tear, 0, 1))
+            hema = hema * np.exp(log_h) * kept
+            eosin = eosin * np.exp(log_e) * kept
+            vig_rows = nuisance.vignette_od((rows + 0.5) * mpp)
+            glass = GLASS_OD + (vig_rows[:, None] + vignette_cols[None, :])[..., None]
+        return (
+            glass
             + hema[..., None] * HEMATOXYLIN_OD
             + eosin[..., None] * EOSIN_OD
             + 0.015 * noise[rows % noise.shape[0]]
         )
+
+    image = np.empty((height_px, width_px, 3), dtype=np.uint8)
+    strips = range(0, height_px, STRIP_ROWS)
+    for r0 in tqdm(strips, desc="H&E", disable=not progress or len(strips) < 8):
+        r1 = min(height_px, r0 + STRIP_ROWS)
+        if halo:
+            a0, a1 = max(0, r0 - halo), min(height_px, r1 + halo)
+            od = optical_density(a0, a1)
+            weight = coarse.strip((np.arange(a0, a1) + 0.5) * mpp, x_um)[..., 7:8]
+            if weight.max() > 0:
+                blurred = ndimage.gaussian_filter(od, sigma=(blur_px, blur_px, 0), mode="nearest")
+                od = od + np.clip(weight, 0, 1) * (blurred - od)
+            od = od[r0 - a0 : r0 - a0 + (r1 - r0)]
+        else:
+            od = optical_density(r0, r1)
         image[r0:r1] = np.clip(255.0 * np.exp(-od), 0, 255).astype(np.uint8)
     return image

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .._layout import TABLE_KEY, UNS_KEY, build_library
+from ._artifacts import FIXATION_SHARE, concat_shapes, fixation_nuclei, make_nuisance, red_blood_cells
 from ._cell_types import draw_cell_types, draw_nuclei, make_cell_types
 from ._expression import MEAN_COUNTS_PER_CELL, THETA, make_expression_model, simulate_counts
 from ._he_render import render_he
@@ -18,10 +19,12 @@ from ._niche_fields import simulate_geometry, smooth_field
 from ._spots import SPOT_DIAMETER_UM, SPOT_PITCH_UM, assign_cells, hex_spot_centres, keep_spots
 
 CELL_DIAMETER_UM = 10.0
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MIN_CELLS = {"cell": 50, "spot": 500}
 # Stroma eosin: a niche shifts it by at most this much around STROMA_EOSIN, under noise of similar size.
 STROMA_EOSIN, STROMA_NICHE_SHIFT, STROMA_NOISE = 0.5, 0.06, 0.06
+# Nuisance strengths beyond these no longer look like a usable slide.
+MAX_NUISANCE = {"stain_variation": 1.0, "artifacts": 3.0}
 
 
 def _check_int(name: str, value, low: int, high: int | None = None) -> int:
@@ -33,7 +36,19 @@ def _check_int(name: str, value, low: int, high: int | None = None) -> int:
     return int(value)
 
 
-def _validate(n_cells, n_niches, n_cell_types, n_genes, mode, mpp, max_image_pixels, library_id, seed):
+def _validate(
+    n_cells,
+    n_niches,
+    n_cell_types,
+    n_genes,
+    mode,
+    mpp,
+    max_image_pixels,
+    library_id,
+    seed,
+    stain_variation,
+    artifacts,
+):
     if mode not in MIN_CELLS:
         raise ValueError(f"mode must be 'cell' (Xenium-like) or 'spot' (Visium-like), got {mode!r}.")
     n_cells = _check_int("n_cells", n_cells, MIN_CELLS[mode])
@@ -50,6 +65,11 @@ def _validate(n_cells, n_niches, n_cell_types, n_genes, mode, mpp, max_image_pix
             f"library_id must be a non-empty string of letters, digits, '_', '-' or '.', got {library_id!r}."
         )
     seed = _check_int("seed", seed, 0)
+    for name, value in (("stain_variation", stain_variation), ("artifacts", artifacts)):
+        if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= MAX_NUISANCE[name]:
+            raise ValueError(
+                f"{name} must be a number in [0, {MAX_NUISANCE[name]}] (0 disables it), got {value!r}."
+            )
     return n_cells, n_niches, n_cell_types, n_genes, float(mpp), max_image_pixels, seed
 
 
@@ -79,6 +99,8 @@ def synthetic_tissue(
     image: bool = True,
     max_image_pixels: int = 50_000_000,
     library_id: str = "synthetic",
+    stain_variation: float = 0.0,
+    artifacts: float = 0.0,
     seed: int = 0,
     progress: bool = True,
 ):
@@ -90,6 +112,14 @@ def synthetic_tissue(
     On the H&E image nucleus size, shape and hematoxylin density depend on the cell type (with within-type
     noise; several types look alike) and the stroma eosin depends only weakly and noisily on the niche, so
     one cell's appearance is ambiguous while the composition of its neighbourhood identifies the niche.
+
+    The slide also carries the nuisance of real H&E, drawn independently of the niches
+    (:mod:`nichekd.datasets._artifacts`): smooth hematoxylin and eosin intensity fields plus a section-wide
+    stain gradient, section thickness, fixation-dependent nuclear size (``stain_variation``), and scanner
+    vignetting per 500 um camera field, out-of-focus regions, tissue folds, tears and haemorrhage with red
+    blood cells (``artifacts``). As on real slides they are large directions of image-feature variance
+    unrelated to the niches: clustering image features picks them up, a student supervised by the teacher
+    learns to ignore them.
 
     Cells are packed at about one per 110-190 um^2 (the density varies by niche); the section size follows
     from ``n_cells``. Every random stream is derived from ``seed``: cells, types and counts do not depend
@@ -120,6 +150,21 @@ def synthetic_tissue(
     library_id
         Section id: names the elements (``{library_id}_he``, ``{library_id}_cells``/``_spots``) and the
         coordinate system (microns).
+    stain_variation
+        Log-scale standard deviation of the smooth hematoxylin and eosin intensity fields (each also drifts by
+        this much across the section); thickness varies by 0.7 and nuclear size (fixation) by 0.4 of it.
+        ``0`` (default) disables all three. Off by default: the niches here show mostly through stain
+        intensities (hematoxylin density of the cell types, stroma eosin), so ``0.15`` or more lowers a
+        supervised student on colour features (``stain`` encoder) as much as the clustering baselines, and
+        the student no longer generalises across a spatial split; use it to test stain robustness
+        (``nk.pp.augmented_features``, per-section z-scores).
+    artifacts
+        Strength of slide-handling and scanning artifacts (default ``0``: a clean slide; ``1.5`` gives a
+        realistically messy one, on which the student's lead over the baselines grows on average but varies
+        more between seeds — see ``tests/test_distill_quality.py``). At ``1``, about 15% of the area
+        is out of focus (Gaussian blur of 1.5 um), 5% is haemorrhage with red blood cells, folds (doubled
+        tissue, 40 um wide) and tears (7 um cracks) come at 0.4 per mm^2 each (at least one of each), and
+        camera fields vignette by up to 8%. Areas and rates scale with it; ``0`` disables all of them.
     seed
         Seed of every random draw: the same seed gives identical counts, coordinates and image.
     progress
@@ -143,7 +188,17 @@ def synthetic_tissue(
     >>> spots.tables["table"].obsm["cell_type_fractions"].head()  # doctest: +SKIP
     """
     n_cells, n_niches, n_types, n_genes, mpp, max_image_pixels, seed = _validate(
-        n_cells, n_niches, n_cell_types, n_genes, mode, mpp, max_image_pixels, library_id, seed
+        n_cells,
+        n_niches,
+        n_cell_types,
+        n_genes,
+        mode,
+        mpp,
+        max_image_pixels,
+        library_id,
+        seed,
+        stain_variation,
+        artifacts,
     )
     geom_ss, types_ss, expr_ss, image_ss = np.random.SeedSequence(seed).spawn(4)
     geom = simulate_geometry(np.random.default_rng(geom_ss), n_cells, n_niches)
@@ -196,15 +251,34 @@ def synthetic_tissue(
         def stroma_eosin(x: np.ndarray, y: np.ndarray) -> np.ndarray:
             return STROMA_EOSIN + shift[geom.niche_at(x, y)] + STROMA_NOISE * noise.at(x, y)
 
+        length = geom.niche_length_um
+        nuisance = make_nuisance(
+            rng_image,
+            geom.width_um,
+            geom.height_um,
+            length,
+            stain_variation=stain_variation,
+            artifacts=artifacts,
+        )
+        shapes = fixation_nuclei(rng_image, nuclei, geom.xy, length, FIXATION_SHARE * stain_variation)
+        rbc_xy, rbc = red_blood_cells(
+            rng_image,
+            geom.width_um,
+            geom.height_um,
+            length,
+            lambda x, y: geom.tissue_score(x, y) >= geom.threshold,
+            artifacts,
+        )
         he = render_he(
-            geom.xy,
-            nuclei,
+            np.concatenate([geom.xy, rbc_xy]),
+            concat_shapes(shapes, rbc),
             geom.width_um,
             geom.height_um,
             image_mpp,
             tissue=tissue,
             stroma_eosin=stroma_eosin,
             seed=image_ss,
+            nuisance=nuisance,
             progress=progress,
         )
 
@@ -244,6 +318,8 @@ def synthetic_tissue(
         "image_mpp": image_mpp,
         "image_downscaled": bool(image and image_mpp > mpp),
         "max_image_pixels": max_image_pixels,
+        "stain_variation": float(stain_variation),
+        "artifacts": float(artifacts),
         "library_id": library_id,
     }
     return sdata
