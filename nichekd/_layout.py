@@ -104,8 +104,9 @@ def as_rgb_cyx(image: Any) -> Any:
     return arr
 
 
-def make_image(image: Any, mpp: float, library: str, *, offset_um: tuple[float, float] = (0.0, 0.0),
-               chunks: int = 1024):
+def make_image(
+    image: Any, mpp: float, library: str, *, offset_um: tuple[float, float] = (0.0, 0.0), chunks: int = 1024
+):
     """Parse an RGB image into a multiscale image element registered in microns.
 
     Parameters
@@ -122,7 +123,8 @@ def make_image(image: Any, mpp: float, library: str, *, offset_um: tuple[float, 
         Chunk size in pixels of the stored pyramid.
     """
     from spatialdata.models import Image2DModel
-    from spatialdata.transformations import Scale, Sequence as TSequence, Translation
+    from spatialdata.transformations import Scale, Translation
+    from spatialdata.transformations import Sequence as TSequence
 
     if not np.isfinite(mpp) or mpp <= 0:
         raise ValueError(f"Microns per pixel must be a positive number, got {mpp!r}; pass mpp= explicitly.")
@@ -141,7 +143,9 @@ def make_image(image: Any, mpp: float, library: str, *, offset_um: tuple[float, 
     )
 
 
-def make_shapes(xy_um: np.ndarray, diameter_um: float | np.ndarray, library: str, index: Sequence | None = None):
+def make_shapes(
+    xy_um: np.ndarray, diameter_um: float | np.ndarray, library: str, index: Sequence | None = None
+):
     """Circles (centres ``(x, y)`` and diameters in microns) registered to the library's coordinate system."""
     from spatialdata.models import ShapesModel
     from spatialdata.transformations import Identity
@@ -202,7 +206,9 @@ def build_library(
     if xy.shape != (adata.n_obs, 2):
         raise ValueError(f"xy_um must have shape ({adata.n_obs}, 2), got {xy.shape}.")
     if not np.isfinite(xy).all():
-        raise ValueError("Spot/cell coordinates contain NaN or infinite values; drop or fix those rows first.")
+        raise ValueError(
+            "Spot/cell coordinates contain NaN or infinite values; drop or fix those rows first."
+        )
     if not adata.obs_names.is_unique:
         raise ValueError("Observation names must be unique; call adata.obs_names_make_unique() first.")
     library = str(library)

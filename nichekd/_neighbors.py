@@ -42,7 +42,10 @@ def _group_codes(groups: np.ndarray | None, n: int) -> np.ndarray:
 
 
 def estimate_radius(
-    xy: np.ndarray, n_neighbors_target: float, groups: np.ndarray | None = None, max_cells: int = 200_000,
+    xy: np.ndarray,
+    n_neighbors_target: float,
+    groups: np.ndarray | None = None,
+    max_cells: int = 200_000,
     random_state: int = 0,
 ) -> float:
     """Radius (same units as ``xy``) at which the mean number of neighbours equals ``n_neighbors_target``.
@@ -121,8 +124,13 @@ def radius_neighbours(
     return Neighbourhoods(index=index, distance=distance, radius=float(radius))
 
 
-def neighbour_mean(features: np.ndarray, nbrs: Neighbourhoods, weights: str = "uniform",
-                   include_self: bool = True, chunk: int = 65_536) -> np.ndarray:
+def neighbour_mean(
+    features: np.ndarray,
+    nbrs: Neighbourhoods,
+    weights: str = "uniform",
+    include_self: bool = True,
+    chunk: int = 65_536,
+) -> np.ndarray:
     """Mean of ``features`` over each neighbourhood, in chunks (no ``n x m x d`` tensor for all cells).
 
     ``weights="gaussian"`` weighs neighbours by ``exp(-d^2 / (2 (radius/2)^2))``.

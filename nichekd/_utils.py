@@ -17,7 +17,9 @@ def resolve_device(device: str = "auto") -> str:
 
     if device != "auto":
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device={device!r} was requested but CUDA is not available; use device='cpu'.")
+            raise RuntimeError(
+                f"device={device!r} was requested but CUDA is not available; use device='cpu'."
+            )
         return device
     if torch.cuda.is_available():
         return "cuda"

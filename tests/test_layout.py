@@ -47,8 +47,14 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="NaN"):
         L.build_library(a, library="s", xy_um=np.full((50, 2), np.nan), diameter_um=1)
     with pytest.raises(ValueError, match="RGB"):
-        L.build_library(a, library="s", xy_um=np.zeros((50, 2)), diameter_um=1,
-                        image=np.zeros((5, 10, 10), np.uint16), mpp=1)
+        L.build_library(
+            a,
+            library="s",
+            xy_um=np.zeros((50, 2)),
+            diameter_um=1,
+            image=np.zeros((5, 10, 10), np.uint16),
+            mpp=1,
+        )
     with pytest.raises(ValueError, match="mpp"):
         L.build_library(a, library="s", xy_um=np.zeros((50, 2)), diameter_um=1, image=np.zeros((10, 10, 3)))
     with pytest.raises(KeyError, match="table_key"):
