@@ -98,6 +98,24 @@ def prediction_entropy(proba: np.ndarray) -> np.ndarray:
     return -(p * np.log(p)).sum(1)
 
 
+def write_niche_predictions(
+    adata: ad.AnnData, key_added: str, proba: np.ndarray, names: list[str], rows: np.ndarray | None = None
+) -> None:
+    """Write ``obs[key_added]`` (argmax niche), ``obsm[f"{key_added}_proba"]`` (float32) and
+    ``obs[f"{key_added}_entropy"]``; observations outside ``rows`` get a missing niche and NaN."""
+    n = adata.n_obs
+    rows = np.arange(n) if rows is None else rows
+    full = np.full((n, len(names)), np.nan, dtype=np.float32)
+    full[rows] = proba
+    labels = np.full(n, None, dtype=object)
+    labels[rows] = np.asarray(names, dtype=object)[proba.argmax(1)]
+    entropy = np.full(n, np.nan, dtype=np.float32)
+    entropy[rows] = prediction_entropy(proba)
+    adata.obs[key_added] = pd.Categorical(labels, categories=list(names))
+    adata.obsm[f"{key_added}_proba"] = full
+    adata.obs[f"{key_added}_entropy"] = entropy
+
+
 def distill(
     sdata,
     *,
@@ -308,9 +326,7 @@ def distill(
     proba = model.predict_proba(feats, xy, groups=groups, views=views if tta else None, device=device)
 
     # everything validated and computed: write
-    adata.obs[key_added] = pd.Categorical(np.asarray(names, dtype=object)[proba.argmax(1)], categories=names)
-    adata.obsm[f"{key_added}_proba"] = proba.astype(np.float32)
-    adata.obs[f"{key_added}_entropy"] = prediction_entropy(proba).astype(np.float32)
+    write_niche_predictions(adata, key_added, proba, names)
     params = {
         "teacher_key": teacher_key,
         "teacher_source": source,

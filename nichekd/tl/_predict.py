@@ -7,7 +7,6 @@ from typing import Any
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 
 from .._layout import (
     LIBRARY_KEY,
@@ -22,7 +21,7 @@ from .._layout import (
 )
 from .._utils import store_params
 from ..models.student import NicheStudent
-from ._distill import prediction_entropy
+from ._distill import write_niche_predictions
 
 # settings of nk.pp.histology_features that determine the features (the rest is provenance or names the
 # data, e.g. the image element or the resolution actually used on one slide)
@@ -240,15 +239,7 @@ def predict_niches(
         adata.obsm[features_key] = feats
         if feat_params is not None:
             adata.uns[features_key] = feat_params
-    proba = np.full((adata.n_obs, model.n_niches), np.nan, dtype=np.float32)
-    proba[sel] = proba_sel
-    labels = np.full(adata.n_obs, None, dtype=object)
-    labels[sel] = np.asarray(model.niche_names, dtype=object)[proba_sel.argmax(1)]
-    entropy = np.full(adata.n_obs, np.nan, dtype=np.float32)
-    entropy[sel] = prediction_entropy(proba_sel)
-    adata.obs[key_added] = pd.Categorical(labels, categories=model.niche_names)
-    adata.obsm[f"{key_added}_proba"] = proba
-    adata.obs[f"{key_added}_entropy"] = entropy
+    write_niche_predictions(adata, key_added, proba_sel, model.niche_names, rows=sel)
     store_params(
         adata,
         key_added,

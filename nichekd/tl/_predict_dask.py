@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from .. import _dask
 from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels, spatial_coords
 from .._utils import store_params
 from ..models.student import NicheStudent
-from ._distill import prediction_entropy
+from ._distill import write_niche_predictions
 from ._predict import _replay, check_encoder, encoder_settings
 
 
@@ -128,10 +127,7 @@ def predict_niches_dask(
     if new_features is not None:
         adata.obsm[features_key] = feats
         adata.uns[features_key] = new_features.uns[features_key]
-    names = np.asarray(model.niche_names, dtype=object)
-    adata.obs[key_added] = pd.Categorical(names[proba.argmax(1)], categories=model.niche_names)
-    adata.obsm[f"{key_added}_proba"] = proba
-    adata.obs[f"{key_added}_entropy"] = prediction_entropy(proba).astype(np.float32)
+    write_niche_predictions(adata, key_added, proba, model.niche_names)
     store_params(
         adata,
         key_added,
