@@ -20,8 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from . import _layout
-
 BACKGROUND = 255  # white glass: what lies outside the scanned area
 # Tiles are read whole; larger dask chunks are split so that no read comes near loading a slide.
 MAX_TILE_PX = 2048
@@ -87,37 +85,6 @@ class ImagePyramid:
         return max(ok, key=lambda lv: lv.mpp) if ok else self.levels[0]
 
 
-def find_image(sdata, library: str, image_key: str | None = None, table: Any = None) -> str:
-    """Name of the image element of ``library``: ``image_key`` if given, else the one recorded in the layout
-    (``table.uns['nichekd']``; default the object's ``"table"``), else ``"{library}_he"``.
-
-    Raises a clear error when the library has no image or the element is missing.
-    """
-    names = sorted(getattr(sdata, "images", {}) or {})
-    if image_key is not None:
-        if image_key not in names:
-            raise KeyError(
-                f"No image element {image_key!r}; the object has images {names}. Pass image_key= with one."
-            )
-        return image_key
-    if table is None and _layout.TABLE_KEY in getattr(sdata, "tables", {}):
-        table = sdata.tables[_layout.TABLE_KEY]
-    recorded = None
-    if table is not None:
-        try:
-            info = _layout.library_infos(table).get(str(library))
-            recorded = info.image if info is not None else None
-        except KeyError:
-            recorded = None
-    for candidate in (recorded, _layout.image_name(str(library))):
-        if candidate and candidate in names:
-            return candidate
-    raise ValueError(
-        f"Library {library!r} has no H&E image (looked for {recorded or _layout.image_name(str(library))!r}; "
-        f"images present: {names}). Add the image to the SpatialData object (nichekd.io.read_wsi) or pass image_key=."
-    )
-
-
 def _level_arrays(element) -> list[Any]:
     """The ``(c, y, x)`` DataArray of every level, finest first, for a DataTree or a DataArray."""
     from xarray import DataTree
@@ -129,11 +96,15 @@ def _level_arrays(element) -> list[Any]:
     return [element]
 
 
-def image_pyramid(sdata, image_key: str, coordinate_system: str) -> ImagePyramid:
-    """Levels of ``sdata.images[image_key]`` with their mapping to ``coordinate_system`` (microns).
+def image_pyramid(
+    sdata, image_key: str, coordinate_system: str, *, microns_per_unit: float = 1.0
+) -> ImagePyramid:
+    """Levels of ``sdata.images[image_key]`` with their mapping to microns.
 
-    Works for multiscale (DataTree) and single-scale (DataArray) elements and for any registered
-    transformation (Scale, Affine, Sequence, with non-square pixels or rotation).
+    ``microns_per_unit`` converts units of ``coordinate_system`` to microns (see
+    :func:`nichekd._elements.resolve`, which finds it). Works for multiscale (DataTree) and single-scale
+    (DataArray) elements and for any registered transformation (Scale, Affine, Sequence, with non-square
+    pixels or rotation).
     """
     from spatialdata.transformations import get_transformation
 
@@ -150,6 +121,7 @@ def image_pyramid(sdata, image_key: str, coordinate_system: str) -> ImagePyramid
         transforms[coordinate_system].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")),
         dtype=float,
     )
+    to_um0 = np.diag([microns_per_unit, microns_per_unit, 1.0]) @ to_um0
     if abs(np.linalg.det(to_um0[:2, :2])) < 1e-12:
         raise ValueError(
             f"The transformation of image {image_key!r} is singular; it cannot map microns to pixels."

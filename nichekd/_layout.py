@@ -1,30 +1,32 @@
-"""The standard layout every nichekd function reads and writes.
+"""How nichekd's own readers and the simulator lay out a section; every function reads any layout.
 
-One :class:`~spatialdata.SpatialData` object holds, per tissue section (a *library*):
+nichekd functions find elements, coordinates and units through :mod:`nichekd._elements`, so they work on objects
+made by spatialdata-io as well. The readers nichekd keeps (legacy ST, HEST, whole-slide files, the simulator)
+build one library like this:
 
 =====================  =============================================================================
 element                content
 =====================  =============================================================================
 ``{library}_he``       the H&E image, RGB ``uint8`` with dims ``(c, y, x)``, multiscale (a pyramid),
                        registered to the coordinate system ``{library}`` by ``Scale([mpp, mpp])``
-                       (optionally followed by a translation), so that coordinates are **microns**
+                       (optionally followed by a translation): coordinates are **microns**
 ``{library}_{kind}s``  spots or cells as circles (``kind`` is ``spot``, ``cell`` or ``tile``), centres and
                        radii in microns, identity transform to ``{library}``
-``table``              one :class:`~anndata.AnnData` annotating all shapes elements: ``obs['region']``
+``table``              one :class:`~anndata.AnnData` annotating the shapes: ``obs['region']``
                        (the shapes element), ``obs['instance_id']`` (its index there),
                        ``obs['library']`` (categorical), ``obsm['spatial']`` (x, y in microns),
                        raw counts in ``X``
 =====================  =============================================================================
 
-``table.uns['nichekd']['libraries'][library]`` records, per library, the element names, microns per pixel,
-the spot/cell diameter in microns, the kind and the technology. Results of the pipeline are added to the same
-table (``obs``, ``obsm``, ``uns``), so writing the object to zarr keeps everything in one store.
+The units are recorded where scanpy, squidpy and Space Ranger keep them:
+``uns['spatial'][library]['scalefactors']['microns_per_pixel']`` (here 1.0: the coordinates are microns) and
+``spot_diameter_fullres`` (the spot/cell diameter in those units); ``uns['spatial'][library]['metadata']`` holds
+the technology and the kind of observation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import anndata as ad
@@ -36,7 +38,6 @@ LIBRARY_KEY = "library"
 REGION_KEY = "region"
 INSTANCE_KEY = "instance_id"
 SPATIAL_KEY = "spatial"
-UNS_KEY = "nichekd"
 UNITS = "micrometer"
 KINDS = ("spot", "cell", "tile")
 # Smallest pyramid level kept: below this many pixels on the long side a further level adds nothing.
@@ -53,24 +54,6 @@ def shapes_name(library: str, kind: str = "spot") -> str:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
     return f"{library}_{kind}s"
-
-
-@dataclass(frozen=True)
-class LibraryInfo:
-    """Where one library's elements are and its physical scale."""
-
-    library: str
-    image: str | None
-    shapes: str | None
-    mpp: float | None
-    diameter_um: float | None
-    kind: str
-    technology: str
-
-    @property
-    def coordinate_system(self) -> str:
-        """The library's coordinate system (microns)."""
-        return self.library
 
 
 def pyramid_scale_factors(shape_yx: Sequence[int], min_size: int = MIN_PYRAMID_SIZE) -> list[int]:
@@ -226,16 +209,12 @@ def build_library(
             raise ValueError("An image needs its microns per pixel (mpp=).")
         iname = image_name(library)
         images[iname] = make_image(image, mpp, library, offset_um=image_offset_um)
-    # anndata cannot store None: "" and NaN mark a missing image
-    info = {
-        "image": iname or "",
-        "shapes": sname,
-        "mpp": float("nan") if mpp is None else float(mpp),
-        "diameter_um": float(diameter_um),
-        "kind": kind,
-        "technology": technology,
+    table.uns["spatial"] = {
+        library: {
+            "scalefactors": {"microns_per_pixel": 1.0, "spot_diameter_fullres": float(diameter_um)},
+            "metadata": {"technology": technology, "kind": kind},
+        }
     }
-    table.uns[UNS_KEY] = {"libraries": {library: info}}
     table = TableModel.parse(table, region=[sname], region_key=REGION_KEY, instance_key=INSTANCE_KEY)
     return SpatialData(images=images, shapes={sname: shapes}, tables={TABLE_KEY: table})
 
@@ -252,33 +231,11 @@ def get_table(sdata, table_key: str = TABLE_KEY) -> ad.AnnData:
     return sdata.tables[table_key]
 
 
-def library_infos(adata: ad.AnnData) -> dict[str, LibraryInfo]:
-    """Per-library element names and scales recorded in ``uns['nichekd']``."""
-    libs = adata.uns.get(UNS_KEY, {}).get("libraries", {})
-    if not libs:
-        raise KeyError(
-            "The table has no uns['nichekd']['libraries'] record; build the object with a nichekd.io reader "
-            "or nichekd.datasets.synthetic_tissue so that images, shapes and scales are known."
-        )
-    return {
-        str(k): LibraryInfo(
-            library=str(k),
-            image=v.get("image") or None,
-            shapes=v.get("shapes") or None,
-            mpp=None if v.get("mpp") is None or not np.isfinite(v["mpp"]) else float(v["mpp"]),
-            diameter_um=None if v.get("diameter_um") is None else float(v["diameter_um"]),
-            kind=str(v.get("kind", "spot")),
-            technology=str(v.get("technology", "unknown")),
-        )
-        for k, v in libs.items()
-    }
+def library_labels(adata: ad.AnnData, library_key: str | None = LIBRARY_KEY) -> pd.Categorical:
+    """The library of each observation (see :func:`nichekd._elements.library_labels`)."""
+    from ._elements import library_labels as _labels
 
-
-def library_labels(adata: ad.AnnData, library_key: str = LIBRARY_KEY) -> pd.Categorical:
-    """The library of each observation (one library if the column is missing)."""
-    if library_key in adata.obs:
-        return pd.Categorical(adata.obs[library_key].astype(str))
-    return pd.Categorical(["library"] * adata.n_obs)
+    return pd.Categorical(_labels(adata, library_key)[1])
 
 
 def spatial_coords(adata: ad.AnnData, spatial_key: str = SPATIAL_KEY) -> np.ndarray:

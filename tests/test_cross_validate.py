@@ -17,7 +17,7 @@ FAST = {"epochs": 6, "device": "cpu"}
 
 def _sections(n_sections: int = 3, n: int = 300, d: int = 16, k: int = 3, seed: int = 0, shift: float = 3.0):
     """Sections whose features carry the niche plus a per-section offset (a stain batch effect)."""
-    from nichekd.io import concatenate
+    from spatialdata import concatenate
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(k, d)) * 1.5
@@ -35,7 +35,7 @@ def _sections(n_sections: int = 3, n: int = 300, d: int = 16, k: int = 3, seed: 
         )
         tab.obsm["feats"] = feats.astype(np.float32)
         parts.append(sd)
-    sdata = concatenate(parts)
+    sdata = concatenate(parts, concatenate_tables=True, uns_merge="unique")
     t = sdata.tables["table"]
     t.uns["feats"] = {"params": {"backbone": "toy", "patch_size_um": 40.0}}
     t.uns["teacher_niche"] = {"params": {"radius_um": 45.0, "n_neighbors_target": 10}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pytest
+import spatialdata as sd
 import torch
 
 import nichekd as nk
@@ -87,7 +88,7 @@ def test_copy_leaves_input_untouched():
 def test_multi_library_each_uses_its_own_image():
     a = _tissue("A", seed=1, left=PINK, right=PINK)
     b = _tissue("B", seed=2, left=PURPLE, right=PURPLE)
-    sdata = nk.io.concatenate([a, b])
+    sdata = sd.concatenate([a, b], concatenate_tables=True, uns_merge="unique")
     nk.pp.histology_features(sdata, backbone="stain")
     t = _table(sdata)
     h = encoders._stain.FEATURE_NAMES.index("h_mean")

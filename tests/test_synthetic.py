@@ -69,7 +69,7 @@ def test_layout_cell_mode(cells):
 
 
 def test_uns_records_plain_parameters(cells):
-    rec = cells.tables["table"].uns["nichekd"]["synthetic"]
+    rec = cells.tables["table"].uns["synthetic"]
     assert rec["seed"] == 7 and rec["n_cells"] == N and rec["mode"] == "cell" and rec["n_niches"] == 4
     assert rec["image_mpp"] == 0.5 and rec["image_downscaled"] is False
 
@@ -190,7 +190,7 @@ def test_nuclei_darker_than_stroma(cells):
 
 def test_image_size_is_capped():
     sdata = synthetic_tissue(2000, n_genes=20, max_image_pixels=300_000, seed=1, progress=False)
-    rec = sdata.tables["table"].uns["nichekd"]["synthetic"]
+    rec = sdata.tables["table"].uns["synthetic"]
     img = _image(sdata)
     assert img.shape[0] * img.shape[1] <= 300_000
     assert rec["image_downscaled"] is True and rec["image_mpp"] > 0.5
@@ -213,9 +213,9 @@ def test_zarr_round_trip(spots, tmp_path):
         pd.testing.assert_frame_equal(a.obsm[key], b.obsm[key])
     assert np.array_equal(a.obsm["spatial"], b.obsm["spatial"])
     assert (a.X != b.X).nnz == 0
-    assert a.uns["nichekd"]["synthetic"].keys() == b.uns["nichekd"]["synthetic"].keys()
-    for k, v in a.uns["nichekd"]["synthetic"].items():
-        assert np.array_equal(np.asarray(v), np.asarray(b.uns["nichekd"]["synthetic"][k])), k
+    assert a.uns["synthetic"].keys() == b.uns["synthetic"].keys()
+    for k, v in a.uns["synthetic"].items():
+        assert np.array_equal(np.asarray(v), np.asarray(b.uns["synthetic"][k])), k
     assert library_infos(a) == library_infos(b)
     levels = list(sdata.images["synthetic_he"].children)
     assert levels == list(back.images["synthetic_he"].children) and len(levels) >= 2
@@ -320,9 +320,9 @@ def test_nuisance_leaves_cells_and_counts_alone(clean_and_nuisance):
     clean, noisy = (s.tables["table"] for s in clean_and_nuisance)
     pd.testing.assert_frame_equal(clean.obs, noisy.obs)
     assert np.array_equal(clean.obsm["spatial"], noisy.obsm["spatial"]) and (clean.X != noisy.X).nnz == 0
-    rec = noisy.uns["nichekd"]["synthetic"]
+    rec = noisy.uns["synthetic"]
     assert (rec["stain_variation"], rec["artifacts"]) == (0.4, 1.5)
-    assert clean.uns["nichekd"]["synthetic"]["stain_variation"] == 0.0
+    assert clean.uns["synthetic"]["stain_variation"] == 0.0
 
 
 def _block_od(img: np.ndarray, block_px: int = 100) -> np.ndarray:

@@ -62,7 +62,8 @@ def st_mob(data_dir: str | Path | None = None, sections: Sequence[str] = ("MOB1"
     >>> sdata.tables["table"].obs["animal"].cat.categories.tolist()  # doctest: +SKIP
     ['1', '2']
     """
-    from ..io._concatenate import concatenate
+    import spatialdata
+
     from ..io._st import read_st
 
     root = resolve_data_dir(data_dir, "st_mob")
@@ -79,7 +80,12 @@ def st_mob(data_dir: str | Path | None = None, sections: Sequence[str] = ("MOB1"
         read_st(root / f"{s}.tsv.gz", root / f"alignment_table_{s}.tsv", root / f"{s}.jpg", library_id=s)
         for s in sections
     ]
-    sdata = concatenate(parts) if len(parts) > 1 else parts[0]
+    # uns_merge keeps each section's uns['spatial'] record (its units)
+    sdata = (
+        spatialdata.concatenate(parts, concatenate_tables=True, uns_merge="unique")
+        if len(parts) > 1
+        else parts[0]
+    )
     table = get_table(sdata)
     table.obs["animal"] = pd.Categorical(table.obs["library"].astype(str).map(animal))
     return sdata

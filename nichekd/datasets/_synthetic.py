@@ -10,7 +10,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .._layout import TABLE_KEY, UNS_KEY, build_library
+from .._layout import TABLE_KEY, build_library
 from ._artifacts import FIXATION_SHARE, concat_shapes, fixation_nuclei, make_nuisance, red_blood_cells
 from ._cell_types import draw_cell_types, draw_nuclei, make_cell_types
 from ._expression import MEAN_COUNTS_PER_CELL, THETA, make_expression_model, simulate_counts
@@ -146,7 +146,7 @@ def synthetic_tissue(
     max_image_pixels
         Cap on the image size. When the section at ``mpp`` would exceed it, the image is rendered at the
         coarser resolution that fits; the resolution actually used is in the library record and in
-        ``uns['nichekd']['synthetic']['image_mpp']`` (``image_downscaled`` is then ``True``).
+        ``uns['synthetic']['image_mpp']`` (``image_downscaled`` is then ``True``).
     library_id
         Section id: names the elements (``{library_id}_he``, ``{library_id}_cells``/``_spots``) and the
         coordinate system (microns).
@@ -176,7 +176,7 @@ def synthetic_tissue(
     table: ``obs['true_niche']`` and ``obs['cell_type']`` (categorical; in spot mode the majority type);
     spot mode adds ``obs['n_cells']``, ``obsm['cell_type_fractions']`` and ``obsm['niche_fractions']``
     (DataFrames, rows sum to 1). ``var`` marks marker genes (``marker_of``) and niche programs
-    (``niche_program``). Generation parameters are in ``uns['nichekd']['synthetic']``.
+    (``niche_program``). Generation parameters are in ``uns['synthetic']``.
 
     Examples
     --------
@@ -293,7 +293,7 @@ def synthetic_tissue(
         mpp=image_mpp if image else None,
     )
     table = sdata.tables[TABLE_KEY]
-    table.uns[UNS_KEY]["synthetic"] = {
+    table.uns["synthetic"] = {
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
         "mode": mode,

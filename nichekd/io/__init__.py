@@ -8,7 +8,6 @@ from .._layout import __doc__ as _layout_doc
 __doc__ = (__doc__ or "").split("..")[0] + (_layout_doc or "")
 
 # readers (one module each) are imported below
-from ._concatenate import concatenate
 from ._hest import read_anndata_image, read_hest
 from ._st import read_st
 from ._visium import read_visium

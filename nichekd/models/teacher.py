@@ -32,7 +32,8 @@ from scipy import sparse
 from scipy.special import logsumexp
 from tqdm.auto import tqdm
 
-from .._layout import LIBRARY_KEY, SPATIAL_KEY, library_labels, spatial_coords
+from .._elements import micron_coords
+from .._layout import LIBRARY_KEY, SPATIAL_KEY, library_labels
 from .._neighbors import Neighbourhoods, estimate_radius, neighbour_mean, radius_neighbours
 
 METHODS = ("aggregate", "composition", "transformer", "labels")
@@ -553,18 +554,25 @@ class NicheTeacher:
         }
         return project_expression(xn, pca)
 
-    def prepare(self, adata: ad.AnnData, *, fit: bool = False) -> TeacherInputs:
+    def prepare(
+        self, adata: ad.AnnData, *, fit: bool = False, xy_um: np.ndarray | None = None
+    ) -> TeacherInputs:
         """Validate ``adata`` and compute the per-cell inputs of the head (latent, neighbourhoods, features).
 
         With ``fit=True`` the encoder (PCA, radius, categories, scaling) is learnt from ``adata``; otherwise the
-        fitted one is applied. Nothing is written to ``adata``.
+        fitted one is applied. ``xy_um``: micron coordinates of the rows (default: read from the table, see
+        :func:`nichekd._elements.micron_coords`). Nothing is written to ``adata``.
         """
         self._check_params()
         if not isinstance(adata, ad.AnnData):
             raise TypeError(f"Expected an AnnData table, got {type(adata).__name__}.")
         if adata.n_obs == 0:
             raise ValueError("The table has no cells.")
-        xy = spatial_coords(adata, self.spatial_key)
+        xy = (
+            micron_coords(adata, library_key=self.library_key)
+            if xy_um is None
+            else np.asarray(xy_um, dtype=float)
+        )
         codes, names = self._library_codes(adata)
         self._check_libraries(adata, codes, names)
         rng = np.random.default_rng(self.random_state)

@@ -24,7 +24,8 @@ from matplotlib.patches import Patch
 from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 
-from .._layout import INSTANCE_KEY, REGION_KEY, library_infos, library_labels, spatial_coords
+from .._elements import resolve
+from .._layout import INSTANCE_KEY, REGION_KEY, library_labels, spatial_coords
 
 logger = logging.getLogger(__name__)
 RENDERERS = ("auto", "spatialdata_plot", "matplotlib")
@@ -65,9 +66,10 @@ def choose_libraries(table: ad.AnnData, library: str | list[str] | None) -> list
 
 
 def _infos(table: ad.AnnData) -> dict:
+    # TODO(issue 12, plots): panels take elements, coordinate systems and units from _elements.resolve
     try:
-        return library_infos(table)
-    except KeyError:
+        return resolve(table, images=False).libraries
+    except (KeyError, ValueError):
         return {}
 
 
@@ -94,7 +96,7 @@ def resolve_panels(
             if isinstance(image_key, str):
                 image = image_key
             else:
-                default = info.image if info is not None and info.image else f"{lib}_he"
+                default = f"{lib}_he"
                 image = default if default in sdata.images else None
         row = []
         for key in keys:
@@ -112,7 +114,7 @@ def resolve_panels(
                         f"Library {lib!r}: the table rows annotate {list(counts.index)}, none of which is a shapes "
                         f"element of the object ({sorted(sdata.shapes)}); pass shapes_key=."
                     )
-                recorded = info.shapes if info is not None else None
+                recorded = info.region if info is not None else None
                 shapes = recorded if recorded in candidates else candidates[0]
             mask = in_lib if (shapes is None or regions is None) else in_lib & (regions == shapes)
             if not mask.any():

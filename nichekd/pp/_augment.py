@@ -215,7 +215,9 @@ def augmented_features(
     )
     # every check (image found, patches on the image at the largest scale) runs before any encoding
     plans = [
-        _features._plan(sdata, table, labels, src.get("image_key"), src.get("shapes_key"), patch_um * s, spec)
+        _features._plan(
+            sdata, table_key, library_key, src.get("image_key"), src.get("shapes_key"), patch_um * s, spec
+        )
         for s in scales
     ]
     method, reference = src.get("stain_normalization"), src.get("stain_reference")

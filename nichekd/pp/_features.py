@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .. import _image, _layout
+from .. import _elements, _image, _layout
 from .._utils import resolve_device, store_params
 from ..models import encoders as _enc
 
@@ -22,11 +22,9 @@ _PROVENANCE = ("weights", "output_dim", "mpp_used", "pyramid_level", "embedding"
                "versions", "date", "table_key", "library_key", "normalization")  # fmt: skip
 
 
-def _centres(sdata, table: ad.AnnData, rows: np.ndarray, library: str, shapes_key: str | None) -> np.ndarray:
-    """Micron centres of ``rows``: ``obsm['spatial']``, or the centroids of ``shapes_key`` in the library's
-    coordinate system (matched through ``obs['instance_id']``)."""
-    if shapes_key is None or isinstance(sdata, ad.AnnData):
-        return _layout.spatial_coords(table)[rows]
+def _centres(sdata, table: ad.AnnData, lib, shapes_key: str) -> np.ndarray:
+    """Micron centres of library ``lib``'s rows from the centroids of another shapes element ``shapes_key``
+    (registered to the library's coordinate system, matched through the table's instance key)."""
     from spatialdata.transformations import get_transformation
 
     if shapes_key not in sdata.shapes:
@@ -34,22 +32,23 @@ def _centres(sdata, table: ad.AnnData, rows: np.ndarray, library: str, shapes_ke
             f"No shapes element {shapes_key!r}; the object has {sorted(sdata.shapes)}. Pass shapes_key= with one."
         )
     shapes = sdata.shapes[shapes_key]
+    cs = lib.coordinate_system
     transforms = get_transformation(shapes, get_all=True) or {}
-    if library not in transforms:
+    if cs not in transforms:
         raise ValueError(
-            f"Shapes {shapes_key!r} are not registered to the coordinate system {library!r} of the image "
-            f"(they are registered to {sorted(transforms)}); register them in microns to {library!r} or pass the "
-            "shapes element of this library."
+            f"Shapes {shapes_key!r} are not registered to the coordinate system {cs!r} of library {lib.name!r} "
+            f"(they are registered to {sorted(transforms)}); register them to {cs!r} or pass the shapes element "
+            "of this library."
         )
-    aff = np.asarray(transforms[library].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")))
-    cent = shapes.geometry.centroid
-    xy = np.c_[cent.x.to_numpy(), cent.y.to_numpy()] @ aff[:2, :2].T + aff[:2, 2]
-    pos = pd.Index(shapes.index).get_indexer(table.obs[_layout.INSTANCE_KEY].to_numpy()[rows])
+    aff = np.asarray(transforms[cs].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")))
+    xy = _elements._centroids(shapes) @ aff[:2, :2].T + aff[:2, 2]
+    instance_key = table.uns.get("spatialdata_attrs", {}).get("instance_key", _layout.INSTANCE_KEY)
+    pos = pd.Index(shapes.index).get_indexer(table.obs[instance_key].to_numpy()[lib.rows])
     if (pos < 0).any():
         raise ValueError(
-            f"{(pos < 0).sum()} observations of library {library!r} have no shape in {shapes_key!r}."
+            f"{(pos < 0).sum()} observations of library {lib.name!r} have no shape in {shapes_key!r}."
         )
-    return xy[pos]
+    return xy[pos] * lib.microns_per_unit
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -198,7 +197,7 @@ def histology_features(
         patch_size_um = None
     else:
         patch_size_um = float(patch_size_um if patch_size_um is not None else spec.input_size * spec.mpp)
-        per_lib = _plan(sdata, table, labels, image_key, shapes_key, patch_size_um, spec)
+        per_lib = _plan(sdata, table_key, library_key, image_key, shapes_key, patch_size_um, spec)
 
     settings = {
         "backbone": name, "weights": spec.weights, "checkpoint_path": None if checkpoint_path is None else str(checkpoint_path),
@@ -284,27 +283,27 @@ def _precomputed(table: ad.AnnData, features_key: str | None) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _plan(sdata, table, labels, image_key, shapes_key, patch_size_um, spec) -> dict[str, dict[str, Any]]:
+def _plan(
+    sdata, table_key, library_key, image_key, shapes_key, patch_size_um, spec
+) -> dict[str, dict[str, Any]]:
     """Per library: rows, centres, image pyramid and level; every check runs before any work."""
     if isinstance(sdata, ad.AnnData):
         raise ValueError(
             "histology_features needs the SpatialData object (with images), not a bare table; "
             "or use backbone='precomputed'."
         )
+    ctx = _elements.resolve(sdata, table_key=table_key, library_key=library_key, image_key=image_key)
+    if isinstance(image_key, str) and len(ctx.libraries) > 1:
+        raise ValueError(
+            "image_key= names one image but the table has several libraries; pass {library: image}."
+        )
     plan = {}
-    for lib in pd.unique(labels):
-        rows = np.flatnonzero(labels == lib)
-        key = image_key.get(lib) if isinstance(image_key, Mapping) else image_key
-        if isinstance(image_key, str) and len(set(labels)) > 1:
-            raise ValueError(
-                "image_key= names one image but the table has several libraries; pass {library: image}."
-            )
-        name = _image.find_image(sdata, lib, key, table=table)
-        pyramid = _image.image_pyramid(sdata, name, lib)
-        centres = _centres(sdata, table, rows, lib, shapes_key)
+    for name, lib in ctx.libraries.items():
+        pyramid = ctx.pyramid(name)
+        centres = ctx.xy_um[lib.rows] if shapes_key is None else _centres(sdata, ctx.table, lib, shapes_key)
         _image.check_patch_geometry(pyramid, centres, patch_size_um)
         level = pyramid.level_for(patch_size_um / spec.input_size)
-        plan[lib] = {"rows": rows, "centres": centres, "pyramid": pyramid, "level": level}
+        plan[name] = {"rows": lib.rows, "centres": centres, "pyramid": pyramid, "level": level}
     return plan
 
 

@@ -8,19 +8,21 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .. import _dask, _image, _layout
+from .. import _dask, _elements, _image, _layout
 from .._utils import store_params
 from ..models import encoders as _enc
 from ._features import _standardize, histology_features
 
 
-def _partition_table(table: ad.AnnData, rows: np.ndarray, library: str, library_key: str) -> ad.AnnData:
-    """A minimal table of ``rows``: library, coordinates and the layout record; no counts are shipped."""
+def _partition_table(
+    table: ad.AnnData, rows: np.ndarray, lib: _elements.Library, xy_um: np.ndarray, library_key: str | None
+) -> ad.AnnData:
+    """A minimal table of ``rows``: library, coordinates (units of the library's coordinate system) and their
+    scale; no counts are shipped."""
     part = ad.AnnData(obs=pd.DataFrame(index=table.obs_names[rows].astype(str)))
-    part.obs[library_key] = pd.Categorical([library] * len(rows))
-    part.obsm[_layout.SPATIAL_KEY] = _layout.spatial_coords(table)[rows]
-    libs = table.uns[_layout.UNS_KEY]["libraries"]
-    part.uns[_layout.UNS_KEY] = {"libraries": {library: dict(libs[library])}}
+    part.obs[library_key or _layout.LIBRARY_KEY] = pd.Categorical([lib.name] * len(rows))
+    part.obsm[_layout.SPATIAL_KEY] = xy_um[rows] / lib.microns_per_unit
+    part.uns["spatial"] = {lib.name: {"scalefactors": {"microns_per_pixel": lib.microns_per_unit}}}
     return part
 
 
@@ -43,9 +45,19 @@ def _encode_partition(image: Any, image_name: str, part: ad.AnnData, kwargs: dic
     """Runs on a worker: features of one partition with the single-process function."""
     import dask
     from spatialdata import SpatialData
+    from spatialdata.models import TableModel
 
-    work = SpatialData(images={image_name: image})
-    work.tables[_layout.TABLE_KEY] = part
+    # the partition's cells as points in the image's coordinate system, annotated by the partition table
+    lib = str(part.obs.iloc[0, 0])
+    cs = kwargs.pop("coordinate_system")
+    region = f"{lib}_partition"
+    shapes = _layout.make_shapes(part.obsm[_layout.SPATIAL_KEY], 1.0, cs, index=np.arange(part.n_obs))
+    part.obs[_layout.REGION_KEY] = pd.Categorical([region] * part.n_obs)
+    part.obs[_layout.INSTANCE_KEY] = np.arange(part.n_obs)
+    part = TableModel.parse(
+        part, region=region, region_key=_layout.REGION_KEY, instance_key=_layout.INSTANCE_KEY
+    )
+    work = SpatialData(images={image_name: image}, shapes={region: shapes}, tables={_layout.TABLE_KEY: part})
     # image chunks are read here, in the worker: a nested compute on the cluster would wait for a free
     # worker thread while holding this one (a deadlock with one thread per worker)
     with dask.config.set(scheduler="sync"):
@@ -128,9 +140,11 @@ def histology_features_dask(
     table = _layout.get_table(sdata, table_key)
     if table.n_obs == 0:
         raise ValueError("The table has no observations.")
-    xy = _layout.spatial_coords(table)
-    labels = np.asarray(_layout.library_labels(table, library_key)).astype(str)
-    infos = _layout.library_infos(table)
+    # every library must have its image before any task starts
+    ctx = _elements.resolve(
+        sdata, table_key=table_key, library_key=library_key, image_key=image_key, need_image=True
+    )
+    xy, labels = ctx.xy_um, ctx.labels
     if image_key is not None and len(set(labels)) > 1:
         raise ValueError("image_key= names one image but the table has several libraries.")
     backbone = kwargs.get("backbone", "efficientnet_lite0")
@@ -139,10 +153,6 @@ def histology_features_dask(
     kwargs = {**kwargs, "key_added": key_added, "library_key": library_key}
     if image_key is not None:
         kwargs["image_key"] = image_key
-    for lib in set(labels):  # every library must have its image before any task starts
-        if lib not in infos:
-            raise KeyError(f"Library {lib!r} has no record in uns['nichekd']['libraries'].")
-        _image.find_image(sdata, lib, image_key, table=table)
 
     spec = _enc.resolve_spec(
         backbone, input_size=kwargs.get("input_size"), mpp=kwargs.get("mpp"), mean=kwargs.get("mean"),
@@ -154,18 +164,19 @@ def histology_features_dask(
     parts, part_lib = [], []
     for lib in dict.fromkeys(labels):
         rows = np.flatnonzero(labels == lib)
-        name = _image.find_image(sdata, lib, image_key, table=table)
-        tiles = _image_tiles(_image.image_pyramid(sdata, name, lib), xy[rows], patch_size_um, spec.input_size)
+        tiles = _image_tiles(ctx.pyramid(lib), xy[rows], patch_size_um, spec.input_size)
         parts += [rows[g] for g in _dask.tile_partitions(tiles, partition_size)]
         part_lib += [lib] * (len(parts) - len(part_lib))
     images = {}
     tasks = []
     for rows, lib in zip(parts, part_lib, strict=True):
-        name = _image.find_image(sdata, lib, image_key, table=table)
+        name = ctx.library(lib).image
         if name not in images:  # one graph key per image: shipped once to each worker that needs it
             images[name] = dask.delayed(sdata.images[name], pure=True, traverse=False)
-        part = _partition_table(table, rows, lib, library_key)
-        tasks.append(dask.delayed(_encode_partition, pure=True)(images[name], name, part, kwargs))
+        part = _partition_table(table, rows, ctx.library(lib), xy, ctx.library_key)
+        task_kwargs = {**kwargs, "image_key": name, "library_key": ctx.library_key or _layout.LIBRARY_KEY,
+                       "coordinate_system": ctx.library(lib).coordinate_system}  # fmt: skip
+        tasks.append(dask.delayed(_encode_partition, pure=True)(images[name], name, part, task_kwargs))
     results = _dask.compute(tasks, progress=progress, desc="histology feature partitions")
 
     feats = np.empty((table.n_obs, results[0][0].shape[1]), dtype=np.float32)
@@ -177,6 +188,8 @@ def histology_features_dask(
     for field in ("mpp_used", "pyramid_level"):  # per library: merge the partitions' records
         params[field] = {k: v for _, p in results for k, v in p.get(field, {}).items()}
     params.update(
+        image_key=image_key,
+        library_key=library_key,
         standardize=standardize,
         table_key=table_key,
         partitions=len(parts),

@@ -13,7 +13,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels, spatial_coords
+from .._elements import micron_coords
+from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
 from .._utils import store_params
 
 SPLIT_LABELS = ("train", "test", "buffer")
@@ -131,7 +132,7 @@ def spatial_split(
     adata = get_table(sdata, table_key)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    xy = spatial_coords(adata)
+    xy = micron_coords(sdata, table_key=table_key, library_key=library_key)
     if method == "libraries" and library_key not in adata.obs:
         raise KeyError(f"No obs[{library_key!r}] column: held-out sections need a library per cell.")
     libs = library_labels(adata, library_key)

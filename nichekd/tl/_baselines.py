@@ -10,7 +10,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels, spatial_coords
+from .._elements import micron_coords
+from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
 from .._neighbors import estimate_radius, neighbour_mean, radius_neighbours
 from .._utils import store_params
 from ._distill import resolve_features_key
@@ -20,6 +21,7 @@ METHODS = ("leiden", "kmeans", "teacher")
 
 def _neighbourhood_features(
     adata: ad.AnnData,
+    xy: np.ndarray,
     feats: np.ndarray,
     radius_um: float | None,
     n_neighbors_target: float,
@@ -27,7 +29,6 @@ def _neighbourhood_features(
     random_state: int,
 ) -> tuple[np.ndarray, float]:
     """``[own, neighbourhood mean]`` features, neighbourhoods within each section."""
-    xy = spatial_coords(adata)
     libs = np.asarray(library_labels(adata, library_key)).astype(str)
     if radius_um is None:
         radius_um = estimate_radius(xy, n_neighbors_target, groups=libs, random_state=random_state)
@@ -210,7 +211,13 @@ def histology_baseline(
         x = feats
         if neighbourhood:
             x, radius = _neighbourhood_features(
-                adata, feats, radius_um, n_neighbors_target, library_key, random_state
+                adata,
+                micron_coords(sdata, table_key=table_key, library_key=library_key),
+                feats,
+                radius_um,
+                n_neighbors_target,
+                library_key,
+                random_state,
             )
             params["radius_um"] = radius
         rep = _pca(x, n_comps, random_state)

@@ -16,7 +16,8 @@ import pandas as pd
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from tqdm.auto import tqdm
 
-from .._layout import LIBRARY_KEY, SPATIAL_KEY, TABLE_KEY, get_table, library_labels, spatial_coords
+from .._elements import micron_coords
+from .._layout import LIBRARY_KEY, SPATIAL_KEY, TABLE_KEY, get_table, library_labels
 from ..pp._split import _grid_split
 from ._baselines import METHODS as BASELINES
 from ._distill import resolve_features_key, teacher_targets
@@ -144,7 +145,7 @@ def cross_validate(
         )
     if not np.isfinite(np.asarray(adata.obsm[features_key], dtype=np.float32)).all():
         raise ValueError(f"obsm[{features_key!r}] has NaN or infinite values; drop those cells or recompute.")
-    xy = spatial_coords(adata)
+    xy = micron_coords(sdata, table_key=table_key, library_key=library_key)
     if folds == "libraries" and library_key not in adata.obs:
         raise KeyError(f"No obs[{library_key!r}]: leave-one-section-out needs the section of every cell.")
     libs = np.asarray(library_labels(adata, library_key)).astype(str)

@@ -6,7 +6,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels, spatial_coords
+from .._elements import micron_coords
+from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
 from .._neighbors import estimate_radius
 from .._utils import store_params
 from ..models.student import NicheStudent
@@ -252,7 +253,7 @@ def distill(
             "tta=True needs augmented views of the features: run nk.pp.augmented_features(sdata, "
             f"features_key={features_key!r}) first."
         )
-    xy = spatial_coords(adata)
+    xy = micron_coords(sdata, table_key=table_key, library_key=library_key)
     libs = np.asarray(library_labels(adata, library_key)).astype(str)
     if split_key is None:
         split = np.full(adata.n_obs, "train", dtype=object)

@@ -11,6 +11,7 @@ import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 from tqdm.auto import tqdm
 
+from .._elements import micron_coords
 from .._layout import LIBRARY_KEY, TABLE_KEY, get_table
 from ..models.teacher import DEFAULT_N_NEIGHBORS, NicheTeacher
 
@@ -115,7 +116,10 @@ def niche_k_sweep(
         progress=False,
         **teacher_kwargs,
     )
-    inputs = teacher.prepare(adata, fit=True)  # validates the largest K against every library, once
+    xy_um = micron_coords(sdata, table_key=table_key, library_key=library_key)
+    inputs = teacher.prepare(
+        adata, fit=True, xy_um=xy_um
+    )  # validates the largest K against every library, once
     rng = np.random.default_rng(random_state)
     n = inputs.n_obs
     eval_rows = np.sort(rng.choice(n, max_eval_cells, replace=False)) if n > max_eval_cells else np.arange(n)

@@ -8,11 +8,11 @@ from typing import Any
 import anndata as ad
 import numpy as np
 
+from .._elements import resolve
 from .._layout import (
     LIBRARY_KEY,
     REGION_KEY,
     TABLE_KEY,
-    UNS_KEY,
     build_library,
     get_table,
     library_labels,
@@ -74,7 +74,6 @@ def _tile_table(
     """Detect tissue, tile it and return the tiles' table, their shapes and the mask (nothing is written)."""
     from spatialdata import SpatialData
 
-    from .._image import image_pyramid
     from ..pp import tissue_mask, tissue_tiles
 
     image_key, library = _image_and_library(sdata, image_key, library)
@@ -103,15 +102,12 @@ def _tile_table(
             f"No tile of {tile_size_um} um fits the tissue detected on {image_key!r}: nothing to predict. "
             "Pass a smaller tile_size_um= or cells/spots in a table."
         )
-    mpp = image_pyramid(sdata, image_key, library).levels[0].mpp
     tiles = ad.AnnData(np.zeros((len(xy), 0), dtype=np.float32))
     tiles.obs_names = [f"{library}_tile{i}" for i in range(len(xy))]
     tiles_sd = build_library(
         tiles, library=library, xy_um=xy, diameter_um=float(tile_size_um), kind="tile", technology="he_only"
     )
     table = tiles_sd.tables[TABLE_KEY]
-    info = table.uns[UNS_KEY]["libraries"][library]
-    info["image"], info["mpp"] = image_key, float(mpp)
     new_mask = None if mask_key in sdata.shapes else mask
     return table, tiles_sd.shapes[shapes_name(library, "tile")], (mask_key, new_mask)
 
@@ -197,7 +193,12 @@ def predict_niches(
         if library not in set(libs):
             raise KeyError(f"No library {library!r}; the table has {sorted(set(libs))}.")
         rows &= libs == library
-    xy = spatial_coords(adata)
+    # tiles are built in microns; an existing table's coordinates are read from its elements
+    xy = (
+        spatial_coords(adata)
+        if new_tiles is not None
+        else resolve(sdata, table_key=table_key, library_key=library_key).xy_um
+    )
 
     # features: reuse only when made with the model's settings, else replay its encoder
     if features_key in adata.obsm:

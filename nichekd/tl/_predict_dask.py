@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from .. import _dask
-from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels, spatial_coords
+from .._elements import micron_coords
+from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
 from .._utils import store_params
 from ..models.student import NicheStudent
 from ._distill import write_niche_predictions
@@ -80,7 +81,7 @@ def predict_niches_dask(
     if adata.n_obs == 0:
         raise ValueError("The table has no observations.")
     features_key = model.features_key or "he_features"
-    xy = spatial_coords(adata)
+    xy = micron_coords(sdata, table_key=table_key, library_key=library_key)
     libs = np.asarray(library_labels(adata, library_key)).astype(str)
     new_features = None
     if features_key in adata.obsm:

@@ -7,6 +7,7 @@ from typing import Any
 import anndata as ad
 import pandas as pd
 
+from .._elements import micron_coords
 from .._layout import LIBRARY_KEY, TABLE_KEY, get_table
 from .._utils import store_params
 from ..models.teacher import DEFAULT_N_NEIGHBORS, NicheTeacher
@@ -139,7 +140,8 @@ def teacher_niches(
         progress=progress,
     )
     # everything is computed before anything is written: a failure leaves the table untouched
-    inputs = teacher.prepare(adata, fit=True)
+    xy_um = micron_coords(sdata, table_key=table_key, library_key=library_key)
+    inputs = teacher.prepare(adata, fit=True, xy_um=xy_um)
     teacher.fit_head(inputs)
     logits = teacher.logits_from_inputs(inputs)
     proba = teacher.proba_from_inputs(inputs)

@@ -1,0 +1,466 @@
+"""Read what a SpatialData object says: which elements a table annotates, where they are, in which units.
+
+Every nichekd function finds its spots/cells, their micron coordinates and their H&E image here, from the
+elements themselves, so that objects made by spatialdata-io (``visium``, ``visium_hd``, ``xenium``), by nichekd's
+readers, or by a colleague's code all go through the same path:
+
+1. **Libraries** (tissue sections): the values of ``obs[library_key]``; by default the ``"library"`` column when
+   the table has one, else one library per annotated element (the table's ``region_key``).
+2. **Coordinates**: the centroids of the annotated shapes element (matched through ``instance_key``),
+   transformed to the library's coordinate system; ``obsm['spatial']`` only where no element is annotated
+   (an AnnData alone).
+3. **Units**: microns per coordinate-system unit, from (in this order) the ``microns_per_unit`` argument, the
+   table's ``uns['spatial'][library]['scalefactors']['microns_per_pixel']`` (Space Ranger's key: microns per unit
+   of ``obsm['spatial']`` and of the annotated shapes), the physical size of the annotated shapes where the
+   technology fixes it (Visium spots are 55 um wide, Visium HD bins are named by their size), or Xenium's
+   convention (shapes in microns). Where none applies, an error names the argument to pass. Pixels are never
+   taken for microns.
+4. **Image**: among the images registered to the same coordinate system, the finest one whose extent holds the
+   spots; a constant placeholder (such as an all-black ``hires`` image) is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from . import _layout
+
+# Physical sizes fixed by a technology: a Visium spot is 55 um wide (10x Genomics specification).
+VISIUM_SPOT_UM = 55.0
+_HD_BIN = re.compile(r"square_(\d{3})um")
+# an image holds a library's spots when at least this share of them lies on it
+_MIN_ON_IMAGE = 0.5
+
+
+@dataclass(frozen=True)
+class Library:
+    """One tissue section: its rows in the table, its elements and its scale."""
+
+    name: str
+    rows: np.ndarray  # positions in the table
+    region: str | None  # the annotated shapes element (None for an AnnData alone)
+    coordinate_system: str | None
+    microns_per_unit: float  # microns per unit of coordinate_system
+    image: str | None
+    diameter_um: float | None  # spot/bin/cell size where the shapes give one
+    technology: str = "unknown"
+
+
+@dataclass
+class SpatialContext:
+    """What a function needs to know about a table and its elements, resolved once per call."""
+
+    sdata: Any
+    table: ad.AnnData
+    library_key: str | None
+    labels: np.ndarray  # library of each row (str)
+    libraries: dict[str, Library]
+    xy_um: np.ndarray  # (n, 2) micron coordinates of every row, in its library's coordinate system
+    _pyramids: dict = field(default_factory=dict, repr=False)
+
+    def library(self, name: str) -> Library:
+        """The record of one library, or an error naming the libraries that exist."""
+        if str(name) not in self.libraries:
+            raise KeyError(f"No library {name!r}; the table has {sorted(self.libraries)}.")
+        return self.libraries[str(name)]
+
+    def pyramid(self, name: str, image_key: str | None = None):
+        """The image pyramid of library ``name`` in microns (see :func:`nichekd._image.image_pyramid`)."""
+        from . import _image
+
+        lib = self.library(name)
+        key = image_key or lib.image
+        if key is None:
+            images = sorted(getattr(self.sdata, "images", {}) or {})
+            raise ValueError(
+                f"Library {name!r} has no H&E image registered to its coordinate system "
+                f"{lib.coordinate_system!r} (images present: {images}). Add the image with that coordinate system "
+                "(spatialdata.transformations.set_transformation), or pass image_key= (and coordinate_system=)."
+            )
+        cache_key = (key, lib.coordinate_system, lib.microns_per_unit)
+        if cache_key not in self._pyramids:
+            self._pyramids[cache_key] = _image.image_pyramid(
+                self.sdata, key, lib.coordinate_system, microns_per_unit=lib.microns_per_unit
+            )
+        return self._pyramids[cache_key]
+
+
+def _region_key(table: ad.AnnData) -> tuple[str | None, str | None]:
+    attrs = table.uns.get("spatialdata_attrs", {}) or {}
+    return attrs.get("region_key"), attrs.get("instance_key")
+
+
+def library_labels(table: ad.AnnData, library_key: str | None = None) -> tuple[str | None, np.ndarray]:
+    """``(column used, library of each row)``.
+
+    ``library_key=None`` (or the default ``"library"`` where the table has no such column) uses
+    ``obs['library']`` when present, else the table's region column (one library per annotated element), else a
+    single library called ``"library"``.
+    """
+    if library_key == _layout.LIBRARY_KEY and library_key not in table.obs:
+        library_key = None
+    if library_key is not None:
+        if library_key not in table.obs:
+            raise KeyError(
+                f"No column {library_key!r} in obs; pass library_key= with a column naming each observation's "
+                f"section (obs has {list(table.obs.columns)[:20]}), or library_key=None for one per element."
+            )
+        col = table.obs[library_key]
+        if col.isna().any():
+            raise ValueError(f"obs[{library_key!r}] has missing values; every observation needs a library.")
+        return library_key, col.astype(str).to_numpy()
+    if _layout.LIBRARY_KEY in table.obs:
+        return library_labels(table, _layout.LIBRARY_KEY)
+    region_key, _ = _region_key(table)
+    if region_key is not None and region_key in table.obs:
+        return library_labels(table, region_key)
+    return None, np.full(table.n_obs, "library", dtype=object)
+
+
+def _linear_scale(affine: np.ndarray) -> float:
+    """Length scale of a 2D affine map (sqrt of the absolute determinant)."""
+    return float(np.sqrt(abs(np.linalg.det(np.asarray(affine, dtype=float)[:2, :2]))))
+
+
+def _affine(element: Any, coordinate_system: str) -> np.ndarray:
+    from spatialdata.transformations import get_transformation
+
+    t = get_transformation(element, to_coordinate_system=coordinate_system)
+    return np.asarray(t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")), dtype=float)
+
+
+def _coordinate_systems(element: Any) -> list[str]:
+    from spatialdata.transformations import get_transformation
+
+    return list(get_transformation(element, get_all=True) or {})
+
+
+def _scalefactors(table: ad.AnnData, names: list[str]) -> dict:
+    spatial = table.uns.get("spatial", {}) or {}
+    for n in names:
+        if n in spatial and isinstance(spatial[n], dict):
+            return dict(spatial[n].get("scalefactors", {}) or {})
+    return {}
+
+
+def _metadata(table: ad.AnnData, names: list[str]) -> dict:
+    spatial = table.uns.get("spatial", {}) or {}
+    for n in names:
+        if isinstance(spatial.get(n), dict) and isinstance(spatial[n].get("metadata"), dict):
+            return dict(spatial[n]["metadata"])
+    return {}
+
+
+def _visium_lattice(shapes: Any, width: float | None) -> bool:
+    """True when circles sit on Visium's lattice: centres 100 um apart for 55 um spots (ratio 1.82).
+
+    The geometry itself says Visium where a concatenation dropped the reader's metadata.
+    """
+    from scipy.spatial import cKDTree
+
+    if not width or len(shapes) < 3:
+        return False
+    xy = _centroids(shapes.iloc[: min(len(shapes), 5000)])
+    d, _ = cKDTree(xy).query(xy, k=2)
+    ratio = float(np.median(d[:, 1])) / width
+    return 1.75 <= ratio <= 1.90
+
+
+def _spaceranger(table: ad.AnnData, names: list[str]) -> bool:
+    spatial = table.uns.get("spatial", {}) or {}
+    for n in names:
+        meta = (spatial.get(n) or {}).get("metadata", {}) if isinstance(spatial.get(n), dict) else {}
+        version = meta.get("software_version", "") if isinstance(meta, dict) else ""
+        version = version[0] if isinstance(version, np.ndarray | list) and len(version) else version
+        if isinstance(version, bytes):
+            version = version.decode(errors="ignore")
+        if str(version).startswith("spaceranger"):
+            return True
+    return False
+
+
+def _shape_size(shapes: Any) -> tuple[float | None, str]:
+    """Median width of the shapes in their own units and their form (``"circle"``, ``"square"``, ``"polygon"``)."""
+    if "radius" in shapes.columns:
+        return float(np.median(np.asarray(shapes["radius"], dtype=float))) * 2.0, "circle"
+    geom = shapes.geometry
+    if len(geom) == 0:
+        return None, "polygon"
+    sample = geom.iloc[: min(len(geom), 1000)]
+    area = sample.area.to_numpy()
+    bounds = sample.bounds.to_numpy()
+    box = (bounds[:, 2] - bounds[:, 0]) * (bounds[:, 3] - bounds[:, 1])
+    square = bool(np.allclose(area, box, rtol=1e-3))
+    return float(np.median(np.sqrt(area))), ("square" if square else "polygon")
+
+
+def _microns_per_shape_unit(
+    sdata: Any, table: ad.AnnData, library: str, region: str | None, shapes: Any
+) -> tuple[float | None, float | None, str]:
+    """``(microns per intrinsic unit of the annotated shapes, element width in microns, technology)``."""
+    names = [library] + ([region] if region else [])
+    spatial = table.uns.get("spatial", {}) or {}
+    if not any(n in spatial for n in names) and len(spatial) == 1:
+        names.append(next(iter(spatial)))
+    reader = str((getattr(sdata, "attrs", None) or {}).get("spatialdata_io_reader", ""))
+    sf = _scalefactors(table, names)
+    width, form = _shape_size(shapes) if shapes is not None else (None, "")
+    technology = str(_metadata(table, names).get("technology", reader or "unknown"))
+    mpu = sf.get("microns_per_pixel")
+    if mpu is not None and np.isfinite(float(mpu)) and float(mpu) > 0:
+        mpu = float(mpu)
+        return mpu, (None if width is None else width * mpu), technology
+    hd = _HD_BIN.search(region or "")
+    if hd is not None or reader == "visium_hd":
+        bin_um = float(hd.group(1)) if hd is not None else None
+        if bin_um is not None and width:
+            return bin_um / width, bin_um, "visium_hd"
+    visium = reader == "visium" or _spaceranger(table, names) or sf.get("spot_diameter_fullres") is not None
+    if visium or (form == "circle" and _visium_lattice(shapes, width)):
+        d = sf.get("spot_diameter_fullres")
+        d = float(d) if d is not None and float(d) > 0 else (width if form == "circle" else None)
+        if d:
+            return VISIUM_SPOT_UM / d, VISIUM_SPOT_UM, "visium"
+    if (
+        reader == "xenium"
+    ):  # spatialdata-io keeps Xenium shapes in microns, scaled to pixels by their transform
+        return 1.0, width, "xenium"
+    return None, None, technology
+
+
+def _centroids(shapes: Any) -> np.ndarray:
+    geom = shapes.geometry
+    if (geom.geom_type == "Point").all():
+        return np.c_[geom.x.to_numpy(), geom.y.to_numpy()]
+    cent = geom.centroid
+    return np.c_[cent.x.to_numpy(), cent.y.to_numpy()]
+
+
+def _image_extent(sdata: Any, name: str, cs: str) -> tuple[np.ndarray, np.ndarray]:
+    """Corners (min, max) of an image's bounding box in ``cs`` units."""
+    from . import _image
+
+    pyr = _image.image_pyramid(sdata, name, cs)
+    x0, x1, y0, y1 = pyr.extent_um  # in coordinate-system units here (microns_per_unit=1)
+    return np.array([x0, y0]), np.array([x1, y1])
+
+
+def _is_placeholder(sdata: Any, name: str) -> bool:
+    """True for a constant image (an all-black or all-white stand-in): its coarsest level has no contrast."""
+    from . import _image
+
+    arr = _image._level_arrays(sdata.images[name])[-1]
+    data = arr.data
+    h, w = int(arr.sizes["y"]), int(arr.sizes["x"])
+    step = max(1, int(max(h, w) // 512))
+    sub = data[:3, ::step, ::step]
+    sub = np.asarray(sub.compute() if hasattr(sub, "compute") else sub, dtype=float)
+    return float(sub.std()) < 1e-3
+
+
+def _choose_image(
+    sdata: Any, cs: str, xy_cs: np.ndarray, prefer: list[str], image_key: str | None
+) -> tuple[str | None, list[str]]:
+    """The finest non-placeholder image in ``cs`` that holds the spots; also the placeholders skipped."""
+    from spatialdata.transformations import get_transformation
+
+    if image_key is not None:
+        if image_key not in (getattr(sdata, "images", {}) or {}):
+            raise KeyError(
+                f"No image element {image_key!r}; the object has images {sorted(sdata.images)}. "
+                "Pass image_key= with one of those."
+            )
+        if cs not in (get_transformation(sdata.images[image_key], get_all=True) or {}):
+            raise ValueError(
+                f"Image {image_key!r} is not registered to the coordinate system {cs!r} of its spots "
+                f"(it is registered to {_coordinate_systems(sdata.images[image_key])}). Register it with "
+                "spatialdata.transformations.set_transformation, or pass coordinate_system=."
+            )
+        return image_key, []
+    candidates = []
+    skipped = []
+    for name, element in (getattr(sdata, "images", {}) or {}).items():
+        if cs not in (get_transformation(element, get_all=True) or {}):
+            continue
+        lo, hi = _image_extent(sdata, name, cs)
+        inside = ((xy_cs >= lo) & (xy_cs <= hi)).all(1).mean() if len(xy_cs) else 0.0
+        if inside < _MIN_ON_IMAGE:
+            continue
+        if _is_placeholder(sdata, name):
+            skipped.append(name)
+            continue
+        from . import _image
+
+        unit_per_px = _image.image_pyramid(sdata, name, cs).levels[0].mpp
+        named = any(name.startswith(p) for p in prefer if p)
+        candidates.append((not named, unit_per_px, name))
+    if not candidates:
+        return None, skipped
+    return min(candidates)[2], skipped
+
+
+def _choose_cs(sdata: Any, region_el: Any, coordinate_system: str | None, library: str) -> str:
+    systems = _coordinate_systems(region_el)
+    if coordinate_system is not None:
+        if coordinate_system not in systems:
+            raise ValueError(
+                f"The spots/cells of library {library!r} are not registered to coordinate_system="
+                f"{coordinate_system!r}; they are registered to {systems}. Pass one of those."
+            )
+        return coordinate_system
+    if not systems:
+        raise ValueError(f"The shapes of library {library!r} are registered to no coordinate system.")
+    # prefer a system holding an image and in which the shapes sit natively (identity), then the library's name
+    from spatialdata.transformations import get_transformation
+
+    images = getattr(sdata, "images", {}) or {}
+
+    def rank(cs: str) -> tuple:
+        has_image = any(cs in (get_transformation(im, get_all=True) or {}) for im in images.values())
+        native = np.allclose(_affine(region_el, cs), np.eye(3))
+        return (not has_image, not native, cs != library, cs)
+
+    return sorted(systems, key=rank)[0]
+
+
+def resolve(
+    sdata: Any,
+    *,
+    table_key: str = _layout.TABLE_KEY,
+    library_key: str | None = None,
+    coordinate_system: str | None = None,
+    microns_per_unit: float | None = None,
+    image_key: str | dict[str, str] | None = None,
+    need_image: bool = False,
+    images: bool = True,
+) -> SpatialContext:
+    """Resolve libraries, micron coordinates and images of a table (see the module docstring).
+
+    Parameters
+    ----------
+    sdata
+        :class:`~spatialdata.SpatialData`, or a table (:class:`~anndata.AnnData`) alone.
+    table_key
+        Table in ``sdata``.
+    library_key
+        ``obs`` column of sections (``None``: ``"library"`` if present, else one library per annotated element).
+    coordinate_system
+        Coordinate system to work in (default: one that holds an image of the spots).
+    microns_per_unit
+        Microns per unit of that coordinate system, where the object does not say (e.g. shapes and images in
+        pixels from a custom pipeline).
+    image_key
+        Image element (or ``{library: element}``) instead of the automatic choice.
+    need_image
+        Raise when a library has no image.
+    images
+        Choose each library's image (``False``: coordinates and units only, faster).
+
+    Returns
+    -------
+    The resolved :class:`SpatialContext`; nothing in ``sdata`` is modified.
+    """
+    table = _layout.get_table(sdata, table_key)
+    if microns_per_unit is not None and (not np.isfinite(microns_per_unit) or microns_per_unit <= 0):
+        raise ValueError(f"microns_per_unit must be a positive number, got {microns_per_unit!r}.")
+    key, labels = library_labels(table, library_key)
+    region_key, instance_key = _region_key(table)
+    is_sdata = not isinstance(sdata, ad.AnnData)
+    xy_um = np.full((table.n_obs, 2), np.nan)
+    libraries: dict[str, Library] = {}
+    for lib in pd.unique(labels):
+        rows = np.flatnonzero(labels == lib)
+        regions = (
+            pd.unique(table.obs[region_key].to_numpy()[rows].astype(str))
+            if region_key is not None and region_key in table.obs
+            else []
+        )
+        region = str(regions[0]) if len(regions) == 1 else None
+        if len(regions) > 1:
+            raise ValueError(
+                f"Library {lib!r} spans several annotated elements {list(regions)}; pass library_key= with a "
+                "column that separates sections, one element each."
+            )
+        shapes = sdata.shapes[region] if is_sdata and region is not None and region in sdata.shapes else None
+        mpsu, diameter_um, technology = _microns_per_shape_unit(sdata, table, lib, region, shapes)
+        if shapes is not None:
+            cs = _choose_cs(sdata, shapes, coordinate_system, lib)
+            aff = _affine(shapes, cs)
+            ids = table.obs[instance_key].to_numpy()[rows] if instance_key in table.obs else None
+            pos = pd.Index(shapes.index).get_indexer(ids) if ids is not None else np.array([-1])
+            if (pos < 0).any():
+                raise ValueError(
+                    f"{int((pos < 0).sum())} observations of library {lib!r} have no shape in element {region!r} "
+                    f"(matched through obs[{instance_key!r}]); the table and its element disagree."
+                )
+            xy_cs = _centroids(shapes)[pos] @ aff[:2, :2].T + aff[:2, 2]
+            unit_scale = _linear_scale(aff)  # coordinate-system units per shape unit
+        else:
+            cs = coordinate_system if coordinate_system is not None else (str(lib) if is_sdata else None)
+            xy_cs = _layout.spatial_coords(table)[rows]
+            unit_scale = 1.0
+        if microns_per_unit is not None:
+            mpu = float(microns_per_unit)
+        elif mpsu is not None:
+            mpu = mpsu / unit_scale
+        else:
+            raise ValueError(
+                f"Cannot tell the units of library {lib!r} (coordinate system {cs!r}): the object records no "
+                "microns per unit (no uns['spatial'][library]['scalefactors']['microns_per_pixel'], no Visium "
+                "spot, Visium HD bin or Xenium metadata). Pass microns_per_unit= (microns per coordinate unit; "
+                "1.0 if the coordinates are already microns)."
+            )
+        if not np.isfinite(xy_cs).all():
+            raise ValueError(f"Library {lib!r} has NaN or infinite coordinates; drop those observations.")
+        image = None
+        if images and is_sdata and cs is not None:
+            key_i = image_key.get(str(lib)) if isinstance(image_key, dict) else image_key
+            image, skipped = _choose_image(sdata, cs, xy_cs, [str(lib)] + ([region] if region else []), key_i)
+            if skipped and image is not None:
+                warnings.warn(
+                    f"Image(s) {skipped} of library {lib!r} are constant (placeholders); using {image!r}.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            if need_image and image is None:
+                raise ValueError(
+                    f"Library {lib!r} has no usable H&E image in coordinate system {cs!r}"
+                    + (f" (skipped constant placeholder images {skipped})" if skipped else "")
+                    + f"; images present: {sorted(getattr(sdata, 'images', {}) or {})}. Register the H&E to {cs!r} "
+                    "or pass image_key= and coordinate_system=."
+                )
+        xy_um[rows] = xy_cs * mpu
+        libraries[str(lib)] = Library(
+            name=str(lib),
+            rows=rows,
+            region=region,
+            coordinate_system=cs,
+            microns_per_unit=mpu,
+            image=image,
+            diameter_um=diameter_um,
+            technology=technology,
+        )
+    return SpatialContext(
+        sdata=sdata, table=table, library_key=key, labels=labels, libraries=libraries, xy_um=xy_um
+    )
+
+
+def micron_coords(
+    data: Any, *, table_key: str = _layout.TABLE_KEY, library_key: str | None = None
+) -> np.ndarray:
+    """``(n, 2)`` micron coordinates of every row of the table (see :func:`resolve`).
+
+    Examples
+    --------
+    >>> import spatialdata_io
+    >>> sdata = spatialdata_io.visium("visium_folder/", dataset_id="A")  # doctest: +SKIP
+    >>> micron_coords(sdata)[:2]  # full-resolution pixels -> microns  # doctest: +SKIP
+    """
+    return resolve(data, table_key=table_key, library_key=library_key, images=False).xy_um
