@@ -51,6 +51,7 @@ class Library:
     image: str | None
     diameter_um: float | None  # spot/bin/cell size where the shapes give one
     technology: str = "unknown"
+    image_note: str = ""  # why no image was chosen, for the error message
 
 
 @dataclass
@@ -81,8 +82,9 @@ class SpatialContext:
             images = sorted(getattr(self.sdata, "images", {}) or {})
             raise ValueError(
                 f"Library {name!r} has no H&E image registered to its coordinate system "
-                f"{lib.coordinate_system!r} (images present: {images}). Add the image with that coordinate system "
-                "(spatialdata.transformations.set_transformation), or pass image_key= (and coordinate_system=)."
+                f"{lib.coordinate_system!r} (images present: {images}){lib.image_note}. Add the image with that "
+                "coordinate system (spatialdata.transformations.set_transformation), or pass image_key= (and "
+                "coordinate_system=)."
             )
         cache_key = (key, lib.coordinate_system, lib.microns_per_unit)
         if cache_key not in self._pyramids:
@@ -243,6 +245,25 @@ def _centroids(shapes: Any) -> np.ndarray:
     return np.c_[cent.x.to_numpy(), cent.y.to_numpy()]
 
 
+def _check_table_coords(table: ad.AnnData, rows: np.ndarray, centroids: np.ndarray, lib: str, region: str) -> None:
+    """Refuse a table whose ``obsm['spatial']`` disagrees with its element (e.g. rescaled by hand): nichekd reads
+    positions from the element, and a user looking at the table would be misled."""
+    if _layout.SPATIAL_KEY not in table.obsm:
+        return
+    xy = np.asarray(table.obsm[_layout.SPATIAL_KEY], dtype=float)[rows, :2]
+    if xy.shape != centroids.shape or not np.isfinite(xy).all():
+        return
+    extent = float(np.ptp(centroids, axis=0).max()) if len(centroids) > 1 else 1.0
+    off = np.linalg.norm(xy - centroids, axis=1) > max(1e-3 * extent, 1e-6)
+    if off.mean() > 0.01:
+        raise ValueError(
+            f"obsm['spatial'] of library {lib!r} disagrees with the centroids of its element {region!r} for "
+            f"{off.mean():.0%} of the rows (e.g. {np.round(xy[np.argmax(off)], 2).tolist()} vs "
+            f"{np.round(centroids[np.argmax(off)], 2).tolist()}). nichekd reads positions from the element: fix "
+            "obsm['spatial'] (same units as the element) or delete it."
+        )
+
+
 def _image_extent(sdata: Any, name: str, cs: str) -> tuple[np.ndarray, np.ndarray]:
     """Corners (min, max) of an image's bounding box in ``cs`` units."""
     from . import _image
@@ -267,8 +288,9 @@ def _is_placeholder(sdata: Any, name: str) -> bool:
 
 def _choose_image(
     sdata: Any, cs: str, xy_cs: np.ndarray, prefer: list[str], image_key: str | None
-) -> tuple[str | None, list[str]]:
-    """The finest non-placeholder image in ``cs`` that holds the spots; also the placeholders skipped."""
+) -> tuple[str | None, list[str], str]:
+    """The finest non-placeholder image in ``cs`` that holds the spots; the placeholders skipped; a note on
+    images the spots lie off."""
     from spatialdata.transformations import get_transformation
 
     if image_key is not None:
@@ -283,15 +305,17 @@ def _choose_image(
                 f"(it is registered to {_coordinate_systems(sdata.images[image_key])}). Register it with "
                 "spatialdata.transformations.set_transformation, or pass coordinate_system=."
             )
-        return image_key, []
+        return image_key, [], ""
     candidates = []
     skipped = []
+    off = []
     for name, element in (getattr(sdata, "images", {}) or {}).items():
         if cs not in (get_transformation(element, get_all=True) or {}):
             continue
         lo, hi = _image_extent(sdata, name, cs)
         inside = ((xy_cs >= lo) & (xy_cs <= hi)).all(1).mean() if len(xy_cs) else 0.0
         if inside < _MIN_ON_IMAGE:
+            off.append(f"{name!r} holds {inside:.0%}")
             continue
         if _is_placeholder(sdata, name):
             skipped.append(name)
@@ -301,9 +325,14 @@ def _choose_image(
         unit_per_px = _image.image_pyramid(sdata, name, cs).levels[0].mpp
         named = any(name.startswith(p) for p in prefer if p)
         candidates.append((not named, unit_per_px, name))
+    note = (
+        f"; the spots lie off image {', '.join(off)} of them (coordinates or registration in other units?)"
+        if off
+        else ""
+    )
     if not candidates:
-        return None, skipped
-    return min(candidates)[2], skipped
+        return None, skipped, note
+    return min(candidates)[2], skipped, ""
 
 
 def _choose_cs(sdata: Any, region_el: Any, coordinate_system: str | None, library: str) -> str:
@@ -400,7 +429,9 @@ def resolve(
                     f"{int((pos < 0).sum())} observations of library {lib!r} have no shape in element {region!r} "
                     f"(matched through obs[{instance_key!r}]); the table and its element disagree."
                 )
-            xy_cs = _centroids(shapes)[pos] @ aff[:2, :2].T + aff[:2, 2]
+            centroids = _centroids(shapes)[pos]
+            _check_table_coords(table, rows, centroids, lib, region)
+            xy_cs = centroids @ aff[:2, :2].T + aff[:2, 2]
             unit_scale = _linear_scale(aff)  # coordinate-system units per shape unit
         else:
             cs = coordinate_system if coordinate_system is not None else (str(lib) if is_sdata else None)
@@ -419,10 +450,10 @@ def resolve(
             )
         if not np.isfinite(xy_cs).all():
             raise ValueError(f"Library {lib!r} has NaN or infinite coordinates; drop those observations.")
-        image = None
+        image, note = None, ""
         if images and is_sdata and cs is not None:
             key_i = image_key.get(str(lib)) if isinstance(image_key, dict) else image_key
-            image, skipped = _choose_image(sdata, cs, xy_cs, [str(lib)] + ([region] if region else []), key_i)
+            image, skipped, note = _choose_image(sdata, cs, xy_cs, [str(lib)] + ([region] if region else []), key_i)
             if skipped and image is not None:
                 warnings.warn(
                     f"Image(s) {skipped} of library {lib!r} are constant (placeholders); using {image!r}.",
@@ -433,6 +464,7 @@ def resolve(
                 raise ValueError(
                     f"Library {lib!r} has no usable H&E image in coordinate system {cs!r}"
                     + (f" (skipped constant placeholder images {skipped})" if skipped else "")
+                    + note
                     + f"; images present: {sorted(getattr(sdata, 'images', {}) or {})}. Register the H&E to {cs!r} "
                     "or pass image_key= and coordinate_system=."
                 )
@@ -446,6 +478,7 @@ def resolve(
             image=image,
             diameter_um=diameter_um,
             technology=technology,
+            image_note=note,
         )
     return SpatialContext(
         sdata=sdata, table=table, library_key=key, labels=labels, libraries=libraries, xy_um=xy_um
@@ -464,3 +497,12 @@ def micron_coords(
     >>> micron_coords(sdata)[:2]  # full-resolution pixels -> microns  # doctest: +SKIP
     """
     return resolve(data, table_key=table_key, library_key=library_key, images=False).xy_um
+
+
+def microns_record(libraries: Any, microns_per_unit: float = 1.0) -> dict:
+    """``uns['spatial']`` entries saying that ``obsm['spatial']`` of these libraries is in ``microns_per_unit``
+    microns per unit (for working tables nichekd builds from micron coordinates)."""
+    return {
+        str(lib): {"scalefactors": {"microns_per_pixel": float(microns_per_unit)}}
+        for lib in pd.unique(np.asarray(libraries).astype(str))
+    }

@@ -7,6 +7,7 @@ import pytest
 
 import nichekd as nk
 from nichekd import _dask
+from nichekd._elements import resolve
 from nichekd._layout import make_image
 from nichekd.models import NicheStudent
 from nichekd.pp._features_dask import histology_features_dask
@@ -18,7 +19,7 @@ def small():
     sdata = nk.datasets.synthetic_tissue(400, seed=3, progress=False)
     # small image chunks so that even this small section spans many tiles (and partitions)
     image = sdata.images["synthetic_he"]["scale0"]["image"]
-    mpp = sdata.tables["table"].uns["nichekd"]["libraries"]["synthetic"]["mpp"]
+    mpp = resolve(sdata).pyramid("synthetic").levels[0].mpp
     sdata.images["synthetic_he"] = make_image(np.asarray(image), mpp, "synthetic", chunks=64)
     nk.pp.histology_features(sdata, backbone="stain", key_added="he_features", device="cpu")
     return sdata

@@ -197,7 +197,15 @@ def test_no_image_and_off_image_coordinates():
         nk.pp.histology_features(no_img, backbone="stain")
     sdata = _tissue(n=5)
     _table(sdata).obsm["spatial"] = _table(sdata).obsm["spatial"] * 1000  # e.g. nanometres by mistake
-    with pytest.raises(ValueError, match="off image"):
+    with pytest.raises(ValueError, match="disagrees with the centroids"):
+        nk.pp.histology_features(sdata, backbone="stain")
+    assert "X_stain" not in _table(sdata).obsm
+    # the element itself off the image (e.g. registered in nanometres)
+    sdata = _tissue(n=5)
+    shapes = sdata.shapes["L_spots"]
+    sdata.shapes["L_spots"] = shapes.set_geometry(shapes.geometry.scale(1000, 1000, origin=(0, 0)))
+    del _table(sdata).obsm["spatial"]
+    with pytest.raises(ValueError, match="spots lie off image"):
         nk.pp.histology_features(sdata, backbone="stain")
     assert "X_stain" not in _table(sdata).obsm
 

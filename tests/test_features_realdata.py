@@ -7,6 +7,7 @@ import pytest
 from conftest import dataset_path
 
 import nichekd as nk
+from nichekd._elements import resolve
 
 pytestmark = pytest.mark.realdata
 
@@ -33,7 +34,7 @@ def test_stain_features_separate_expression_layers_on_st_mob():
     x = table.obsm["X_stain"]
     assert x.shape == (table.n_obs, 27) and np.isfinite(x).all()
     p = table.uns["X_stain"]["params"]
-    assert p["mpp_used"]["MOB1"] == pytest.approx(table.uns["nichekd"]["libraries"]["MOB1"]["mpp"])
+    assert p["mpp_used"]["MOB1"] == pytest.approx(resolve(sdata).pyramid("MOB1").levels[0].mpp)
     labels = _layers(table)
     d = cdist(x, x)
     same = labels[:, None] == labels[None]

@@ -8,6 +8,7 @@ import pytest
 from spatialdata.transformations import Affine, Scale, Sequence, Translation, set_transformation
 
 from nichekd import _image, _layout
+from nichekd._elements import resolve
 
 MARKER_UM = (300.0, 200.0)
 
@@ -167,4 +168,4 @@ def test_bad_geometry_raises():
     with pytest.raises(ValueError, match="not registered to the coordinate system"):
         _image.image_pyramid(sdata, "L_he", "other")
     with pytest.raises(KeyError, match="No image element"):
-        _image.find_image(sdata, "L", "nope")
+        resolve(sdata, image_key="nope")

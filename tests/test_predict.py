@@ -13,8 +13,8 @@ import pytest
 from test_distill_data import one_torch_thread  # noqa: F401
 
 import nichekd.pp
-from nichekd._image import image_pyramid
-from nichekd._layout import build_library, get_table, library_infos, make_image
+from nichekd._elements import resolve
+from nichekd._layout import build_library, get_table, make_image
 from nichekd.models import NicheStudent
 from nichekd.pp import spatial_split
 from nichekd.tl import distill, predict_niches
@@ -41,8 +41,9 @@ def fake_histology_features(
     """Mean and std of RGB in a square patch around each centre; params replayable like the real function."""
     t = get_table(sdata, table_key)
     feats = np.zeros((t.n_obs, 6), dtype=np.float32)
-    for lib, info in library_infos(t).items():
-        level = image_pyramid(sdata, info.image, lib).levels[0]
+    ctx = resolve(sdata, table_key=table_key)
+    for lib in ctx.libraries:
+        level = ctx.pyramid(lib).levels[0]
         img = np.asarray(level.data.values).transpose(1, 2, 0).astype(np.float32)
         sel = np.flatnonzero(t.obs["library"].astype(str).to_numpy() == lib)
         px = level.um_to_px(t.obsm["spatial"][sel])
@@ -133,7 +134,7 @@ def test_he_only_slide_is_tiled(trained):
     truth = np.where(x >= 600, "purple", "pink")
     assert (t.obs["student_niche"].astype(str) == truth).mean() > 0.9
     assert (t.obs["student_niche_entropy"] >= 0).all()
-    assert library_infos(t)["S9"].image == "S9_he"
+    assert resolve(he).library("S9").image == "S9_he"
 
 
 def test_bad_input(trained, tmp_path):

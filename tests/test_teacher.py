@@ -43,6 +43,7 @@ def multi_library_tissue(n_per_lib=600, n_libs=2, n_niches=4, n_types=6, n_genes
     adata.obs["true_niche"] = pd.Categorical(np.concatenate(niche).astype(str))
     adata.obs["cell_type"] = pd.Categorical([f"T{i}" for i in t])
     adata.obsm["spatial"] = np.concatenate(xy)
+    nk.pp.set_units(adata, 1.0)  # coordinates in microns
     return adata
 
 

@@ -22,7 +22,7 @@ def _partition_table(
     part = ad.AnnData(obs=pd.DataFrame(index=table.obs_names[rows].astype(str)))
     part.obs[library_key or _layout.LIBRARY_KEY] = pd.Categorical([lib.name] * len(rows))
     part.obsm[_layout.SPATIAL_KEY] = xy_um[rows] / lib.microns_per_unit
-    part.uns["spatial"] = {lib.name: {"scalefactors": {"microns_per_pixel": lib.microns_per_unit}}}
+    part.uns["spatial"] = _elements.microns_record([lib.name], lib.microns_per_unit)
     return part
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from tqdm.auto import tqdm
 
-from .._elements import micron_coords
+from .._elements import micron_coords, microns_record
 from .._layout import LIBRARY_KEY, SPATIAL_KEY, TABLE_KEY, get_table, library_labels
 from ..pp._split import _grid_split
 from ._baselines import METHODS as BASELINES
@@ -187,6 +187,8 @@ def cross_validate(
     ]
     keep_uns = [teacher_key, features_key, f"{features_key}_aug"]
     base = _slim_table(adata, keep_obs, keep_obsm, keep_uns)
+    base.obsm[SPATIAL_KEY] = xy  # the working table is in microns, whatever the user's units
+    base.uns["spatial"] = microns_record(libs)
     kwargs = {"progress": False, **dict(distill_kwargs or {})}
 
     rows = []

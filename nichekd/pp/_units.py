@@ -1,0 +1,75 @@
+"""Record the physical scale of a section whose elements do not say it (custom pipelines, pixel coordinates)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import _elements, _layout
+
+
+def set_units(
+    sdata: Any,
+    microns_per_unit: float,
+    *,
+    library: str | list[str] | None = None,
+    coordinate_system: str | None = None,
+    table_key: str = _layout.TABLE_KEY,
+    library_key: str | None = None,
+) -> None:
+    """Say how many microns one unit of a coordinate system is, where the object does not record it.
+
+    nichekd reads the scale from the object (Space Ranger scale factors, Visium spot and Visium HD bin sizes,
+    Xenium's convention) and refuses to guess otherwise. For anything else, e.g. shapes and images in pixels from
+    a custom pipeline, call this once; the scale is written where Space Ranger and squidpy keep it,
+    ``uns['spatial'][library]['scalefactors']['microns_per_pixel']`` (microns per unit of the annotated shapes,
+    the units of ``obsm['spatial']``), so it travels with the table through zarr.
+
+    Parameters
+    ----------
+    sdata
+        :class:`~spatialdata.SpatialData` (or its table).
+    microns_per_unit
+        Microns per unit of ``coordinate_system`` (1.0 when the coordinates are microns).
+    library
+        Libraries to set (default: all).
+    coordinate_system
+        The coordinate system ``microns_per_unit`` refers to (default: the one nichekd picks for each library,
+        the one holding its image).
+    table_key
+        Table in ``sdata``.
+    library_key
+        ``obs`` column of sections (default: ``"library"`` if present, else one per annotated element).
+
+    Examples
+    --------
+    >>> import nichekd as nk
+    >>> nk.pp.set_units(sdata, 0.2125, coordinate_system="global")  # 0.2125 um per pixel  # doctest: +SKIP
+    """
+    if not np.isfinite(microns_per_unit) or microns_per_unit <= 0:
+        raise ValueError(f"microns_per_unit must be a positive number, got {microns_per_unit!r}.")
+    # resolving with the given scale validates the libraries and coordinate systems before anything is written
+    ctx = _elements.resolve(
+        sdata,
+        table_key=table_key,
+        library_key=library_key,
+        coordinate_system=coordinate_system,
+        microns_per_unit=float(microns_per_unit),
+        images=False,
+    )
+    wanted = list(ctx.libraries) if library is None else [library] if isinstance(library, str) else library
+    records = {}
+    for name in wanted:
+        lib = ctx.library(name)
+        # microns per unit of the annotated shapes = microns per coordinate unit x coordinate units per shape unit
+        scale = 1.0
+        if lib.region is not None and not isinstance(sdata, type(ctx.table)) and lib.region in sdata.shapes:
+            scale = _elements._linear_scale(_elements._affine(sdata.shapes[lib.region], lib.coordinate_system))
+        records[name] = float(microns_per_unit) * scale
+    spatial = dict(ctx.table.uns.get("spatial", {}) or {})
+    for name, value in records.items():
+        entry = dict(spatial.get(name, {}) or {})
+        entry["scalefactors"] = {**dict(entry.get("scalefactors", {}) or {}), "microns_per_pixel": value}
+        spatial[name] = entry
+    ctx.table.uns["spatial"] = spatial
