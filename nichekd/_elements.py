@@ -13,7 +13,9 @@ readers, or by a colleague's code all go through the same path:
    table's ``uns['spatial'][library]['scalefactors']['microns_per_pixel']`` (Space Ranger's key: microns per unit
    of ``obsm['spatial']`` and of the annotated shapes), the physical size of the annotated shapes where the
    technology fixes it (Visium spots are 55 um wide, Visium HD bins are named by their size), or Xenium's
-   convention (shapes in microns). Where none applies, an error names the argument to pass. Pixels are never
+   convention (shapes in microns). Visium's scale comes from the spot array (``obs['array_row']``,
+   ``obs['array_col']``: spots 100 um apart) where the table has it, else from Space Ranger's
+   ``spot_diameter_fullres`` (a 65 um circle, as 10x documents it). Where none applies, an error names the argument to pass. Pixels are never
    taken for microns.
 4. **Image**: among the images registered to the same coordinate system, the finest one whose extent holds the
    spots; a constant placeholder (such as an all-black ``hires`` image) is skipped with a warning.
@@ -32,8 +34,11 @@ import pandas as pd
 
 from . import _layout
 
-# Physical sizes fixed by a technology: a Visium spot is 55 um wide (10x Genomics specification).
+# Physical sizes fixed by a technology (10x Genomics specifications): a Visium spot is 55 um wide, spots are
+# 100 um apart, and Space Ranger's `spot_diameter_fullres` spans a "theoretical 65 um spot" (its docs), which is
+# also the circle radius spatialdata-io draws.
 VISIUM_SPOT_UM = 55.0
+VISIUM_FULLRES_DIAMETER_UM = 65.0
 _HD_BIN = re.compile(r"square_(\d{3})um")
 # an image holds a library's spots when at least this share of them lies on it
 _MIN_ON_IMAGE = 0.5
@@ -160,19 +165,29 @@ def _metadata(table: ad.AnnData, names: list[str]) -> dict:
     return {}
 
 
-def _visium_lattice(shapes: Any, width: float | None) -> bool:
-    """True when circles sit on Visium's lattice: centres 100 um apart for 55 um spots (ratio 1.82).
+def _visium_array_scale(table: ad.AnnData, rows: np.ndarray, centroids: np.ndarray) -> float | None:
+    """Microns per shape unit from Visium's spot array (``obs['array_row']``/``['array_col']``): neighbouring
+    spots of a row are 100 um apart (2 columns) and rows 100 * sqrt(3) / 2 um apart. ``None`` unless the
+    positions fit that lattice.
 
-    The geometry itself says Visium where a concatenation dropped the reader's metadata.
+    The array says Visium where a concatenation dropped the reader's metadata.
     """
     from scipy.spatial import cKDTree
 
-    if not width or len(shapes) < 3:
-        return False
-    xy = _centroids(shapes.iloc[: min(len(shapes), 5000)])
-    d, _ = cKDTree(xy).query(xy, k=2)
-    ratio = float(np.median(d[:, 1])) / width
-    return 1.75 <= ratio <= 1.90
+    if not {"array_row", "array_col"} <= set(table.obs.columns) or len(rows) < 3:
+        return None
+    sub = np.arange(min(len(rows), 5000))
+    arr = table.obs[["array_col", "array_row"]].to_numpy(dtype=float)[rows][sub]
+    xy = centroids[sub]
+    _, j = cKDTree(xy).query(xy, k=2)
+    um = np.linalg.norm((arr - arr[j[:, 1]]) * [50.0, 50.0 * np.sqrt(3)], axis=1)
+    units = np.linalg.norm(xy - xy[j[:, 1]], axis=1)
+    ok = (units > 0) & (um > 0)
+    if ok.sum() < 2:
+        return None
+    ratio = um[ok] / units[ok]
+    med = float(np.median(ratio))
+    return med if np.median(np.abs(ratio / med - 1)) < 0.05 else None
 
 
 def _spaceranger(table: ad.AnnData, names: list[str]) -> bool:
@@ -204,7 +219,13 @@ def _shape_size(shapes: Any) -> tuple[float | None, str]:
 
 
 def _microns_per_shape_unit(
-    sdata: Any, table: ad.AnnData, library: str, region: str | None, shapes: Any
+    sdata: Any,
+    table: ad.AnnData,
+    library: str,
+    region: str | None,
+    shapes: Any,
+    rows: np.ndarray | None = None,
+    centroids: np.ndarray | None = None,
 ) -> tuple[float | None, float | None, str]:
     """``(microns per intrinsic unit of the annotated shapes, element width in microns, technology)``."""
     names = [library] + ([region] if region else [])
@@ -224,12 +245,19 @@ def _microns_per_shape_unit(
         bin_um = float(hd.group(1)) if hd is not None else None
         if bin_um is not None and width:
             return bin_um / width, bin_um, "visium_hd"
+    # the spot array is exact (100 um pitch); the drawn spot size is the fallback
+    scale = _visium_array_scale(table, rows, centroids) if rows is not None and centroids is not None else None
+    if scale is not None and form == "circle" and width:
+        if abs(width * scale / VISIUM_FULLRES_DIAMETER_UM - 1) < 0.15:
+            return scale, VISIUM_SPOT_UM, "visium"
     visium = reader == "visium" or _spaceranger(table, names) or sf.get("spot_diameter_fullres") is not None
-    if visium or (form == "circle" and _visium_lattice(shapes, width)):
+    if visium:
+        if scale is not None:
+            return scale, VISIUM_SPOT_UM, "visium"
         d = sf.get("spot_diameter_fullres")
         d = float(d) if d is not None and float(d) > 0 else (width if form == "circle" else None)
         if d:
-            return VISIUM_SPOT_UM / d, VISIUM_SPOT_UM, "visium"
+            return VISIUM_FULLRES_DIAMETER_UM / d, VISIUM_SPOT_UM, "visium"
     if (
         reader == "xenium"
     ):  # spatialdata-io keeps Xenium shapes in microns, scaled to pixels by their transform
@@ -418,7 +446,6 @@ def resolve(
                 "column that separates sections, one element each."
             )
         shapes = sdata.shapes[region] if is_sdata and region is not None and region in sdata.shapes else None
-        mpsu, diameter_um, technology = _microns_per_shape_unit(sdata, table, lib, region, shapes)
         if shapes is not None:
             cs = _choose_cs(sdata, shapes, coordinate_system, lib)
             aff = _affine(shapes, cs)
@@ -431,12 +458,16 @@ def resolve(
                 )
             centroids = _centroids(shapes)[pos]
             _check_table_coords(table, rows, centroids, lib, region)
+            mpsu, diameter_um, technology = _microns_per_shape_unit(
+                sdata, table, lib, region, shapes, rows, centroids
+            )
             xy_cs = centroids @ aff[:2, :2].T + aff[:2, 2]
             unit_scale = _linear_scale(aff)  # coordinate-system units per shape unit
         else:
             cs = coordinate_system if coordinate_system is not None else (str(lib) if is_sdata else None)
             xy_cs = _layout.spatial_coords(table)[rows]
             unit_scale = 1.0
+            mpsu, diameter_um, technology = _microns_per_shape_unit(sdata, table, lib, region, None, rows, xy_cs)
         if microns_per_unit is not None:
             mpu = float(microns_per_unit)
         elif mpsu is not None:
@@ -445,8 +476,8 @@ def resolve(
             raise ValueError(
                 f"Cannot tell the units of library {lib!r} (coordinate system {cs!r}): the object records no "
                 "microns per unit (no uns['spatial'][library]['scalefactors']['microns_per_pixel'], no Visium "
-                "spot, Visium HD bin or Xenium metadata). Pass microns_per_unit= (microns per coordinate unit; "
-                "1.0 if the coordinates are already microns)."
+                "spot array, Visium HD bin or Xenium metadata). Say it once with nk.pp.set_units(sdata, "
+                "microns_per_unit=...) (microns per coordinate unit; 1.0 if the coordinates are already microns)."
             )
         if not np.isfinite(xy_cs).all():
             raise ValueError(f"Library {lib!r} has NaN or infinite coordinates; drop those observations.")
