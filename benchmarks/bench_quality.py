@@ -56,7 +56,7 @@ def _pipeline(sdata, k: int, seed: int, split: dict, standardize: str | None) ->
         nk.tl.histology_baseline(
             sdata, method=method, n_niches=k, features_key="he_features", random_state=seed
         )
-    scores = nk.tl.evaluate(sdata, truth="teacher_niche", predictions=list(PREDICTIONS))
+    scores = nk.tl.evaluate(sdata, teacher_key="teacher_niche", predictions=list(PREDICTIONS))
     out = {"vs_teacher": scores[["ari", "nmi"]].to_dict(orient="index"),
            "n_test": int(scores["n_cells"].iloc[0])}  # fmt: skip
     if "true_niche" in table.obs:

@@ -246,7 +246,9 @@ def _microns_per_shape_unit(
         if bin_um is not None and width:
             return bin_um / width, bin_um, "visium_hd"
     # the spot array is exact (100 um pitch); the drawn spot size is the fallback
-    scale = _visium_array_scale(table, rows, centroids) if rows is not None and centroids is not None else None
+    scale = (
+        _visium_array_scale(table, rows, centroids) if rows is not None and centroids is not None else None
+    )
     if scale is not None and form == "circle" and width:
         if abs(width * scale / VISIUM_FULLRES_DIAMETER_UM - 1) < 0.15:
             return scale, VISIUM_SPOT_UM, "visium"
@@ -273,7 +275,9 @@ def _centroids(shapes: Any) -> np.ndarray:
     return np.c_[cent.x.to_numpy(), cent.y.to_numpy()]
 
 
-def _check_table_coords(table: ad.AnnData, rows: np.ndarray, centroids: np.ndarray, lib: str, region: str) -> None:
+def _check_table_coords(
+    table: ad.AnnData, rows: np.ndarray, centroids: np.ndarray, lib: str, region: str
+) -> None:
     """Refuse a table whose ``obsm['spatial']`` disagrees with its element (e.g. rescaled by hand): nichekd reads
     positions from the element, and a user looking at the table would be misled."""
     if _layout.SPATIAL_KEY not in table.obsm:
@@ -467,7 +471,9 @@ def resolve(
             cs = coordinate_system if coordinate_system is not None else (str(lib) if is_sdata else None)
             xy_cs = _layout.spatial_coords(table)[rows]
             unit_scale = 1.0
-            mpsu, diameter_um, technology = _microns_per_shape_unit(sdata, table, lib, region, None, rows, xy_cs)
+            mpsu, diameter_um, technology = _microns_per_shape_unit(
+                sdata, table, lib, region, None, rows, xy_cs
+            )
         if microns_per_unit is not None:
             mpu = float(microns_per_unit)
         elif mpsu is not None:
@@ -484,7 +490,9 @@ def resolve(
         image, note = None, ""
         if images and is_sdata and cs is not None:
             key_i = image_key.get(str(lib)) if isinstance(image_key, dict) else image_key
-            image, skipped, note = _choose_image(sdata, cs, xy_cs, [str(lib)] + ([region] if region else []), key_i)
+            image, skipped, note = _choose_image(
+                sdata, cs, xy_cs, [str(lib)] + ([region] if region else []), key_i
+            )
             if skipped and image is not None:
                 warnings.warn(
                     f"Image(s) {skipped} of library {lib!r} are constant (placeholders); using {image!r}.",

@@ -65,7 +65,9 @@ def set_units(
         # microns per unit of the annotated shapes = microns per coordinate unit x coordinate units per shape unit
         scale = 1.0
         if lib.region is not None and not isinstance(sdata, type(ctx.table)) and lib.region in sdata.shapes:
-            scale = _elements._linear_scale(_elements._affine(sdata.shapes[lib.region], lib.coordinate_system))
+            scale = _elements._linear_scale(
+                _elements._affine(sdata.shapes[lib.region], lib.coordinate_system)
+            )
         records[name] = float(microns_per_unit) * scale
     spatial = dict(ctx.table.uns.get("spatial", {}) or {})
     for name, value in records.items():

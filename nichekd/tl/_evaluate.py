@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, adjusted_rand_score, f1_score, normalized_mutual_info_score
 
+from .._docs import inject_docs
 from .._layout import TABLE_KEY, get_table
 from ._composition import compare_compositions, match_niches
 
@@ -36,10 +37,11 @@ def _composition_jsd(truth: np.ndarray, pred: np.ndarray, cell_types: ad.AnnData
     return compare_compositions(work, "_truth", "_pred", "_cell_types", n_permutations=0).mean_jsd
 
 
+@inject_docs
 def evaluate(
     sdata,
     *,
-    truth: str = "teacher_niche",
+    teacher_key: str = "teacher_niche",
     predictions: Sequence[str] = ("student_niche",),
     split_key: str | None = "split",
     split: str | None = "test",
@@ -54,9 +56,9 @@ def evaluate(
     Parameters
     ----------
     sdata
-        :class:`~spatialdata.SpatialData` or its table.
-    truth
-        ``obs`` column of reference niches (the teacher's).
+        %(sdata)s
+    teacher_key
+        %(teacher_key)s
     predictions
         ``obs`` columns to score.
     split_key, split
@@ -65,7 +67,7 @@ def evaluate(
         ``obs`` column of cell types (or ``obsm`` per-spot fractions); adds the mean JSD between matched niches'
         cell-type compositions.
     table_key
-        Table of ``sdata``.
+        %(table_key)s
 
     Returns
     -------
@@ -76,11 +78,11 @@ def evaluate(
     Examples
     --------
     >>> import nichekd as nk
-    >>> nk.tl.evaluate(sdata, predictions=["student_niche", "leiden_niche"])  # doctest: +SKIP
+    >>> nk.tl.evaluate(sdata, predictions=["student_niche", "he_leiden_niche"])  # doctest: +SKIP
     """
     adata = get_table(sdata, table_key)
     predictions = [predictions] if isinstance(predictions, str) else list(predictions)
-    missing = [k for k in [truth, *predictions] if k not in adata.obs]
+    missing = [k for k in [teacher_key, *predictions] if k not in adata.obs]
     if missing:
         raise KeyError(f"obs has no column(s) {missing}; run the teacher/distill/baselines first.")
     if cell_type_key is not None and cell_type_key not in adata.obs and cell_type_key not in adata.obsm:
@@ -92,7 +94,7 @@ def evaluate(
         scored = (adata.obs[split_key].astype(str) == split).to_numpy()
         if not scored.any():
             raise ValueError(f"No cells with obs[{split_key!r}] == {split!r}.")
-    t_col = adata.obs[truth]
+    t_col = adata.obs[teacher_key]
     scored &= t_col.notna().to_numpy()
     names = (
         [str(c) for c in t_col.cat.categories]

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 
 from .._elements import micron_coords
-from .._layout import LIBRARY_KEY, TABLE_KEY, get_table
+from .._graph import store_spatial_graph
+from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
 from .._utils import store_params
 from ..models.teacher import DEFAULT_N_NEIGHBORS, NicheTeacher
 
@@ -108,6 +110,8 @@ def teacher_niches(
       column order of the probabilities);
     - ``obsm[f"{key_added}_proba"]``: ``(n, K)`` float32 probabilities, rows summing to 1;
     - ``obsm[f"{key_added}_logits"]``: ``(n, K)`` log posteriors / logits (not for ``"labels"``);
+    - ``obsp['spatial_connectivities']`` / ``obsp['spatial_distances']``: the neighbourhood graph at the
+      teacher's radius (squidpy's keys, microns), never across libraries;
     - ``uns[key_added]``: ``params`` (method, K, radius, seed, versions, ...) and ``niche_names``
       (plus ``label_names`` for ``"labels"``: the source label of each niche).
 
@@ -175,6 +179,8 @@ def teacher_niches(
     if method == "labels":
         extra["label_names"] = dict(zip(teacher.niche_names_, teacher.encoder_["labels"], strict=True))
     store_params(target, key_added, params, **extra)
+    # the teacher's neighbourhoods as squidpy's graph, for scverse tools downstream
+    store_spatial_graph(target, xy_um, teacher.radius_um_, np.asarray(library_labels(adata, library_key)))
 
     if return_model:
         return (target, teacher) if copy else teacher

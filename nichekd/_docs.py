@@ -1,0 +1,59 @@
+"""Parameter documentation shared by the public functions: each parameter is described once, here.
+
+A docstring lists a shared parameter by its name and, as the description, a line ``%(name)s``;
+:func:`inject_docs` replaces that line with the text below (squidpy does the same with docrep)::
+
+    table_key
+        %(table_key)s
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Callable
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+PARAMS: dict[str, str] = {
+    "sdata": """\
+:class:`~spatialdata.SpatialData` as spatialdata-io, a nichekd reader or ``spatialdata.read_zarr`` gives it
+(coordinates, units and images are read from its elements), or its table alone.""",
+    "table_key": """\
+Table of ``sdata`` holding the spots/cells.""",
+    "library_key": """\
+``obs`` column naming each observation's tissue section; neighbourhoods never cross sections. Default: the
+``"library"`` column when present, else one section per annotated element (the table's region key).""",
+    "teacher_key": """\
+``obs`` column of the reference niches (the teacher's, or any labels to compare with); probabilities and
+logits are read from ``obsm[f"{teacher_key}_proba"]`` / ``obsm[f"{teacher_key}_logits"]``.""",
+    "features_key": """\
+``obsm`` key of the histology features (from :func:`nichekd.pp.histology_features`).""",
+    "split_key": """\
+``obs`` column of the split (``"train"``, ``"test"``, ``"buffer"``; from :func:`nichekd.pp.spatial_split`).""",
+    "random_state": """\
+Seed: the same seed gives the same result.""",
+    "device": """\
+Torch device: ``"auto"`` (CUDA, then Apple MPS, then CPU), ``"cpu"``, ``"cuda"``, ...""",
+    "progress": """\
+Show progress bars.""",
+    "copy": """\
+Return a modified copy of the table instead of writing into it (then ``None`` is returned).""",
+}
+
+
+def inject_docs(func: F) -> F:
+    """Replace ``%(name)s`` lines of ``func.__doc__`` with :data:`PARAMS` entries, keeping the indentation."""
+    doc = func.__doc__
+    if not doc:
+        return func
+
+    def fill(match: re.Match) -> str:
+        indent, name = match.group(1), match.group(2)
+        if name not in PARAMS:
+            raise KeyError(f"{func.__qualname__}: no shared documentation for parameter {name!r}.")
+        return textwrap.indent(PARAMS[name], indent)
+
+    func.__doc__ = re.sub(r"^([ \t]*)%\((\w+)\)s[ \t]*$", fill, doc, flags=re.MULTILINE)
+    return func
