@@ -318,6 +318,15 @@ def _is_placeholder(sdata: Any, name: str) -> bool:
     return float(sub.std()) < 1e-3
 
 
+def _is_rgb(element: Any) -> bool:
+    """An RGB(A) image: 3 channels, or 4 channels of 8-bit values (RGBA PNGs as spatialdata-io reads them)."""
+    from . import _image
+
+    arr = _image._level_arrays(element)[0]
+    n = int(arr.sizes.get("c", 0))
+    return n == 3 or (n == 4 and arr.dtype == np.uint8)
+
+
 def _choose_image(
     sdata: Any, cs: str, xy_cs: np.ndarray, prefer: list[str], image_key: str | None
 ) -> tuple[str | None, list[str], str]:
@@ -348,6 +357,8 @@ def _choose_image(
         inside = ((xy_cs >= lo) & (xy_cs <= hi)).all(1).mean() if len(xy_cs) else 0.0
         if inside < _MIN_ON_IMAGE:
             off.append(f"{name!r} holds {inside:.0%}")
+            continue
+        if not _is_rgb(element):  # fluorescence (e.g. Xenium morphology) is no H&E
             continue
         if _is_placeholder(sdata, name):
             skipped.append(name)

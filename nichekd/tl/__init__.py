@@ -4,7 +4,7 @@
 from ._distill import distill
 from ._predict import predict_niches
 from ._baselines import histology_baseline
-from ._evaluate import evaluate
+from ._evaluate import evaluate, verdict
 from ._teacher import teacher_niches
 from ._k_sweep import niche_k_sweep
 from ._composition import compare_compositions, match_niches, niche_composition
