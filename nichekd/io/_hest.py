@@ -66,6 +66,9 @@ def read_anndata_image(
 ):
     """Pair an AnnData of counts with pixel positions and an H&E image, into the standard layout.
 
+    nichekd's own reader: spatialdata-io has no reader for an AnnData plus a separate image (its ``generic``
+    reader takes an image or shapes alone).
+
     Parameters
     ----------
     adata
@@ -164,6 +167,8 @@ def read_hest(
     xy_order: Literal["xy", "yx"] | None = None,
 ):
     """Read a HEST-1k style sample (``.h5ad`` + H&E image + metadata JSON) into the standard layout.
+
+    nichekd's own reader: spatialdata-io has no HEST-1k reader (the ``hest`` package has no spatialdata output).
 
     Positions come from ``obsm['spatial']`` as (column, row) pixels (HEST-1k), or else from
     ``obs['x_pixel']``/``obs['y_pixel']``, which in exported HEST samples (e.g. DeepSpot's) hold the image
