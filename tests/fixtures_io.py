@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import h5py
@@ -223,17 +224,18 @@ def make_xenium(root: Path, *, n_cells: int = 150, he_size: int = 300, seed: int
     }
 
 
-def image_at(sdata, library: str, xy_um: np.ndarray) -> np.ndarray:
-    """RGB values of a library's full-resolution image at micron positions, via the registered transform."""
-    from spatialdata.transformations import get_transformation
+def image_at(sdata, library: str, xy_um: np.ndarray, table_key: str = "table") -> np.ndarray:
+    """RGB values of a library's image (the one nichekd chooses) at micron positions, via its registration.
 
-    name = f"{library}_he"
-    el = sdata.images[name]
-    arr = el["scale0"]["image"] if hasattr(el, "children") and "scale0" in el.children else el
-    t = get_transformation(arr, to_coordinate_system=library)
-    m = t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
-    px = (np.linalg.inv(m) @ np.c_[xy_um, np.ones(len(xy_um))].T).T[:, :2]
-    img = np.asarray(arr.values)  # (c, y, x)
+    ``xy_um`` is in the micron frame of :func:`nichekd._elements.resolve` (``ctx.xy_um``).
+    """
+    from nichekd._elements import resolve
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*placeholders", category=UserWarning)
+        level = resolve(sdata, table_key=table_key).pyramid(library).levels[0]
+    px = level.um_to_px(np.asarray(xy_um, dtype=float))
+    img = np.asarray(level.data.values)[:3]  # (c, y, x), alpha dropped
     cols = np.clip(np.floor(px[:, 0]).astype(int), 0, img.shape[2] - 1)
     rows = np.clip(np.floor(px[:, 1]).astype(int), 0, img.shape[1] - 1)
     return img[:, rows, cols].T.astype(float)

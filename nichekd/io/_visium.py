@@ -108,6 +108,7 @@ def finish_spaceranger(
     counts_src: Path,
     source: Path,
     *,
+    technology: str,
     in_tissue_only: bool,
     scalefactors: dict[str, Any],
     mpp: float | None = None,
@@ -120,13 +121,17 @@ def finish_spaceranger(
         table = sdata.tables[table_key]
     check_min_obs(table.n_obs, f"{counts_src} (in_tissue_only={in_tissue_only})")
     # scanpy/squidpy read the scale factors here, keyed by the section (the annotated element); mpp= overrides
-    # Space Ranger's microns per full-resolution pixel (the unit of the spots)
+    # Space Ranger's microns per full-resolution pixel (the unit of the spots). The technology is recorded with
+    # them because sdata.attrs (spatialdata-io's reader name) does not survive spatialdata.concatenate.
     sf = dict(scalefactors)
     if mpp is not None:
         sf["microns_per_pixel"] = float(mpp)
     region = table.uns["spatialdata_attrs"]["region"]
-    region = region if isinstance(region, str) else region[0]
-    table.uns.setdefault("spatial", {}).setdefault(region, {})["scalefactors"] = sf
+    entry = table.uns.setdefault("spatial", {}).setdefault(
+        region if isinstance(region, str) else region[0], {}
+    )
+    entry["scalefactors"] = sf
+    entry.setdefault("metadata", {})["technology"] = technology
     check_image_holds_observations(sdata, table_key, source)
     return sdata
 
@@ -216,6 +221,7 @@ def read_visium(
         "table",
         counts_src,
         path,
+        technology="visium",
         in_tissue_only=in_tissue_only,
         scalefactors=sf,
         mpp=mpp,

@@ -122,6 +122,7 @@ def read_visium_hd(
         folder.name,
         counts_src,
         path,
+        technology="visium_hd",
         in_tissue_only=in_tissue_only,
         scalefactors=sf,
     )

@@ -149,5 +149,11 @@ def read_xenium(
     check_min_obs(table.n_obs, matrix_src)
     library = str(library_id or specs.get("region_name") or path.resolve().name)
     table.obs["library"] = pd.Categorical([library] * table.n_obs)
+    # spatialdata-io keeps the cells in microns (scaled to morphology pixels by their transform); recorded in
+    # the table because sdata.attrs (the reader's name, which says so) does not survive spatialdata.concatenate
+    table.uns.setdefault("spatial", {})[library] = {
+        "scalefactors": {"microns_per_pixel": 1.0},
+        "metadata": {"technology": "xenium"},
+    }
     check_image_holds_observations(sdata, "table", he_image or path)
     return sdata
