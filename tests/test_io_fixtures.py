@@ -103,6 +103,20 @@ def test_read_visium_hd_bad_inputs(hd):
         nk.io.read_visium_hd(hd["outs"])
 
 
+def test_spatialdata_io_xenium_fixture_in_microns(xen):
+    """spatialdata-io itself reads the fixture's cells; resolve gives Xenium's micron positions."""
+    import spatialdata_io
+
+    from nichekd.io._xenium import XENIUM_DEFAULTS
+
+    sdata = spatialdata_io.xenium(xen["outs"], **XENIUM_DEFAULTS)
+    ctx = resolve(sdata)
+    lib = ctx.library("cell_circles")  # one library per annotated element
+    assert (lib.coordinate_system, lib.technology) == ("global", "xenium")
+    assert lib.microns_per_unit == pytest.approx(0.2125) and lib.image is None
+    np.testing.assert_allclose(ctx.xy_um, xen["xy_um_xenium"], atol=1e-6)
+
+
 def test_read_xenium_aligned_he(xen):
     sdata = nk.io.read_xenium(xen["outs"], he_image=xen["he_image"], alignment=xen["alignment"])
     table = sdata.tables["table"]

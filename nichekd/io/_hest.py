@@ -9,6 +9,7 @@ from typing import Literal
 import anndata as ad
 import numpy as np
 
+from .._elements import VISIUM_SPOT_UM
 from .._layout import build_library
 from ._checks import (
     check_counts,
@@ -21,7 +22,6 @@ from ._checks import (
 )
 
 XENIUM_CELL_UM = 10.0
-VISIUM_SPOT_UM = 55.0
 # HEST-1k metadata keys holding microns per pixel of the full-resolution image, most trusted first
 _MPP_KEYS = ("pixel_size_um_embedded", "pixel_size_um_estimated", "pixel_size_um", "mpp")
 

@@ -184,6 +184,7 @@ def read_visium(
     """
     import spatialdata_io
 
+    check_mpp(mpp)
     path = require_file(path, "Space Ranger output folder")
     spatial = require_file(path / "spatial", "spatial/ folder of the Space Ranger output")
     counts_src = counts_file(path, counts)
@@ -195,7 +196,6 @@ def read_visium(
     )
     check_barcodes(counts_barcodes(counts_src), positions_barcodes(positions_src), counts_src, positions_src)
     sf = read_scalefactors(spatial / "scalefactors_json.json", _VISIUM_SCALEFACTORS, "Visium scale factors")
-    check_mpp(mpp)
     if fullres_image is not None:
         fullres_image = require_file(fullres_image, "full-resolution H&E image").resolve()
     else:
