@@ -10,7 +10,8 @@ import pytest
 from scipy import sparse
 from scipy.spatial import cKDTree
 
-from nichekd._layout import library_infos, spatial_coords
+from nichekd._elements import resolve
+from nichekd._layout import spatial_coords
 from nichekd.datasets import synthetic_tissue
 
 N = 3000
@@ -33,6 +34,15 @@ def _image(sdata, level: int = 0) -> np.ndarray:
     return arr.values.transpose(1, 2, 0)
 
 
+def _record(sdata) -> tuple:
+    """(image, shapes, kind, microns per unit, diameter in um, image microns per pixel) of the one library."""
+    ctx = resolve(sdata)
+    lib = ctx.library("synthetic")
+    kind = ctx.table.uns["spatial"]["synthetic"]["metadata"]["kind"]
+    mpp = ctx.pyramid("synthetic").levels[0].mpp if lib.image is not None else None
+    return lib.image, lib.region, kind, lib.microns_per_unit, lib.diameter_um, mpp
+
+
 def test_layout_cell_mode(cells):
     from spatialdata.transformations import Identity, Scale, get_transformation
 
@@ -40,14 +50,7 @@ def test_layout_cell_mode(cells):
     assert set(cells.shapes) == {"synthetic_cells"}
     table = cells.tables["table"]
     assert table.n_obs == N and table.n_vars == 60
-    info = library_infos(table)["synthetic"]
-    assert (info.image, info.shapes, info.kind, info.mpp, info.diameter_um) == (
-        "synthetic_he",
-        "synthetic_cells",
-        "cell",
-        0.5,
-        10.0,
-    )
+    assert _record(cells) == ("synthetic_he", "synthetic_cells", "cell", 1.0, 10.0, 0.5)
     for key in ("true_niche", "cell_type", "region", "library"):
         assert isinstance(table.obs[key].dtype, pd.CategoricalDtype), key
     assert list(table.obs["true_niche"].cat.categories) == [f"niche_{k}" for k in range(4)]
@@ -144,8 +147,7 @@ def test_spots_aggregate_the_cells_beneath(spots):
         "table"
     ]
     table = spots.tables["table"]
-    info = library_infos(table)["synthetic"]
-    assert (info.kind, info.diameter_um, info.shapes, info.image) == ("spot", 55.0, "synthetic_spots", None)
+    assert _record(spots) == (None, "synthetic_spots", "spot", 1.0, 55.0, None)
     centres = spatial_coords(table)
     # 100 um hexagonal pitch
     d, _ = cKDTree(centres).query(centres, k=2)
@@ -194,7 +196,7 @@ def test_image_size_is_capped():
     img = _image(sdata)
     assert img.shape[0] * img.shape[1] <= 300_000
     assert rec["image_downscaled"] is True and rec["image_mpp"] > 0.5
-    assert library_infos(sdata.tables["table"])["synthetic"].mpp == pytest.approx(rec["image_mpp"])
+    assert resolve(sdata).pyramid("synthetic").levels[0].mpp == pytest.approx(rec["image_mpp"])
     width_um, height_um = rec["tissue_size_um"]
     assert img.shape[1] * rec["image_mpp"] >= width_um and img.shape[0] * rec["image_mpp"] >= height_um
 
@@ -216,7 +218,8 @@ def test_zarr_round_trip(spots, tmp_path):
     assert a.uns["synthetic"].keys() == b.uns["synthetic"].keys()
     for k, v in a.uns["synthetic"].items():
         assert np.array_equal(np.asarray(v), np.asarray(b.uns["synthetic"][k])), k
-    assert library_infos(a) == library_infos(b)
+    assert _record(sdata) == _record(back)
+    np.testing.assert_array_equal(resolve(sdata).xy_um, resolve(back).xy_um)
     levels = list(sdata.images["synthetic_he"].children)
     assert levels == list(back.images["synthetic_he"].children) and len(levels) >= 2
     for level in range(len(levels)):
