@@ -26,6 +26,16 @@ def _positions(folder):
     )
 
 
+def _array_mpp(folder) -> float:
+    """Microns per full-resolution pixel from the spot array alone: spots of a row are 100 um apart (2 array
+    columns), rows 100 * sqrt(3) / 2 um apart; a least-squares fit of pixels to that lattice."""
+    pos = _positions(folder)
+    um = pos[["array_col", "array_row"]].to_numpy(float) * [50.0, 50.0 * np.sqrt(3)]
+    px = pos[XY].to_numpy(float)
+    um, px = um - um.mean(0), px - px.mean(0)
+    return float(np.sqrt((um**2).sum() / (px**2).sum()))
+
+
 def _scalefactors(folder):
     return json.loads((folder / "spatial" / "scalefactors_json.json").read_text())
 
@@ -57,17 +67,19 @@ def test_visium_tiny_placeholder_hires_skipped_microns_from_spot():
     assert table.shape == (100, 100)
     assert set(sdata.images) == {"visium_tiny_hires_image", "visium_tiny_lowres_image"}
     sf = _scalefactors(folder)
-    mpp_full = 55.0 / sf["spot_diameter_fullres"]
+    mpp_full = _array_mpp(folder)
+    # Space Ranger's spot_diameter_fullres spans a 65 um circle (10x's documentation), not the 55 um spot
+    assert mpp_full * sf["spot_diameter_fullres"] == pytest.approx(65.0, rel=0.02)
     ctx = _resolve(sdata)
     lib = ctx.library("visium_tiny")
     assert (lib.image, lib.region, lib.coordinate_system) == ("visium_tiny_lowres_image",) + (
         "visium_tiny",
     ) * 2
-    assert lib.microns_per_unit == pytest.approx(mpp_full)
+    assert lib.microns_per_unit == pytest.approx(mpp_full, rel=0.005)
     assert lib.diameter_um == 55.0 and lib.technology == "visium"
-    assert ctx.pyramid("visium_tiny").levels[0].mpp == pytest.approx(mpp_full / sf["tissue_lowres_scalef"])
+    assert ctx.pyramid("visium_tiny").levels[0].mpp == pytest.approx(mpp_full / sf["tissue_lowres_scalef"], rel=0.005)
     pos = _positions(folder).loc[table.obs_names]
-    np.testing.assert_allclose(ctx.xy_um, pos[XY].to_numpy() * mpp_full)
+    np.testing.assert_allclose(ctx.xy_um, pos[XY].to_numpy() * lib.microns_per_unit)
     assert table.obs["in_tissue"].eq(1).all()
     assert table.uns["spatial"]["visium_tiny"]["scalefactors"] == sf
     assert np.issubdtype(table.X.dtype, np.number) and table.X.sum() > 0
@@ -102,7 +114,7 @@ def test_visium_mouse_brain_raw_mtx_lowres_only():
     ctx = resolve(sdata)
     lib = ctx.library("brain")
     assert lib.image == "brain_lowres_image"
-    assert lib.microns_per_unit == pytest.approx(55.0 / _scalefactors(folder)["spot_diameter_fullres"])
+    assert lib.microns_per_unit == pytest.approx(_array_mpp(folder), rel=0.005)
     dark = darkness(image_at(sdata, "brain", ctx.xy_um))
     inside = table.obs["in_tissue"].to_numpy() == 1
     assert dark[inside].mean() > dark[~inside].mean() + 15

@@ -80,8 +80,9 @@ def test_visium_from_spatialdata_io_whole_pipeline():
     scores = nk.tl.evaluate(sdata, predictions=["student_niche", "he_leiden_niche"])
     assert set(scores.index) == {"student_niche", "he_leiden_niche"}
     assert scores["n_cells"].iloc[0] == (table.obs["split"] == "test").sum() > 0
-    fig = nk.pl.niche_map(sdata, keys=("teacher_niche", "student_niche"), show_split=True)
-    assert fig is not None
+    assert {"spatial_connectivities", "spatial_distances"} <= set(table.obsp)
+    axes = nk.pl.niche_map(sdata, keys=("teacher_niche", "student_niche"), show_split=True, show=False)
+    assert len(axes) == 2
     plt.close("all")
 
 

@@ -150,7 +150,7 @@ def read_visium(
 
     The result is spatialdata-io's object (elements ``{library}`` (spots in full-resolution pixels),
     ``{library}_hires_image``, ``{library}_lowres_image``, table ``"table"``); nichekd functions find the
-    microns (55 um spots) and the best image themselves, skipping a blank placeholder image with a warning.
+    microns (from the spot array: spots are 100 um apart) and the best image themselves, skipping a blank placeholder image with a warning.
 
     Parameters
     ----------
@@ -167,7 +167,7 @@ def read_visium(
         Keep only spots flagged ``in_tissue`` (``obs['in_tissue']`` is kept either way).
     mpp
         Microns per **full-resolution** pixel, recorded as ``uns['spatial'][library]['scalefactors']
-        ['microns_per_pixel']``; by default nichekd derives it from the 55 um spot diameter.
+        ['microns_per_pixel']``; by default nichekd derives it from the spot array (100 um pitch).
     reader_kwargs
         Further keyword arguments of :func:`spatialdata_io.visium` (e.g. ``imread_kwargs``).
 

@@ -179,8 +179,8 @@ def teacher_niches(
     if method == "labels":
         extra["label_names"] = dict(zip(teacher.niche_names_, teacher.encoder_["labels"], strict=True))
     store_params(target, key_added, params, **extra)
-    # the teacher's neighbourhoods as squidpy's graph, for scverse tools downstream
-    store_spatial_graph(target, xy_um, teacher.radius_um_, np.asarray(library_labels(adata, library_key)))
+    if teacher.radius_um_ is not None:  # the teacher's neighbourhoods as squidpy's graph, for scverse tools
+        store_spatial_graph(target, xy_um, teacher.radius_um_, np.asarray(library_labels(adata, library_key)))
 
     if return_model:
         return (target, teacher) if copy else teacher
