@@ -40,7 +40,7 @@ def run(n_cells: int = 20_000, partition_size: int = 5_000, workers: int = 2, se
     store = _common.WORK_DIR / f"dask_{n_cells}.zarr"
     shutil.rmtree(store, ignore_errors=True)
     store.parent.mkdir(parents=True, exist_ok=True)
-    nk.datasets.synthetic_tissue(n_cells, seed=seed, progress=False).write(store)
+    nk.datasets.synthetic_tissue(n_cells, random_state=seed, progress=False).write(store)
     sdata = sd.read_zarr(store)  # the image is now a lazy dask array over the zarr chunks
     table = sdata.tables["table"]
     out["image_chunks"] = [int(c) for c in sdata.images["synthetic_he"]["scale0"]["image"].data.chunksize]

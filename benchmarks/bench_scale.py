@@ -48,7 +48,7 @@ def worker(n_cells: int, epochs: int, seed: int, threads: int) -> None:
     try:
         with stage("generate"):
             sdata = nk.datasets.synthetic_tissue(
-                n_cells, seed=seed, mpp=IMAGE_MPP, max_image_pixels=MAX_IMAGE_PIXELS, progress=False
+                n_cells, random_state=seed, mpp=IMAGE_MPP, max_image_pixels=MAX_IMAGE_PIXELS, progress=False
             )
         table = sdata.tables["table"]
         out["image_px"] = [int(s) for s in sdata.images["synthetic_he"]["scale0"]["image"].shape[1:]]

@@ -88,7 +88,9 @@ def run_demo(
         print(f"[{time.perf_counter() - start:6.1f} s] {msg}", flush=True)
 
     step(f"synthetic tissue: {n_cells} cells, {n_niches} niches, seed {seed}")
-    sdata = nk.datasets.synthetic_tissue(n_cells=n_cells, n_niches=n_niches, seed=seed, progress=progress)
+    sdata = nk.datasets.synthetic_tissue(
+        n_cells=n_cells, n_niches=n_niches, random_state=seed, progress=progress
+    )
     step("teacher niches from expression")
     nk.tl.teacher_niches(sdata, n_niches, random_state=seed, progress=progress)
     step(f"H&E features ({backbone})")

@@ -16,7 +16,7 @@ from nichekd.tl._predict_dask import predict_niches_dask
 
 @pytest.fixture(scope="module")
 def small():
-    sdata = nk.datasets.synthetic_tissue(400, seed=3, progress=False)
+    sdata = nk.datasets.synthetic_tissue(400, random_state=3, progress=False)
     # small image chunks so that even this small section spans many tiles (and partitions)
     image = sdata.images["synthetic_he"]["scale0"]["image"]
     mpp = resolve(sdata).pyramid("synthetic").levels[0].mpp

@@ -41,7 +41,7 @@ def _scores(sdata, k, features_key="he_features"):
 def synthetic_scores():
     _features_available()
     k = 5
-    sdata = nk.datasets.synthetic_tissue(8000, n_niches=k, seed=0, artifacts=1.5, progress=False)
+    sdata = nk.datasets.synthetic_tissue(8000, n_niches=k, random_state=0, artifacts=1.5, progress=False)
     nk.tl.teacher_niches(sdata, k, progress=False)
     nk.pp.histology_features(sdata, backbone=BACKBONE, key_added="he_features")
     nk.pp.spatial_split(sdata, features_key="he_features")

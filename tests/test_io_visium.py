@@ -77,7 +77,9 @@ def test_visium_tiny_placeholder_hires_skipped_microns_from_spot():
     ) * 2
     assert lib.microns_per_unit == pytest.approx(mpp_full, rel=0.005)
     assert lib.diameter_um == 55.0 and lib.technology == "visium"
-    assert ctx.pyramid("visium_tiny").levels[0].mpp == pytest.approx(mpp_full / sf["tissue_lowres_scalef"], rel=0.005)
+    assert ctx.pyramid("visium_tiny").levels[0].mpp == pytest.approx(
+        mpp_full / sf["tissue_lowres_scalef"], rel=0.005
+    )
     pos = _positions(folder).loc[table.obs_names]
     np.testing.assert_allclose(ctx.xy_um, pos[XY].to_numpy() * lib.microns_per_unit)
     assert table.obs["in_tissue"].eq(1).all()

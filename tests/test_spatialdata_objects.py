@@ -89,7 +89,7 @@ def test_visium_from_spatialdata_io_whole_pipeline():
 def _pixel_object(mpp: float):
     """A synthetic section moved into a pixel coordinate system: shapes and image in pixels, a downscaled copy
     of the image registered by a scale transform, nothing saying how large a pixel is."""
-    micron = nk.datasets.synthetic_tissue(n_cells=1200, n_niches=3, seed=4, progress=False)
+    micron = nk.datasets.synthetic_tissue(n_cells=1200, n_niches=3, random_state=4, progress=False)
     t = micron.tables["table"]
     image = micron.images["synthetic_he"]
     pixel_image = next(iter(image["scale0"].values())).copy()
@@ -113,7 +113,9 @@ def _pixel_object(mpp: float):
 
 
 def test_pixel_coordinate_system_with_scale_transform():
-    mpp = resolve(nk.datasets.synthetic_tissue(n_cells=50, seed=4, progress=False)).pyramid("synthetic")
+    mpp = resolve(nk.datasets.synthetic_tissue(n_cells=50, random_state=4, progress=False)).pyramid(
+        "synthetic"
+    )
     micron, pixel = _pixel_object(mpp.levels[0].mpp)
     before = _snapshot(pixel)
     with pytest.raises(ValueError, match="set_units"):

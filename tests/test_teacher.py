@@ -50,7 +50,9 @@ def multi_library_tissue(n_per_lib=600, n_libs=2, n_niches=4, n_types=6, n_genes
 @pytest.fixture(scope="module")
 def tissue():
     """One synthetic section with known niches (nk.datasets.synthetic_tissue), table only."""
-    sdata = nk.datasets.synthetic_tissue(n_cells=3000, n_niches=5, image=False, seed=0, progress=False)
+    sdata = nk.datasets.synthetic_tissue(
+        n_cells=3000, n_niches=5, image=False, random_state=0, progress=False
+    )
     return sdata["table"]
 
 
@@ -107,7 +109,9 @@ def test_same_seed_same_labels_and_copy(tissue):
 
 
 def test_spatialdata_input_and_return_model():
-    sdata = nk.datasets.synthetic_tissue(n_cells=1500, n_niches=3, image=False, seed=1, progress=False)
+    sdata = nk.datasets.synthetic_tissue(
+        n_cells=1500, n_niches=3, image=False, random_state=1, progress=False
+    )
     teacher = nk.tl.teacher_niches(sdata, 3, return_model=True, progress=False)
     assert isinstance(teacher, NicheTeacher)
     table = sdata["table"]

@@ -96,7 +96,7 @@ def niche_map(
     Examples
     --------
     >>> import nichekd as nk
-    >>> sdata = nk.datasets.synthetic_tissue(seed=0)
+    >>> sdata = nk.datasets.synthetic_tissue(random_state=0)
     >>> nk.tl.teacher_niches(sdata)
     >>> nk.pl.niche_map(sdata, "teacher_niche", show_split=False, show=False)  # doctest: +SKIP
     """

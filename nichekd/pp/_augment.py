@@ -152,7 +152,7 @@ def augmented_features(
     Examples
     --------
     >>> import nichekd as nk
-    >>> sdata = nk.datasets.synthetic_tissue(n_cells=500, seed=0)  # doctest: +SKIP
+    >>> sdata = nk.datasets.synthetic_tissue(n_cells=500, random_state=0)  # doctest: +SKIP
     >>> nk.pp.histology_features(sdata, backbone="stain", key_added="he")  # doctest: +SKIP
     >>> nk.pp.augmented_features(sdata, features_key="he", n_views=4)  # doctest: +SKIP
     >>> sdata.tables["table"].obsm["he_aug"].shape  # doctest: +SKIP

@@ -162,7 +162,7 @@ def histology_features(
     Examples
     --------
     >>> import nichekd as nk
-    >>> sdata = nk.datasets.synthetic_tissue(n_cells=500, seed=0)  # doctest: +SKIP
+    >>> sdata = nk.datasets.synthetic_tissue(n_cells=500, random_state=0)  # doctest: +SKIP
     >>> nk.pp.histology_features(sdata, backbone="stain")  # doctest: +SKIP
     >>> sdata.tables["table"].obsm["X_stain"].shape  # doctest: +SKIP
     (500, 27)

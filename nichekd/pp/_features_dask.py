@@ -118,7 +118,7 @@ def histology_features_dask(
     --------
     >>> import nichekd as nk
     >>> from distributed import Client, LocalCluster
-    >>> sdata = nk.datasets.synthetic_tissue(20_000, seed=0)  # doctest: +SKIP
+    >>> sdata = nk.datasets.synthetic_tissue(20_000, random_state=0)  # doctest: +SKIP
     >>> with Client(LocalCluster(n_workers=2, threads_per_worker=1)):  # doctest: +SKIP
     ...     nk.pp.histology_features_dask(sdata, backbone="stain", partition_size=5000)
     """

@@ -125,7 +125,7 @@ def spatial_split(
     Examples
     --------
     >>> import nichekd as nk
-    >>> sdata = nk.datasets.synthetic_tissue(n_cells=5000, seed=0)
+    >>> sdata = nk.datasets.synthetic_tissue(n_cells=5000, random_state=0)
     >>> nk.pp.spatial_split(sdata, buffer_um=56)
     >>> sdata.tables["table"].obs["split"].value_counts()
     """

@@ -215,7 +215,7 @@ def distill(
     Examples
     --------
     >>> import nichekd as nk
-    >>> sdata = nk.datasets.synthetic_tissue(n_cells=5000, seed=0)
+    >>> sdata = nk.datasets.synthetic_tissue(n_cells=5000, random_state=0)
     >>> nk.tl.teacher_niches(sdata, n_niches=6)
     >>> nk.pp.histology_features(sdata, key_added="he_features")
     >>> nk.pp.spatial_split(sdata)

@@ -118,7 +118,7 @@ def teacher_niches(
     Examples
     --------
     >>> import nichekd as nk
-    >>> sdata = nk.datasets.synthetic_tissue(n_cells=5000, seed=0)
+    >>> sdata = nk.datasets.synthetic_tissue(n_cells=5000, random_state=0)
     >>> nk.tl.teacher_niches(sdata, 6)
     >>> sdata["table"].obs["teacher_niche"].value_counts()
     >>> teacher = nk.tl.teacher_niches(sdata, 6, method="transformer", return_model=True)
