@@ -184,6 +184,20 @@ def test_niche_map_groups_and_bare_anndata(sdata):
     assert [t.get_text() for t in ax.figure.legends[0].get_texts()] == ["N1", "other"]
 
 
+def test_niche_map_leaves_the_elements_untouched(sdata):
+    from spatialdata.transformations import get_transformation
+
+    def registrations():
+        elements = {**sdata.images, **sdata.shapes}
+        return {name: get_transformation(el, get_all=True) for name, el in elements.items()}
+
+    before, spots = registrations(), sdata.shapes["s1_spots"].copy()
+    nk.pl.niche_map(sdata, library=["s1", "he"], method="datashader", show=False)
+    nk.pl.niche_map(sdata, library="s2", method="matplotlib", show=False)
+    assert registrations() == before
+    assert sdata.shapes["s1_spots"].geometry.geom_equals(spots.geometry).all()
+
+
 def test_niche_map_surfaces_spatialdata_plot_errors(sdata, monkeypatch):
     import spatialdata_plot.pl.basic as basic
 
