@@ -245,6 +245,7 @@ def test_niche_map_rejects_bad_input_and_leaves_data_untouched(sdata):
 def test_niche_map_spatialdata_io_visium_in_pixels():
     """A spatialdata-io Visium object, as read: drawn in full-resolution pixels, scale bar in microns."""
     from conftest import dataset_path
+    from spatialdata.transformations import get_transformation
 
     path = dataset_path("visium_tiny")
     spatialdata_io = pytest.importorskip("spatialdata_io")
@@ -268,6 +269,15 @@ def test_niche_map_spatialdata_io_visium_in_pixels():
     assert unit in ("µm", "mm")
     microns_per_pixel = 55.0 / (2 * radius)  # a Visium spot is 55 um wide
     assert length * microns_per_pixel == pytest.approx(float(value) * (1000 if unit == "mm" else 1))
+    # another coordinate system, in lowres pixels (the shapes reach it through a scale): same view, scaled
+    scale = get_transformation(spots, to_coordinate_system="tiny_downscaled_lowres").scale[0]
+    low = nk.pl.niche_map(sdata, "half", coordinate_system="tiny_downscaled_lowres", show=False)
+    np.testing.assert_allclose(
+        np.r_[low.get_xlim(), low.get_ylim()], np.r_[ax.get_xlim(), ax.get_ylim()] * scale
+    )
+    label_low, length_low = _scalebar(low)
+    assert label_low == label and length_low == pytest.approx(length * scale)
+    assert _has_colour(low, pal["left"]) and _has_colour(low, pal["right"])
 
 
 # ------------------------------------------------------------------------------------------------ uncertainty
