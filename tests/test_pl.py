@@ -176,6 +176,26 @@ def test_niche_map_all_libraries_split_and_he_only_tiles(sdata):
     assert _has_colour(axes[titles.index("he: student_niche")], nk.pl.niche_palette(NICHES)["N1"])
 
 
+@pytest.mark.parametrize("method", ["matplotlib", "datashader"])
+def test_niche_map_square_tiles(sdata, method):
+    # H&E-only predictions come as square tiles (polygons), not circles
+    import geopandas as gpd
+    import shapely
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity
+
+    circles = sdata.shapes["he_tiles"]
+    squares = shapely.box(
+        circles.geometry.x - 20, circles.geometry.y - 20, circles.geometry.x + 20, circles.geometry.y + 20
+    )
+    tiles = gpd.GeoDataFrame(geometry=squares, index=circles.index)
+    sdata.shapes["he_tiles"] = ShapesModel.parse(tiles, transformations={"he": Identity()})
+    ax = nk.pl.niche_map(sdata, "student_niche", library="he", method=method, show=False)
+    pal = nk.pl.niche_palette(NICHES)
+    assert all(_has_colour(ax, pal[n]) for n in NICHES)
+    assert _scalebar(ax)[0] == "50 µm"
+
+
 def test_niche_map_groups_and_bare_anndata(sdata):
     table = sdata.tables["table"]
     ax = nk.pl.niche_map(table, "teacher_niche", library="s2", groups="N1", show=False)

@@ -81,7 +81,7 @@ def niche_map(
         Column written by :func:`nichekd.pp.spatial_split`.
     method
         spatialdata-plot's rendering of the shapes: ``"matplotlib"`` (one patch per observation),
-        ``"datashader"`` (rasterised, fast for large panels) or ``None``: datashader for panels of 5,000
+        ``"datashader"`` (rasterised, fast for large panels) or ``None``: datashader for panels of 10,000
         observations or more.
     scalebar
         Draw a scale bar in microns.
