@@ -202,6 +202,15 @@ def test_niche_map_groups_and_bare_anndata(sdata):
     pal = nk.pl.niche_palette(NICHES)
     assert _has_colour(ax, pal["N1"]) and not _has_colour(ax, pal["N0"])
     assert [t.get_text() for t in ax.figure.legends[0].get_texts()] == ["N1", "other"]
+    # a table that records no units: the error names the argument, which then draws in those units
+    bare = ad.AnnData(
+        obs=table.obs[["teacher_niche"]].iloc[:100].copy(), obsm={"spatial": table.obsm["spatial"][:100] * 4}
+    )
+    with pytest.raises(ValueError, match="microns_per_unit="):
+        nk.pl.niche_map(bare, "teacher_niche", show=False)
+    ax = nk.pl.niche_map(bare, "teacher_niche", microns_per_unit=0.25, show=False)
+    assert _has_colour(ax, pal["N0"]) and not ax.images
+    assert _scalebar(ax) == ("50 µm", pytest.approx(200.0))  # 50 um = 200 units of 0.25 um
 
 
 def test_niche_map_leaves_the_elements_untouched(sdata):
