@@ -330,21 +330,21 @@ def draw_panel(
     if method is None:
         method = "datashader" if len(panel.rows) >= DATASHADER_MIN_OBS else "matplotlib"
     obj = _panel_sdata(source, table, panel, table_key)
-    if panel.image is not None and panel.image in obj.images:
-        obj = obj.pl.render_images(panel.image, channel=_rgb_channels(obj.images[panel.image]))
-    obj = obj.pl.render_shapes(
-        panel.shapes, color=panel.key, table_name=table_key, method=method, colorbar=False,
-        **colouring.render_kwargs(),
-    )  # fmt: skip
     sdp_logger = logging.getLogger("spatialdata_plot._logging")
     level = sdp_logger.level
     sdp_logger.setLevel(logging.ERROR)  # its notes (e.g. "only NaN values") repeat what the panel says
     try:
         with warnings.catch_warnings():
-            # version notes of spatialdata(-plot) that say nothing about the user's data
+            # version notes of spatialdata(-plot) and matplotlib that say nothing about the user's data
             warnings.filterwarnings("ignore", message=".*is not present in the SpatialData object.*")
             warnings.filterwarnings("ignore", category=UserWarning, module="spatialdata.*")
             warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+            if panel.image is not None and panel.image in obj.images:
+                obj = obj.pl.render_images(panel.image, channel=_rgb_channels(obj.images[panel.image]))
+            obj = obj.pl.render_shapes(
+                panel.shapes, color=panel.key, table_name=table_key, method=method, colorbar=False,
+                **colouring.render_kwargs(),
+            )  # fmt: skip
             obj.pl.show(coordinate_systems=DRAW_CS, ax=ax, legend_loc=None, colorbar=False,
                         show=False, title="")  # fmt: skip
     finally:
