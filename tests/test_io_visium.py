@@ -75,7 +75,7 @@ def test_visium_tiny_placeholder_hires_skipped_microns_from_spot():
     assert (lib.image, lib.region, lib.coordinate_system) == ("visium_tiny_lowres_image",) + (
         "visium_tiny",
     ) * 2
-    assert lib.microns_per_unit == pytest.approx(mpp_full, rel=0.005)
+    assert lib.microns_per_unit == pytest.approx(mpp_full, rel=0.01)
     assert lib.diameter_um == 55.0 and lib.technology == "visium"
     assert ctx.pyramid("visium_tiny").levels[0].mpp == pytest.approx(
         mpp_full / sf["tissue_lowres_scalef"], rel=0.005
@@ -116,7 +116,7 @@ def test_visium_mouse_brain_raw_mtx_lowres_only():
     ctx = resolve(sdata)
     lib = ctx.library("brain")
     assert lib.image == "brain_lowres_image"
-    assert lib.microns_per_unit == pytest.approx(_array_mpp(folder), rel=0.005)
+    assert lib.microns_per_unit == pytest.approx(_array_mpp(folder), rel=0.01)
     dark = darkness(image_at(sdata, "brain", ctx.xy_um))
     inside = table.obs["in_tissue"].to_numpy() == 1
     assert dark[inside].mean() > dark[~inside].mean() + 15
