@@ -86,7 +86,7 @@ def read_anndata_image(
     kind
         ``"spot"`` or ``"cell"``.
     technology
-        Recorded in ``uns['nichekd']``.
+        Recorded in ``uns['spatial'][library_id]['metadata']['technology']``.
     library_id
         Section id; defaults to the file name (or ``"library"`` for an in-memory AnnData).
     layer
