@@ -20,7 +20,6 @@ the names are deterministic for a given input and seed. Saved models are a folde
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,201 +27,51 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-from scipy import sparse
-from scipy.special import logsumexp
-from tqdm.auto import tqdm
 
 from .._layout import LIBRARY_KEY, SPATIAL_KEY, library_labels, spatial_coords
-from .._neighbors import Neighbourhoods, estimate_radius, neighbour_mean, radius_neighbours
+from .._neighbors import Neighbourhoods, estimate_radius, radius_neighbours
+
+# the pieces live in small modules; re-exported here so `nichekd.models.teacher.<name>` keeps working
+from ._teacher_heads import (
+    cell_type_matrix,
+    fit_gmm,
+    fit_transformer_head,
+    gmm_log_posterior,
+    label_codes,
+    labels_proba,
+    softmax,
+    transformer_head_logits,
+)
+from ._teacher_io import load_teacher, save_teacher
+from ._teacher_latent import (
+    TARGET_SUM,
+    _standardise_state,
+    check_counts,
+    fit_expression_pca,
+    log_normalise,
+    neighbourhood_features,
+    project_expression,
+    standardise,
+)
+
+__all__ = [
+    "DEFAULT_N_NEIGHBORS",
+    "METHODS",
+    "TARGET_SUM",
+    "NicheTeacher",
+    "TeacherInputs",
+    "check_counts",
+    "fit_gmm",
+    "gmm_log_posterior",
+    "log_normalise",
+    "neighbourhood_features",
+    "softmax",
+    "standardise",
+]
 
 METHODS = ("aggregate", "composition", "transformer", "labels")
 DEFAULT_N_NEIGHBORS = 10
 MIN_CELLS_PER_LIBRARY = 10
-TARGET_SUM = 1e4
-_CHUNK = 65_536
-
-
-# ----------------------------------------------------------------------------------------------- latents
-def check_counts(x: Any, where: str = "X") -> None:
-    """Raise if counts contain NaN/inf or negative values (they would silently corrupt the latent)."""
-    data = x.data if sparse.issparse(x) else np.asarray(x)
-    if not np.issubdtype(data.dtype, np.number):
-        raise ValueError(f"{where} must be numeric counts, got dtype {data.dtype}.")
-    if data.size and not np.isfinite(data).all():
-        raise ValueError(
-            f"{where} contains NaN or infinite values; fix or drop those cells/genes, or pass use_rep= with a "
-            "finite representation."
-        )
-    if data.size and (data < 0).any():
-        raise ValueError(
-            f"{where} contains negative values: raw counts are expected (log-normalised or scaled data is not "
-            "counts). Put raw counts in X, or pass use_rep= with a latent in obsm."
-        )
-
-
-def log_normalise(x: Any, target_sum: float = TARGET_SUM) -> sparse.csr_matrix:
-    """``log1p(counts / total * target_sum)`` as float32 CSR (cells with zero counts stay zero)."""
-    x = sparse.csr_matrix(x, dtype=np.float32, copy=True)
-    totals = np.asarray(x.sum(1)).ravel()
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-    x.data *= np.repeat(scale, np.diff(x.indptr)).astype(np.float32)
-    np.log1p(x.data, out=x.data)
-    return x
-
-
-def _column_mean_var(x: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    mean = np.asarray(x.mean(0)).ravel()
-    sq = x.copy()
-    sq.data **= 2
-    var = np.asarray(sq.mean(0)).ravel() - mean**2
-    return mean, np.maximum(var, 0)
-
-
-def fit_expression_pca(
-    x: sparse.csr_matrix, n_comps: int, n_top_genes: int, max_cells: int, rng: np.random.Generator
-) -> dict[str, np.ndarray]:
-    """Select the most variable genes and fit a centred PCA on a subsample of (log-normalised) cells."""
-    from sklearn.decomposition import PCA
-
-    _, var = _column_mean_var(x)
-    genes = np.sort(np.argsort(-var, kind="stable")[: min(n_top_genes, x.shape[1])])
-    rows = (
-        np.sort(rng.choice(x.shape[0], max_cells, replace=False)) if x.shape[0] > max_cells else slice(None)
-    )
-    sub = x[rows][:, genes]
-    n_comps = int(min(n_comps, sub.shape[0] - 1, sub.shape[1] - 1))
-    if n_comps < 1:
-        raise ValueError("Too few cells or genes for a PCA latent; pass use_rep= with a precomputed latent.")
-    # covariance_eigh handles sparse input without densifying and is fast for a few thousand genes
-    pca = PCA(n_components=n_comps, svd_solver="covariance_eigh", random_state=0).fit(sub)
-    comps = pca.components_.astype(np.float32)
-    # deterministic sign: largest loading positive
-    signs = np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(1)])
-    return {"genes": genes, "mean": pca.mean_.astype(np.float32), "components": comps * signs[:, None]}
-
-
-def project_expression(x: sparse.csr_matrix, pca: dict[str, np.ndarray]) -> np.ndarray:
-    """Project log-normalised cells on the fitted components, in chunks (memory linear in cells)."""
-    comps = pca["components"].T
-    offset = pca["mean"] @ comps
-    sub = x[:, pca["genes"]]
-    out = np.empty((x.shape[0], comps.shape[1]), dtype=np.float32)
-    for s in range(0, x.shape[0], _CHUNK):
-        out[s : s + _CHUNK] = np.asarray(sub[s : s + _CHUNK] @ comps) - offset
-    return out
-
-
-def standardise(latent: np.ndarray, state: dict[str, np.ndarray], codes: np.ndarray | None) -> np.ndarray:
-    """Centre and scale by one global scalar; with ``codes``, centre/scale each library first (batch-aware).
-
-    Per-library z-scores are multiplied back by the global per-dimension spread so that dimensions keep their
-    relative weight (PCA's leading components stay leading).
-    """
-    x = latent.astype(np.float32, copy=True)
-    if codes is not None:
-        for c in np.unique(codes):
-            sel = codes == c
-            mu = x[sel].mean(0)
-            sd = x[sel].std(0)
-            sd[sd == 0] = 1.0
-            x[sel] = (x[sel] - mu) / sd * state["sd"]
-    else:
-        x -= state["mean"]
-    return x / state["scale"]
-
-
-def _standardise_state(latent: np.ndarray) -> dict[str, np.ndarray]:
-    sd = latent.std(0).astype(np.float32)
-    scale = float(np.sqrt(np.mean(sd**2))) or 1.0
-    sd[sd == 0] = 1.0
-    return {"mean": latent.mean(0).astype(np.float32), "sd": sd, "scale": np.float32(scale)}
-
-
-def neighbourhood_features(
-    latent: np.ndarray, nbrs: Neighbourhoods, n_rings: int = 1, weights: str = "gaussian"
-) -> np.ndarray:
-    """Distance-weighted neighbourhood means; with ``n_rings > 1`` the means of successive hops, concatenated.
-
-    Hop ``r`` is the neighbourhood mean of hop ``r - 1`` (CellCharter-style multi-scale context); memory stays
-    ``O(n * d * n_rings)``.
-    """
-    hops = [neighbour_mean(latent, nbrs, weights=weights)]
-    for _ in range(1, n_rings):
-        hops.append(neighbour_mean(hops[-1], nbrs, weights=weights))
-    return np.concatenate(hops, axis=1) if len(hops) > 1 else hops[0]
-
-
-# ------------------------------------------------------------------------------------------------ mixture
-def fit_gmm(
-    features: np.ndarray,
-    n_components: int,
-    *,
-    random_state: int = 0,
-    max_fit_cells: int = 50_000,
-    covariance_type: str = "full",
-):
-    """Gaussian mixture on (a random subsample of) the features, components ordered by decreasing weight."""
-    from sklearn.mixture import GaussianMixture
-    from threadpoolctl import threadpool_limits
-
-    rng = np.random.default_rng(random_state)
-    sub = features
-    if len(features) > max_fit_cells:
-        sub = features[np.sort(rng.choice(len(features), max_fit_cells, replace=False))]
-    # the mixture's matrices are tiny: threaded BLAS only adds overhead (25x slower on a busy 2-core machine)
-    with threadpool_limits(1, user_api="blas"):
-        gmm = GaussianMixture(
-            n_components,
-            covariance_type=covariance_type,
-            reg_covar=1e-4,
-            max_iter=200,
-            n_init=1,
-            random_state=random_state,
-        ).fit(sub)
-    order = np.lexsort((gmm.means_[:, 0], -gmm.weights_))  # by weight, ties by the first mean coordinate
-    return _reorder_gmm(gmm, order)
-
-
-def _reorder_gmm(gmm, order: np.ndarray):
-    gmm.weights_ = gmm.weights_[order]
-    gmm.means_ = gmm.means_[order]
-    if gmm.covariance_type in ("full", "diag"):
-        gmm.covariances_ = gmm.covariances_[order]
-        gmm.precisions_cholesky_ = gmm.precisions_cholesky_[order]
-        gmm.precisions_ = gmm.precisions_[order]
-    return gmm
-
-
-def gmm_log_posterior(gmm, features: np.ndarray, progress: bool = False) -> np.ndarray:
-    """``(n, K)`` log posterior probabilities, in chunks."""
-    from threadpoolctl import threadpool_limits
-
-    out = np.empty((len(features), gmm.n_components), dtype=np.float64)
-    starts = range(0, len(features), _CHUNK)
-    with threadpool_limits(1, user_api="blas"):
-        for s in tqdm(starts, desc="niche posteriors", disable=not progress or len(starts) < 4, leave=False):
-            w = gmm._estimate_weighted_log_prob(features[s : s + _CHUNK].astype(np.float64))
-            out[s : s + _CHUNK] = w - logsumexp(w, axis=1, keepdims=True)
-    return out
-
-
-def _gmm_from_arrays(arrays: dict[str, np.ndarray], covariance_type: str):
-    from sklearn.mixture import GaussianMixture
-
-    gmm = GaussianMixture(len(arrays["gmm_weights"]), covariance_type=covariance_type)
-    gmm.weights_ = arrays["gmm_weights"].astype(np.float64)
-    gmm.means_ = arrays["gmm_means"].astype(np.float64)
-    gmm.covariances_ = arrays["gmm_covariances"].astype(np.float64)
-    gmm.precisions_cholesky_ = arrays["gmm_precisions_cholesky"].astype(np.float64)
-    return gmm
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax as float32 rows summing to 1."""
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    p = p.astype(np.float32)
-    return p / p.sum(1, keepdims=True)
 
 
 # ------------------------------------------------------------------------------------------------ teacher
@@ -439,76 +288,10 @@ class NicheTeacher:
 
     # ------------------------------------------------------------------ per-cell inputs
     def _cell_type_matrix(self, adata: ad.AnnData, fit: bool) -> np.ndarray:
-        key = self.cell_type_key
-        if key in adata.obsm:
-            frac = adata.obsm[key]
-            names = [str(c) for c in frac.columns] if isinstance(frac, pd.DataFrame) else None
-            arr = np.asarray(frac, dtype=np.float64)
-            if fit:
-                self.encoder_["cell_types"] = names or [str(i) for i in range(arr.shape[1])]
-            elif names is not None:
-                missing = [c for c in self.encoder_["cell_types"] if c not in names]
-                if missing:
-                    raise KeyError(f"obsm[{key!r}] lacks the fitted cell types {missing[:5]}.")
-                arr = np.asarray(frac[self.encoder_["cell_types"]], dtype=np.float64)
-            elif arr.shape[1] != len(self.encoder_["cell_types"]):
-                raise ValueError(
-                    f"obsm[{key!r}] has {arr.shape[1]} columns, the teacher was fitted on "
-                    f"{len(self.encoder_['cell_types'])}."
-                )
-            if not np.isfinite(arr).all() or (arr < 0).any():
-                raise ValueError(f"obsm[{key!r}] must hold finite, non-negative cell-type fractions.")
-            tot = arr.sum(1, keepdims=True)
-            if (tot <= 0).any():
-                raise ValueError(f"obsm[{key!r}] has rows summing to 0; drop those spots.")
-            return (arr / tot).astype(np.float32)
-        if key not in adata.obs:
-            raise KeyError(
-                f"cell_type_key={key!r} is neither an obs column nor an obsm key; available obs columns: "
-                f"{list(adata.obs.columns)[:20]}. Run nichekd.pp.cell_types to create one."
-            )
-        col = adata.obs[key]
-        if col.isna().any():
-            raise ValueError(f"obs[{key!r}] has missing cell types; fill or drop those cells.")
-        values = col.astype(str).to_numpy()
-        if fit:
-            cats = list(col.cat.categories.astype(str)) if hasattr(col, "cat") else sorted(set(values))
-            self.encoder_["cell_types"] = [c for c in cats if c in set(values)]
-        cats = self.encoder_["cell_types"]
-        lookup = {c: i for i, c in enumerate(cats)}
-        unknown = sorted(set(values) - set(lookup))
-        if unknown:
-            raise ValueError(f"obs[{key!r}] has cell types the teacher was not fitted on: {unknown[:5]}.")
-        idx = np.fromiter((lookup[v] for v in values), dtype=np.int64, count=len(values))
-        onehot = np.zeros((len(values), len(cats)), dtype=np.float32)
-        onehot[np.arange(len(values)), idx] = 1.0
-        return onehot
+        return cell_type_matrix(adata, self.cell_type_key, self.encoder_, fit)
 
     def _label_codes(self, adata: ad.AnnData, fit: bool) -> np.ndarray:
-        key = self.labels_key
-        if key not in adata.obs:
-            raise KeyError(
-                f"labels_key={key!r} is not an obs column; available: {list(adata.obs.columns)[:20]}."
-            )
-        col = adata.obs[key]
-        if col.isna().any():
-            raise ValueError(
-                f"obs[{key!r}] has {int(col.isna().sum())} unlabelled cells; drop or label them."
-            )
-        values = col.astype(str).to_numpy()
-        if fit:
-            cats = list(col.cat.categories.astype(str)) if hasattr(col, "cat") else sorted(set(values))
-            cats = [c for c in cats if c in set(values)]
-            if self.n_niches is not None and self.n_niches != len(cats):
-                raise ValueError(
-                    f"n_niches={self.n_niches} but obs[{key!r}] has {len(cats)} labels; pass n_niches=None."
-                )
-            self.encoder_["labels"] = cats
-        lookup = {c: i for i, c in enumerate(self.encoder_["labels"])}
-        unknown = sorted(set(values) - set(lookup))
-        if unknown:
-            raise ValueError(f"obs[{key!r}] has labels the teacher was not fitted on: {unknown[:5]}.")
-        return np.fromiter((lookup[v] for v in values), dtype=np.int64, count=len(values))
+        return label_codes(adata, self.labels_key, self.encoder_, fit, self.n_niches)
 
     def _latent(self, adata: ad.AnnData, fit: bool, rng: np.random.Generator) -> np.ndarray:
         if self.use_rep is not None:
@@ -610,11 +393,6 @@ class NicheTeacher:
         return inputs
 
     # ------------------------------------------------------------------ head
-    def _transformer_config(self, in_dim: int, n_niches: int):
-        from ._niche_transformer import TransformerConfig
-
-        return TransformerConfig(in_dim=in_dim, n_niches=n_niches, **self.transformer_kwargs)
-
     def fit_head(
         self, inputs: TeacherInputs, n_niches: int | None = None, random_state: int | None = None
     ) -> NicheTeacher:
@@ -636,29 +414,14 @@ class NicheTeacher:
                 covariance_type=self.covariance_type,
             )
         else:
-            import torch
-
-            from .._utils import resolve_device
-            from ._niche_transformer import train_niche_transformer, transformer_logits
-
-            device = resolve_device(self.device)
-            cfg = self._transformer_config(inputs.latent.shape[1], k)
-            model, self.train_losses_ = train_niche_transformer(
-                inputs.latent,
-                inputs.xy,
-                inputs.nbrs,
-                cfg,
+            self.transformer_, self.train_losses_ = fit_transformer_head(
+                inputs,
+                k,
+                self.transformer_kwargs,
                 random_state=seed,
-                device=device,
+                device=self.device,
                 progress=self.progress,
             )
-            # order clusters by decreasing mass on the fitting data (deterministic names)
-            logits = transformer_logits(model, inputs.latent, inputs.xy, inputs.nbrs, device=device)
-            mass = softmax(logits).sum(0)
-            order = np.lexsort((np.arange(k), -mass))
-            with torch.no_grad():
-                model.prototypes.weight.copy_(model.prototypes.weight[torch.as_tensor(order.copy())].clone())
-            self.transformer_ = model.cpu()
         self.n_niches = k
         self.niche_names_ = [f"N{i}" for i in range(k)]
         return self
@@ -686,25 +449,13 @@ class NicheTeacher:
             return None
         if self.gmm_ is not None:
             return gmm_log_posterior(self.gmm_, inputs.features, progress=self.progress).astype(np.float32)
-        from .._utils import resolve_device
-        from ._niche_transformer import transformer_logits
-
-        device = resolve_device(self.device)
-        logits = transformer_logits(
-            self.transformer_.to(device), inputs.latent, inputs.xy, inputs.nbrs, device=device
-        )
-        self.transformer_.cpu()
-        return logits
+        return transformer_head_logits(self.transformer_, inputs, self.device)
 
     def proba_from_inputs(self, inputs: TeacherInputs) -> np.ndarray:
         """``(n, K)`` float32 niche probabilities (rows sum to 1)."""
         if self.method == "labels":
             self._check_fitted()
-            k = len(self.niche_names_)
-            eps = self.label_smoothing
-            p = np.full((inputs.n_obs, k), eps / max(k - 1, 1) if k > 1 else 0.0, dtype=np.float32)
-            p[np.arange(inputs.n_obs), inputs.labels] = 1.0 - eps if k > 1 else 1.0
-            return p
+            return labels_proba(inputs.labels, len(self.niche_names_), self.label_smoothing)
         return softmax(self.logits_from_inputs(inputs))
 
     def predict_logits(self, adata: ad.AnnData) -> np.ndarray | None:
@@ -744,53 +495,7 @@ class NicheTeacher:
         path
             Folder to create (or overwrite the teacher files in).
         """
-        from safetensors.numpy import save_file
-
-        self._check_fitted()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        arrays: dict[str, np.ndarray] = {}
-        meta: dict[str, Any] = {
-            "config": self._config(),
-            "radius_um_": self.radius_um_,
-            "niche_names_": self.niche_names_,
-            "n_niches": self.n_niches,
-            "format": "nichekd.NicheTeacher/1",
-        }
-        enc = {}
-        for k, v in self.encoder_.items():
-            if k == "standardise":
-                arrays.update(
-                    {f"std_{kk}": np.atleast_1d(np.asarray(vv, dtype=np.float32)) for kk, vv in v.items()}
-                )
-            elif isinstance(v, np.ndarray):
-                arrays[f"enc_{k}"] = np.ascontiguousarray(v)
-            else:
-                enc[k] = v
-        meta["encoder"] = enc
-        if self.gmm_ is not None:
-            arrays.update(
-                {
-                    "gmm_weights": self.gmm_.weights_,
-                    "gmm_means": self.gmm_.means_,
-                    "gmm_covariances": self.gmm_.covariances_,
-                    "gmm_precisions_cholesky": self.gmm_.precisions_cholesky_,
-                }
-            )
-        if self.transformer_ is not None:
-            from safetensors.torch import save_file as save_torch
-
-            meta["transformer_config"] = self.transformer_.config.to_dict()
-            save_torch(
-                {k: v.contiguous() for k, v in self.transformer_.state_dict().items()},
-                str(path / "transformer.safetensors"),
-            )
-        if arrays:
-            save_file(
-                {k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path / "teacher.safetensors")
-            )
-        (path / "teacher.json").write_text(json.dumps(meta, indent=1))
-        return path
+        return save_teacher(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> NicheTeacher:
@@ -801,39 +506,7 @@ class NicheTeacher:
         path
             Folder holding ``teacher.json``.
         """
-        from safetensors.numpy import load_file
-
-        path = Path(path)
-        if not (path / "teacher.json").is_file():
-            raise FileNotFoundError(
-                f"No teacher.json in {path}; was the teacher saved with NicheTeacher.save?"
-            )
-        meta = json.loads((path / "teacher.json").read_text())
-        cfg = dict(meta["config"])
-        cfg.pop("n_niches")
-        self = cls(meta["n_niches"], **cfg)
-        self.radius_um_ = meta["radius_um_"]
-        self.niche_names_ = list(meta["niche_names_"])
-        arrays = (
-            load_file(str(path / "teacher.safetensors")) if (path / "teacher.safetensors").exists() else {}
-        )
-        self.encoder_ = dict(meta["encoder"])
-        std = {k[4:]: v for k, v in arrays.items() if k.startswith("std_")}
-        if std:
-            std["scale"] = np.float32(std["scale"][0])
-            self.encoder_["standardise"] = std
-        self.encoder_.update({k[4:]: v for k, v in arrays.items() if k.startswith("enc_")})
-        if "gmm_weights" in arrays:
-            self.gmm_ = _gmm_from_arrays(arrays, self.covariance_type)
-        if "transformer_config" in meta:
-            from safetensors.torch import load_file as load_torch
-
-            from ._niche_transformer import NicheTransformer, TransformerConfig
-
-            model = NicheTransformer(TransformerConfig(**meta["transformer_config"]))
-            model.load_state_dict(load_torch(str(path / "transformer.safetensors")))
-            self.transformer_ = model.eval()
-        return self
+        return load_teacher(cls, path)
 
     def __repr__(self) -> str:
         state = (
