@@ -220,3 +220,70 @@ def transformer_head_logits(model: Any, inputs: Any, device: str) -> np.ndarray:
     logits = transformer_logits(model.to(device), inputs.latent, inputs.xy, inputs.nbrs, device=device)
     model.cpu()
     return logits
+
+
+# ------------------------------------------------------------------------------------------- calibration
+CALIBRATIONS = ("neighbours",)
+_MAX_CALIBRATION_CELLS = 20_000
+
+
+def neighbour_temperature(
+    logits: np.ndarray,
+    nbrs: Any,
+    *,
+    max_cells: int = _MAX_CALIBRATION_CELLS,
+    random_state: int = 0,
+    bounds: tuple[float, float] = (0.1, 100.0),
+) -> float:
+    """Temperature ``T`` such that ``softmax(logits / T)`` of a cell best predicts its neighbours' niches.
+
+    Why: a mixture's posterior on neighbourhood means in tens of dimensions is near one-hot even where the
+    niche is uncertain (on 6k synthetic cells, K=6: mean max p 0.99 at 77% accuracy against the true niches).
+    The niche of a cell's spatial neighbours is a held-out check the teacher never fitted: a cell's
+    argmax is not its neighbours', so ``T`` is fitted (by maximum likelihood, one scalar, as in temperature
+    scaling) so that the cell's probabilities match how often its neighbours share each niche. The argmax,
+    hence every hard label, is unchanged.
+
+    Parameters
+    ----------
+    logits
+        ``(n, K)`` log posteriors / logits of the fitted head on its fitting cells.
+    nbrs
+        Their :class:`~nichekd._neighbors.Neighbourhoods` (the cell itself is excluded from its targets).
+    max_cells
+        Cells used (a seeded subsample above this).
+    random_state
+        Seed of the subsample.
+    bounds
+        Range searched for ``T``.
+
+    Returns
+    -------
+    The fitted temperature (1 when no cell has a neighbour).
+
+    Examples
+    --------
+    >>> T = neighbour_temperature(logits, inputs.nbrs)  # doctest: +SKIP
+    """
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    n = len(logits)
+    cells = np.arange(n)
+    if n > max_cells:
+        cells = np.sort(np.random.default_rng(random_state).choice(n, max_cells, replace=False))
+    labels = np.asarray(logits).argmax(1)
+    index = nbrs.index[cells]
+    valid = (index >= 0) & (index != cells[:, None])
+    rows = np.repeat(np.arange(len(cells)), valid.sum(1))
+    targets = labels[index[valid]]
+    if not len(rows):
+        return 1.0
+    z = np.asarray(logits, dtype=np.float64)[cells]
+    z = z - z.max(1, keepdims=True)
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(z / np.exp(log_t), axis=1)[rows, targets].mean())
+
+    res = minimize_scalar(nll, bounds=tuple(np.log(bounds)), method="bounded", options={"xatol": 1e-3})
+    return float(np.exp(res.x))

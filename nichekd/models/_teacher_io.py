@@ -35,6 +35,7 @@ def save_teacher(self: Any, path: str | Path) -> Path:
         "radius_um_": self.radius_um_,
         "niche_names_": self.niche_names_,
         "n_niches": self.n_niches,
+        "temperature_": float(self.temperature_),
         "format": "nichekd.NicheTeacher/1",
     }
     enc = {}
@@ -92,6 +93,7 @@ def load_teacher(cls: type, path: str | Path) -> Any:
     self = cls(meta["n_niches"], **cfg)
     self.radius_um_ = meta["radius_um_"]
     self.niche_names_ = list(meta["niche_names_"])
+    self.temperature_ = float(meta.get("temperature_", 1.0))  # absent in files from before calibration
     arrays = load_file(str(path / "teacher.safetensors")) if (path / "teacher.safetensors").exists() else {}
     self.encoder_ = dict(meta["encoder"])
     std = {k[4:]: v for k, v in arrays.items() if k.startswith("std_")}

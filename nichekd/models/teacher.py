@@ -33,12 +33,14 @@ from .._neighbors import Neighbourhoods, estimate_radius, radius_neighbours
 
 # the pieces live in small modules; re-exported here so `nichekd.models.teacher.<name>` keeps working
 from ._teacher_heads import (
+    CALIBRATIONS,
     cell_type_matrix,
     fit_gmm,
     fit_transformer_head,
     gmm_log_posterior,
     label_codes,
     labels_proba,
+    neighbour_temperature,
     softmax,
     transformer_head_logits,
 )
@@ -134,6 +136,10 @@ class NicheTeacher:
         Gaussian mixture covariance (``"full"`` or ``"diag"``).
     label_smoothing
         For ``"labels"``: mass spread uniformly over the other niches.
+    calibrate
+        ``"neighbours"``: divide the logits by a temperature fitted so that a cell's probabilities predict
+        its spatial neighbours' niches (:func:`~nichekd.models._teacher_heads.neighbour_temperature`; the
+        argmax is unchanged, the posteriors stop being near one-hot). ``None``: raw log posteriors.
     max_fit_cells
         Cells used to fit the PCA and the mixture (a random subsample above this; prediction uses all).
     transformer_kwargs
@@ -173,6 +179,7 @@ class NicheTeacher:
         batch_correct: bool = False,
         covariance_type: str = "full",
         label_smoothing: float = 0.0,
+        calibrate: str | None = None,
         max_fit_cells: int = 50_000,
         transformer_kwargs: dict | None = None,
         random_state: int = 0,
@@ -196,6 +203,7 @@ class NicheTeacher:
         self.batch_correct = batch_correct
         self.covariance_type = covariance_type
         self.label_smoothing = label_smoothing
+        self.calibrate = calibrate
         self.max_fit_cells = max_fit_cells
         self.transformer_kwargs = dict(transformer_kwargs or {})
         self.random_state = random_state
@@ -207,6 +215,7 @@ class NicheTeacher:
         self.gmm_ = None
         self.transformer_ = None
         self.niche_names_: list[str] = []
+        self.temperature_: float = 1.0
         self.train_losses_: list[float] = []
 
     # ------------------------------------------------------------------ validation
@@ -229,6 +238,7 @@ class NicheTeacher:
             "batch_correct",
             "covariance_type",
             "label_smoothing",
+            "calibrate",
             "max_fit_cells",
             "transformer_kwargs",
             "random_state",
@@ -257,6 +267,8 @@ class NicheTeacher:
             raise ValueError(f"n_rings must be >= 1, got {self.n_rings}.")
         if self.weights not in ("gaussian", "uniform"):
             raise ValueError(f"weights must be 'gaussian' or 'uniform', got {self.weights!r}.")
+        if self.calibrate is not None and self.calibrate not in CALIBRATIONS:
+            raise ValueError(f"calibrate must be None or one of {CALIBRATIONS}, got {self.calibrate!r}.")
         if self.covariance_type not in ("full", "diag"):
             raise ValueError(f"covariance_type must be 'full' or 'diag', got {self.covariance_type!r}.")
 
@@ -400,6 +412,7 @@ class NicheTeacher:
         k = int(n_niches if n_niches is not None else (self.n_niches or 0))
         seed = self.random_state if random_state is None else int(random_state)
         self.gmm_ = self.transformer_ = None
+        self.temperature_ = 1.0
         if self.method == "labels":
             k = len(self.encoder_["labels"])
             self.niche_names_ = [f"N{i}" for i in range(k)]
@@ -424,6 +437,10 @@ class NicheTeacher:
             )
         self.n_niches = k
         self.niche_names_ = [f"N{i}" for i in range(k)]
+        if self.calibrate == "neighbours":
+            self.temperature_ = neighbour_temperature(
+                self._raw_logits(inputs), inputs.nbrs, random_state=seed
+            )
         return self
 
     def fit(self, adata: ad.AnnData) -> NicheTeacher:
@@ -442,14 +459,21 @@ class NicheTeacher:
         if not self.niche_names_:
             raise RuntimeError("The teacher is not fitted; call fit(adata) first.")
 
-    def logits_from_inputs(self, inputs: TeacherInputs) -> np.ndarray | None:
-        """``(n, K)`` logits (log posteriors for mixtures); ``None`` for ``"labels"``."""
-        self._check_fitted()
-        if self.method == "labels":
-            return None
+    def _raw_logits(self, inputs: TeacherInputs) -> np.ndarray:
         if self.gmm_ is not None:
             return gmm_log_posterior(self.gmm_, inputs.features, progress=self.progress).astype(np.float32)
         return transformer_head_logits(self.transformer_, inputs, self.device)
+
+    def logits_from_inputs(self, inputs: TeacherInputs) -> np.ndarray | None:
+        """``(n, K)`` logits (log posteriors for mixtures, divided by :attr:`temperature_`); ``None`` for
+        ``"labels"``."""
+        self._check_fitted()
+        if self.method == "labels":
+            return None
+        logits = self._raw_logits(inputs)
+        if self.temperature_ != 1.0:
+            logits = (logits / np.float32(self.temperature_)).astype(np.float32)
+        return logits
 
     def proba_from_inputs(self, inputs: TeacherInputs) -> np.ndarray:
         """``(n, K)`` float32 niche probabilities (rows sum to 1)."""

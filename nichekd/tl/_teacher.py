@@ -28,6 +28,7 @@ def teacher_niches(
     n_comps: int = 30,
     batch_correct: bool = False,
     label_smoothing: float = 0.0,
+    calibrate: str | None = None,
     transformer_kwargs: dict | None = None,
     key_added: str = "teacher_niche",
     random_state: int = 0,
@@ -82,6 +83,10 @@ def teacher_niches(
         Centre/scale the latent per library before aggregation (batch-aware teacher).
     label_smoothing
         Smoothing of one-hot targets with ``method="labels"``.
+    calibrate
+        ``"neighbours"``: soften the logits by one temperature fitted so that each cell's probabilities
+        predict its spatial neighbours' niches (argmax unchanged); the temperature is stored in
+        ``uns[key_added]['params']['temperature']``. ``None``: raw log posteriors (near one-hot for mixtures).
     transformer_kwargs
         Overrides of the transformer's settings (``n_steps``, ``d_model``, ...).
     key_added
@@ -133,6 +138,7 @@ def teacher_niches(
         n_comps=n_comps,
         batch_correct=batch_correct,
         label_smoothing=label_smoothing,
+        calibrate=calibrate,
         transformer_kwargs=transformer_kwargs,
         random_state=random_state,
         device=device,
@@ -166,6 +172,8 @@ def teacher_niches(
         "n_comps": n_comps if use_rep is None and method in ("aggregate", "transformer") else None,
         "batch_correct": batch_correct,
         "label_smoothing": label_smoothing if method == "labels" else None,
+        "calibrate": calibrate if method != "labels" else None,
+        "temperature": teacher.temperature_ if method != "labels" else None,
         "random_state": random_state,
         "device": device if method == "transformer" else None,
     }
