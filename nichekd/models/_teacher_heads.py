@@ -27,6 +27,7 @@ def fit_gmm(
     random_state: int = 0,
     max_fit_cells: int = 50_000,
     covariance_type: str = "full",
+    reg_covar: float = 1e-4,
 ):
     """Gaussian mixture on (a random subsample of) the features, components ordered by decreasing weight."""
     from sklearn.mixture import GaussianMixture
@@ -41,7 +42,7 @@ def fit_gmm(
         gmm = GaussianMixture(
             n_components,
             covariance_type=covariance_type,
-            reg_covar=1e-4,
+            reg_covar=reg_covar,
             max_iter=200,
             n_init=1,
             random_state=random_state,

@@ -134,6 +134,9 @@ class NicheTeacher:
         Centre and scale the latent per library before aggregation (batch-aware teacher); default off.
     covariance_type
         Gaussian mixture covariance (``"full"`` or ``"diag"``).
+    reg_covar
+        Added to the mixture's covariance diagonals (scikit-learn's ``reg_covar``); raise it for degenerate
+        inputs such as low-resolution image features.
     label_smoothing
         For ``"labels"``: mass spread uniformly over the other niches.
     calibrate
@@ -178,6 +181,7 @@ class NicheTeacher:
         n_top_genes: int = 2000,
         batch_correct: bool = False,
         covariance_type: str = "full",
+        reg_covar: float = 1e-4,
         label_smoothing: float = 0.0,
         calibrate: str | None = None,
         max_fit_cells: int = 50_000,
@@ -202,6 +206,7 @@ class NicheTeacher:
         self.n_top_genes = n_top_genes
         self.batch_correct = batch_correct
         self.covariance_type = covariance_type
+        self.reg_covar = reg_covar
         self.label_smoothing = label_smoothing
         self.calibrate = calibrate
         self.max_fit_cells = max_fit_cells
@@ -237,6 +242,7 @@ class NicheTeacher:
             "n_top_genes",
             "batch_correct",
             "covariance_type",
+            "reg_covar",
             "label_smoothing",
             "calibrate",
             "max_fit_cells",
@@ -269,6 +275,8 @@ class NicheTeacher:
             raise ValueError(f"weights must be 'gaussian' or 'uniform', got {self.weights!r}.")
         if self.calibrate is not None and self.calibrate not in CALIBRATIONS:
             raise ValueError(f"calibrate must be None or one of {CALIBRATIONS}, got {self.calibrate!r}.")
+        if not np.isfinite(self.reg_covar) or self.reg_covar < 0:
+            raise ValueError(f"reg_covar must be a non-negative number, got {self.reg_covar!r}.")
         if self.covariance_type not in ("full", "diag"):
             raise ValueError(f"covariance_type must be 'full' or 'diag', got {self.covariance_type!r}.")
 
@@ -425,6 +433,7 @@ class NicheTeacher:
                 random_state=seed,
                 max_fit_cells=self.max_fit_cells,
                 covariance_type=self.covariance_type,
+                reg_covar=self.reg_covar,
             )
         else:
             self.transformer_, self.train_losses_ = fit_transformer_head(
