@@ -2,6 +2,7 @@
 
 # one import line per module below
 from ._agreement import agreement
+from ._annotation_probe import annotation_probe
 from ._composition import compare_compositions, composition, composition_null
 from ._k_sweep import k_sweep
 from ._niche_map import niche_map

@@ -33,6 +33,15 @@ def _patch_size_from_features(adata: ad.AnnData, features_key: str | None) -> fl
     return sizes.pop() if len(sizes) == 1 else None
 
 
+def block_ids(xy: np.ndarray, n_blocks: int) -> np.ndarray:
+    """Flat id ``row * n_blocks + column`` of each point on an ``n_blocks`` x ``n_blocks`` grid of its bounding
+    box (one section's points), as the ``"blocks"`` split and the annotation probe's spatial folds use it."""
+    lo = xy.min(0)
+    hi = np.maximum(xy.max(0), lo + 1e-9)
+    cell = np.minimum(((xy - lo) / (hi - lo) * n_blocks).astype(int), n_blocks - 1)
+    return cell[:, 1] * n_blocks + cell[:, 0]
+
+
 def _rect_distance(xy: np.ndarray, rects: np.ndarray) -> np.ndarray:
     """Distance of each point to the nearest of ``rects`` (rows ``x0, x1, y0, y1``); inf with no rects."""
     if len(rects) == 0:
@@ -180,9 +189,7 @@ def spatial_split(
             labels[sel] = _grid_split(xy[sel], 1, n_strips, np.array([test_strip]), buffer_um)
         else:
             nb = n_blocks * n_blocks
-            lo, hi = xy[sel].min(0), np.maximum(xy[sel].max(0), xy[sel].min(0) + 1e-9)
-            cell_block = np.minimum(((xy[sel] - lo) / (hi - lo) * n_blocks).astype(int), n_blocks - 1)
-            counts = np.bincount(cell_block[:, 1] * n_blocks + cell_block[:, 0], minlength=nb)
+            counts = np.bincount(block_ids(xy[sel], n_blocks), minlength=nb)
             order = rng.permutation(nb)
             reached = np.cumsum(counts[order]) / max(len(sel), 1)
             n_test = int(np.searchsorted(reached, test_fraction) + 1)
