@@ -115,6 +115,11 @@ class NicheTeacher:
         ``obs`` column with the section of each cell; neighbourhoods never cross sections.
     spatial_key
         ``obsm`` key of the micron coordinates.
+    split_key
+        ``obs`` column of a train/test split (``nk.pp.spatial_split``): neighbourhoods then also stay within
+        each side (train, test, buffer), and the teacher is fitted on the cells outside the test side only, so
+        no training target depends on test-strip expression. At predict time the column is used where it
+        exists (new sections without a split get library-only neighbourhoods).
     radius_um
         Neighbourhood radius in microns; default: estimated so the mean neighbour count is
         ``n_neighbors_target`` (the estimate is kept and reused on new data).
@@ -172,6 +177,7 @@ class NicheTeacher:
         labels_key: str | None = None,
         library_key: str = LIBRARY_KEY,
         spatial_key: str = SPATIAL_KEY,
+        split_key: str | None = None,
         radius_um: float | None = None,
         n_neighbors_target: float = DEFAULT_N_NEIGHBORS,
         max_neighbors: int | None = None,
@@ -197,6 +203,7 @@ class NicheTeacher:
         self.labels_key = labels_key
         self.library_key = library_key
         self.spatial_key = spatial_key
+        self.split_key = split_key
         self.radius_um = radius_um
         self.n_neighbors_target = n_neighbors_target
         self.max_neighbors = max_neighbors
@@ -233,6 +240,7 @@ class NicheTeacher:
             "labels_key",
             "library_key",
             "spatial_key",
+            "split_key",
             "radius_um",
             "n_neighbors_target",
             "max_neighbors",
@@ -382,16 +390,22 @@ class NicheTeacher:
             if self.method == "composition"
             else self._latent(adata, fit, rng)
         )
+        groups = codes
+        if self.split_key is not None and (fit or self.split_key in adata.obs):
+            if self.split_key not in adata.obs:
+                raise KeyError(f"split_key={self.split_key!r} is not an obs column; run nk.pp.spatial_split.")
+            side = pd.Categorical(adata.obs[self.split_key].astype(str)).codes.astype(np.int64)
+            groups = codes * (side.max() + 1) + side  # neighbourhoods within (library, side)
         if fit:
             self.radius_um_ = (
                 float(self.radius_um)
                 if self.radius_um is not None
                 else estimate_radius(
-                    xy, self.n_neighbors_target, groups=codes, random_state=self.random_state
+                    xy, self.n_neighbors_target, groups=groups, random_state=self.random_state
                 )
             )
         m = self.max_neighbors or int(max(32, np.ceil(3 * self.n_neighbors_target)))
-        nbrs = radius_neighbours(xy, self.radius_um_, groups=codes, max_neighbors=m)
+        nbrs = radius_neighbours(xy, self.radius_um_, groups=groups, max_neighbors=m)
         mean_count = float(nbrs.counts().mean())
         if mean_count < 0.5:
             raise ValueError(
@@ -452,6 +466,23 @@ class NicheTeacher:
             )
         return self
 
+    def fitting_table(self, adata: ad.AnnData) -> ad.AnnData:
+        """The cells the teacher learns from: all of them, or with ``split_key`` those outside the test side.
+
+        Why: with a split, test-strip expression must not shape the encoder, the radius, the niches or the
+        calibration, so changing it cannot change any training target.
+        """
+        if self.split_key is None:
+            return adata
+        if self.split_key not in adata.obs:
+            raise KeyError(f"split_key={self.split_key!r} is not an obs column; run nk.pp.spatial_split.")
+        keep = (adata.obs[self.split_key].astype(str) != "test").to_numpy()
+        if not keep.any():
+            raise ValueError(
+                f"Every cell is 'test' in obs[{self.split_key!r}]; nothing to fit the teacher on."
+            )
+        return adata if keep.all() else adata[keep].copy()
+
     def fit(self, adata: ad.AnnData) -> NicheTeacher:
         """Learn the encoder and the K niches from ``adata`` (all libraries jointly: one label space).
 
@@ -461,7 +492,7 @@ class NicheTeacher:
             Table with raw counts in ``X`` (or ``obsm[use_rep]``), micron coordinates in ``obsm['spatial']``
             and the library in ``obs[library_key]``.
         """
-        inputs = self.prepare(adata, fit=True)
+        inputs = self.prepare(self.fitting_table(adata), fit=True)
         return self.fit_head(inputs)
 
     def _check_fitted(self) -> None:

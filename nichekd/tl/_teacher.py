@@ -22,6 +22,7 @@ def teacher_niches(
     cell_type_key: str | None = None,
     labels_key: str | None = None,
     library_key: str = LIBRARY_KEY,
+    split_key: str | None = None,
     radius_um: float | None = None,
     n_neighbors_target: float = DEFAULT_N_NEIGHBORS,
     n_rings: int = 1,
@@ -70,6 +71,10 @@ def teacher_niches(
         ``obs`` column for ``method="labels"``.
     library_key
         ``obs`` column of sections; neighbourhoods never cross them.
+    split_key
+        ``obs`` column of a train/test split: neighbourhoods stay within each side and the teacher is fitted
+        on the cells outside the test side only (then labels every cell), so no training target depends on
+        test-strip expression (``nk.pp.spatial_split(teacher_guard="within")``).
     radius_um
         Neighbourhood radius in microns; by default estimated so the mean neighbour count equals
         ``n_neighbors_target`` (the paper's rule). The radius used is stored in ``uns[key_added]``.
@@ -132,6 +137,7 @@ def teacher_niches(
         cell_type_key=cell_type_key,
         labels_key=labels_key,
         library_key=library_key,
+        split_key=split_key,
         radius_um=radius_um,
         n_neighbors_target=n_neighbors_target,
         n_rings=n_rings,
@@ -145,8 +151,11 @@ def teacher_niches(
         progress=progress,
     )
     # everything is computed before anything is written: a failure leaves the table untouched
-    inputs = teacher.prepare(adata, fit=True)
-    teacher.fit_head(inputs)
+    # with split_key the teacher learns from the cells outside the test side only, then labels every cell
+    fit_table = teacher.fitting_table(adata)
+    fit_inputs = teacher.prepare(fit_table, fit=True)
+    teacher.fit_head(fit_inputs)
+    inputs = fit_inputs if fit_table is adata else teacher.prepare(adata)
     logits = teacher.logits_from_inputs(inputs)
     proba = teacher.proba_from_inputs(inputs)
 
@@ -164,6 +173,7 @@ def teacher_niches(
         "cell_type_key": cell_type_key,
         "labels_key": labels_key,
         "library_key": library_key,
+        "split_key": split_key,
         "radius_um": teacher.radius_um_,
         "radius_um_given": radius_um is not None,
         "n_neighbors_target": n_neighbors_target,
