@@ -8,3 +8,4 @@ from ._features import histology_features
 from ..models.encoders import list_backbones
 from ._augment import augmented_features
 from ._features_dask import histology_features_dask
+from ._scvi import scvi_latent
