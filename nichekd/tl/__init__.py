@@ -10,3 +10,4 @@ from ._k_sweep import niche_k_sweep
 from ._composition import compare_compositions, match_niches, niche_composition
 from ._cross_validate import cross_validate
 from ._predict_dask import predict_niches_dask
+from ._annotation_probe import annotation_probe

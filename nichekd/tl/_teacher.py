@@ -25,12 +25,14 @@ def teacher_niches(
     cell_type_key: str | None = None,
     labels_key: str | None = None,
     library_key: str = LIBRARY_KEY,
+    split_key: str | None = None,
     radius_um: float | None = None,
     n_neighbors_target: float = DEFAULT_N_NEIGHBORS,
     n_rings: int = 1,
     n_comps: int = 30,
     batch_correct: bool = False,
     label_smoothing: float = 0.0,
+    calibrate: str | None = None,
     transformer_kwargs: dict | None = None,
     key_added: str = "teacher_niche",
     random_state: int = 0,
@@ -72,6 +74,10 @@ def teacher_niches(
         ``obs`` column for ``method="labels"``.
     library_key
         ``obs`` column of sections; neighbourhoods never cross them.
+    split_key
+        ``obs`` column of a train/test split: neighbourhoods stay within each side and the teacher is fitted
+        on the cells outside the test side only (then labels every cell), so no training target depends on
+        test-strip expression (``nk.pp.spatial_split(teacher_guard="within")``).
     radius_um
         Neighbourhood radius in microns; by default estimated so the mean neighbour count equals
         ``n_neighbors_target`` (the paper's rule). The radius used is stored in ``uns[key_added]``.
@@ -85,6 +91,10 @@ def teacher_niches(
         Centre/scale the latent per library before aggregation (batch-aware teacher).
     label_smoothing
         Smoothing of one-hot targets with ``method="labels"``.
+    calibrate
+        ``"neighbours"``: soften the logits by one temperature fitted so that each cell's probabilities
+        predict its spatial neighbours' niches (argmax unchanged); the temperature is stored in
+        ``uns[key_added]['params']['temperature']``. ``None``: raw log posteriors (near one-hot for mixtures).
     transformer_kwargs
         Overrides of the transformer's settings (``n_steps``, ``d_model``, ...).
     key_added
@@ -132,21 +142,27 @@ def teacher_niches(
         cell_type_key=cell_type_key,
         labels_key=labels_key,
         library_key=library_key,
+        split_key=split_key,
         radius_um=radius_um,
         n_neighbors_target=n_neighbors_target,
         n_rings=n_rings,
         n_comps=n_comps,
         batch_correct=batch_correct,
         label_smoothing=label_smoothing,
+        calibrate=calibrate,
         transformer_kwargs=transformer_kwargs,
         random_state=random_state,
         device=device,
         progress=progress,
     )
     # everything is computed before anything is written: a failure leaves the table untouched
+    # with split_key the teacher learns from the cells outside the test side only, then labels every cell
     xy_um = micron_coords(sdata, table_key=table_key, library_key=library_key)
-    inputs = teacher.prepare(adata, fit=True, xy_um=xy_um)
-    teacher.fit_head(inputs)
+    fit_table = teacher.fitting_table(adata)
+    fit_xy = xy_um if fit_table is adata else xy_um[(adata.obs[split_key].astype(str) != "test").to_numpy()]
+    fit_inputs = teacher.prepare(fit_table, fit=True, xy_um=fit_xy)
+    teacher.fit_head(fit_inputs)
+    inputs = fit_inputs if fit_table is adata else teacher.prepare(adata, xy_um=xy_um)
     logits = teacher.logits_from_inputs(inputs)
     proba = teacher.proba_from_inputs(inputs)
 
@@ -164,6 +180,7 @@ def teacher_niches(
         "cell_type_key": cell_type_key,
         "labels_key": labels_key,
         "library_key": library_key,
+        "split_key": split_key,
         "radius_um": teacher.radius_um_,
         "radius_um_given": radius_um is not None,
         "n_neighbors_target": n_neighbors_target,
@@ -172,6 +189,8 @@ def teacher_niches(
         "n_comps": n_comps if use_rep is None and method in ("aggregate", "transformer") else None,
         "batch_correct": batch_correct,
         "label_smoothing": label_smoothing if method == "labels" else None,
+        "calibrate": calibrate if method != "labels" else None,
+        "temperature": teacher.temperature_ if method != "labels" else None,
         "random_state": random_state,
         "device": device if method == "transformer" else None,
     }
