@@ -57,7 +57,7 @@ def dlpfc() -> list[str]:
     t0 = time.perf_counter()
     sdata = nk.datasets.dlpfc()
     t = sdata["table"]
-    nk.tl.teacher_niches(sdata, None, method="labels", labels_key="layer", progress=False)
+    nk.tl.teacher_niches(sdata, n_niches=None, method="labels", labels_key="layer", progress=False)
     nk.pp.histology_features(
         sdata, backbone="stain", patch_size_um=150.0, key_added="he", device="cpu", standardize="library"
     )
@@ -65,7 +65,7 @@ def dlpfc() -> list[str]:
     nk.pp.spatial_split(sdata, method="libraries", test_libraries=["151509", "151510"])
     nk.tl.distill(sdata, features_key="he", architecture="mlp", progress=False, device="cpu")
     keys = ["student_niche", *_baselines(sdata, 7)]
-    df = nk.tl.annotation_probe(sdata, "layer", keys, groups="libraries", subset="split")
+    df = nk.tl.annotation_probe(sdata, annotation_key="layer", keys=keys, groups="libraries", subset="split")
     return [
         "## dlpfc_donor1: labels teacher on 151507/151508, probe on 151509/151510",
         "",
@@ -80,13 +80,13 @@ def dlpfc() -> list[str]:
 def synthetic() -> list[str]:
     t0 = time.perf_counter()
     sdata = nk.datasets.synthetic_tissue(6000, n_niches=5, seed=0, progress=False)
-    nk.tl.teacher_niches(sdata, 5, progress=False)
+    nk.tl.teacher_niches(sdata, n_niches=5, progress=False)
     nk.pp.histology_features(sdata, backbone="stain", key_added="he", device="cpu")
     torch.set_num_threads(1)
     nk.pp.spatial_split(sdata, features_key="he")
     nk.tl.distill(sdata, features_key="he", architecture="mlp", progress=False, device="cpu")
     keys = ["teacher_niche", "student_niche", *_baselines(sdata, 5)]
-    df = nk.tl.annotation_probe(sdata, "true_niche", keys, groups="blocks", n_blocks=2)
+    df = nk.tl.annotation_probe(sdata, annotation_key="true_niche", keys=keys, groups="blocks", n_blocks=2)
     return [
         "## Synthetic tissue: probe of the true niche, 2x2 spatial blocks (all cells)",
         "",

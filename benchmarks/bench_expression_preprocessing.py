@@ -43,7 +43,9 @@ def main() -> None:
             teacher = nk.models.NicheTeacher(5, n_top_genes=n_top, progress=False, random_state=seed).fit(t)
             new.append(adjusted_rand_score(truth, teacher.predict(t).astype(str)))
             t.obsm["X_var"] = variance_ranked_pca(t.X, n_top)
-            nk.tl.teacher_niches(t, 5, use_rep="X_var", progress=False, random_state=seed, key_added="old")
+            nk.tl.teacher_niches(
+                t, n_niches=5, use_rep="X_var", progress=False, random_state=seed, key_added="old"
+            )
             old.append(adjusted_rand_score(truth, t.obs["old"].astype(str)))
         fmt = lambda v: ", ".join(f"{a:.3f}" for a in v)  # noqa: E731
         print(f"| {n_top} | {fmt(new)} | {np.mean(new):.3f} | {fmt(old)} | {np.mean(old):.3f} |")

@@ -42,7 +42,7 @@ def _pipeline(sdata, k: int, seed: int, split: dict, standardize: str | None) ->
     import nichekd as nk
 
     table = sdata.tables["table"]
-    nk.tl.teacher_niches(sdata, k, method="aggregate", random_state=seed, progress=False)
+    nk.tl.teacher_niches(sdata, n_niches=k, method="aggregate", random_state=seed, progress=False)
     if "he_features" not in table.obsm:
         nk.pp.histology_features(
             sdata, backbone="stain", key_added="he_features", device="cpu", standardize=standardize

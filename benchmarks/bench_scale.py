@@ -53,7 +53,7 @@ def worker(n_cells: int, epochs: int, seed: int, threads: int) -> None:
         table = sdata.tables["table"]
         out["image_px"] = [int(s) for s in sdata.images["synthetic_he"]["scale0"]["image"].shape[1:]]
         with stage("teacher"):
-            nk.tl.teacher_niches(sdata, 5, method="aggregate", random_state=seed, progress=False)
+            nk.tl.teacher_niches(sdata, n_niches=5, method="aggregate", random_state=seed, progress=False)
         with stage("features"):
             nk.pp.histology_features(sdata, backbone="stain", key_added="he_features", device="cpu")
         with stage("features_cached"):
@@ -73,7 +73,7 @@ def worker(n_cells: int, epochs: int, seed: int, threads: int) -> None:
         with stage("distill_transformer"):
             model = nk.tl.distill(sdata, architecture="transformer", key_added="student_tf", **common)
         with stage("predict"):
-            nk.tl.predict_niches(sdata, model, key_added="predicted", device="cpu")
+            nk.tl.predict_niches(sdata, model=model, key_added="predicted", device="cpu")
         test = (table.obs["split"] == "test").to_numpy()
         truth = table.obs["teacher_niche"].astype(str).to_numpy()
         out["test_accuracy"] = {

@@ -69,7 +69,7 @@ def synthetic(seeds: list[int], n_cells: int, k: int) -> list[str]:
         truth = t.obs["true_niche"].cat.codes.to_numpy()
         for name, kw in TEACHERS.items():
             t0 = time.perf_counter()
-            nk.tl.teacher_niches(t, k, random_state=seed, progress=False, device="cpu", **kw)
+            nk.tl.teacher_niches(t, n_niches=k, random_state=seed, progress=False, device="cpu", **kw)
             secs = time.perf_counter() - t0
             p = t.obsm["teacher_niche_proba"]
             correct = matched_correct(p.argmax(1), truth)
@@ -121,7 +121,7 @@ def real(name: str, sdata, k: int, patch_um: float, batch_correct: bool) -> list
              "| teacher | T | mean max p | student ARI vs its teacher (test strip) | student accuracy |",
              "|---|---|---|---|---|"]  # fmt: skip
     for tname, kw in TEACHERS.items():
-        nk.tl.teacher_niches(t, k, batch_correct=batch_correct, progress=False, device="cpu", **kw)
+        nk.tl.teacher_niches(t, n_niches=k, batch_correct=batch_correct, progress=False, device="cpu", **kw)
         nk.tl.distill(sdata, features_key="he", architecture="mlp", progress=False, device="cpu")
         test = (t.obs["split"] == "test").to_numpy()
         acc = (t.obs["student_niche"][test].astype(str) == t.obs["teacher_niche"][test].astype(str)).mean()

@@ -51,7 +51,7 @@ def _train(side: str | None):
         torch.set_num_threads(1)
         # and the features themselves (whatever produced them)
         t.obsm["he"][rows] = rng.normal(size=(len(rows), t.obsm["he"].shape[1])).astype(np.float32)
-    nk.tl.teacher_niches(t, K, split_key="split", progress=False)
+    nk.tl.teacher_niches(t, n_niches=K, split_key="split", progress=False)
     model = nk.tl.distill(sdata, features_key="he", epochs=1, progress=False, device="cpu")
     return {k: v.detach().clone() for k, v in model.module.state_dict().items()}, t
 

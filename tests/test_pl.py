@@ -104,7 +104,7 @@ def test_palette_is_fixed_by_name_across_sets_and_orders():
 
 def test_set_niche_colors_shares_colours_between_keys(sdata):
     table = sdata.tables["table"]
-    mapping = nk.pl.set_niche_colors(table, ["teacher_niche", "student_niche"])
+    mapping = nk.pl.set_niche_colors(table, keys=["teacher_niche", "student_niche"])
     for key in ("teacher_niche", "student_niche"):
         cats = list(table.obs[key].cat.categories)
         assert [mapping[c] for c in cats] == table.uns[f"{key}_colors"]
@@ -115,10 +115,10 @@ def test_set_niche_colors_shares_colours_between_keys(sdata):
         zip(table.obs["student_niche"].cat.categories, table.uns["student_niche_colors"], strict=True)
     )
     assert teacher == student
-    custom = nk.pl.set_niche_colors(table, "teacher_niche", palette={"N1": "black"})
+    custom = nk.pl.set_niche_colors(table, keys="teacher_niche", palette={"N1": "black"})
     assert custom["N1"] == "#000000" and custom["N0"] == mapping["N0"]
     with pytest.raises(ValueError, match="colours"):
-        nk.pl.set_niche_colors(table, "teacher_niche", palette=["red"])
+        nk.pl.set_niche_colors(table, keys="teacher_niche", palette=["red"])
 
 
 # ------------------------------------------------------------------------------------------------ niche map
@@ -149,7 +149,7 @@ def test_niche_map_crops_to_the_tissue(sdata):
     # the image reaches 420 um; spots of library s1 lie within 30-390 um (+ radius 15): the panel shows them,
     # not the empty slide around them
     xy = sdata.tables["table"].obsm["spatial"][sdata.tables["table"].obs["library"] == "s1"]
-    ax = nk.pl.niche_map(sdata, "teacher_niche", library="s1", show=False)
+    ax = nk.pl.niche_map(sdata, keys="teacher_niche", library="s1", show=False)
     (x0, x1), (y1, y0) = ax.get_xlim(), ax.get_ylim()
     assert y0 < y1, "y points down, as in the image"
     lo, hi = xy.min(0) - 15, xy.max(0) + 15
@@ -160,7 +160,7 @@ def test_niche_map_crops_to_the_tissue(sdata):
 
 def test_niche_map_large_panels_use_datashader(sdata, monkeypatch):
     monkeypatch.setattr(_spatial, "DATASHADER_MIN_OBS", 50)  # the fixture's 100 spots count as large
-    ax = nk.pl.niche_map(sdata, "teacher_niche", library="s1", show=False)
+    ax = nk.pl.niche_map(sdata, keys="teacher_niche", library="s1", show=False)
     assert len(ax.images) == 2 and _has_colour(ax, nk.pl.niche_palette(NICHES)["N0"])
 
 
@@ -190,7 +190,7 @@ def test_niche_map_square_tiles(sdata, method):
     )
     tiles = gpd.GeoDataFrame(geometry=squares, index=circles.index)
     sdata.shapes["he_tiles"] = ShapesModel.parse(tiles, transformations={"he": Identity()})
-    ax = nk.pl.niche_map(sdata, "student_niche", library="he", method=method, show=False)
+    ax = nk.pl.niche_map(sdata, keys="student_niche", library="he", method=method, show=False)
     pal = nk.pl.niche_palette(NICHES)
     assert all(_has_colour(ax, pal[n]) for n in NICHES)
     assert _scalebar(ax)[0] == "50 µm"
@@ -198,7 +198,7 @@ def test_niche_map_square_tiles(sdata, method):
 
 def test_niche_map_groups_and_bare_anndata(sdata):
     table = sdata.tables["table"]
-    ax = nk.pl.niche_map(table, "teacher_niche", library="s2", groups="N1", show=False)
+    ax = nk.pl.niche_map(table, keys="teacher_niche", library="s2", groups="N1", show=False)
     pal = nk.pl.niche_palette(NICHES)
     assert _has_colour(ax, pal["N1"]) and not _has_colour(ax, pal["N0"])
     assert [t.get_text() for t in ax.figure.legends[0].get_texts()] == ["N1", "other"]
@@ -207,8 +207,8 @@ def test_niche_map_groups_and_bare_anndata(sdata):
         obs=table.obs[["teacher_niche"]].iloc[:100].copy(), obsm={"spatial": table.obsm["spatial"][:100] * 4}
     )
     with pytest.raises(ValueError, match="microns_per_unit="):
-        nk.pl.niche_map(bare, "teacher_niche", show=False)
-    ax = nk.pl.niche_map(bare, "teacher_niche", microns_per_unit=0.25, show=False)
+        nk.pl.niche_map(bare, keys="teacher_niche", show=False)
+    ax = nk.pl.niche_map(bare, keys="teacher_niche", microns_per_unit=0.25, show=False)
     assert _has_colour(ax, pal["N0"]) and not ax.images
     assert _scalebar(ax) == ("50 µm", pytest.approx(200.0))  # 50 um = 200 units of 0.25 um
 
@@ -235,27 +235,27 @@ def test_niche_map_surfaces_spatialdata_plot_errors(sdata, monkeypatch):
 
     monkeypatch.setattr(basic, "_render_shapes", broken)
     with pytest.raises(RuntimeError, match="simulated spatialdata-plot failure"):  # no other renderer
-        nk.pl.niche_map(sdata, "teacher_niche", library="s1", show=False)
+        nk.pl.niche_map(sdata, keys="teacher_niche", library="s1", show=False)
 
 
 def test_niche_map_user_axes_and_show(sdata, tmp_path):
     fig, axs = plt.subplots(1, 2)
     out = nk.pl.niche_map(sdata, library="s1", ax=axs, show=False)
     assert out == list(axs)
-    assert nk.pl.niche_map(sdata, "teacher_niche", library="s1", show=True) is None
+    assert nk.pl.niche_map(sdata, keys="teacher_niche", library="s1", show=True) is None
 
 
 def test_niche_map_rejects_bad_input_and_leaves_data_untouched(sdata):
     table = sdata.tables["table"]
     before_obs, before_uns = table.obs.copy(), set(table.uns)
     with pytest.raises(KeyError, match="no_such_key"):
-        nk.pl.niche_map(sdata, ["teacher_niche", "no_such_key"], show=False)
+        nk.pl.niche_map(sdata, keys=["teacher_niche", "no_such_key"], show=False)
     with pytest.raises(KeyError, match="library"):
         nk.pl.niche_map(sdata, library="nope", show=False)
     with pytest.raises(ValueError, match="groups"):
         nk.pl.niche_map(sdata, groups=["N9"], show=False)
     with pytest.raises(ValueError, match="numeric"):
-        nk.pl.niche_map(sdata, "student_niche_entropy", show=False)
+        nk.pl.niche_map(sdata, keys="student_niche_entropy", show=False)
     with pytest.raises(KeyError, match="image"):
         nk.pl.niche_map(sdata, image_key="missing_he", show=False)
     with pytest.raises(ValueError, match="extension"):
@@ -282,7 +282,7 @@ def test_niche_map_spatialdata_io_visium_in_pixels():
     table = sdata.tables["table"]
     table.obs["half"] = pd.Categorical(np.where(table.obs["array_col"] < 64, "left", "right"))
     with pytest.warns(UserWarning, match="placeholder"):  # the all-black hires image is skipped
-        ax = nk.pl.niche_map(sdata, "half", show=False)
+        ax = nk.pl.niche_map(sdata, keys="half", show=False)
     spots = sdata.shapes["tiny"]  # identity to the coordinate system 'tiny': full-resolution pixels
     xy, radius = np.c_[spots.geometry.x, spots.geometry.y], float(spots["radius"].iloc[0])
     (x0, x1), (y1, y0) = ax.get_xlim(), ax.get_ylim()
@@ -300,7 +300,7 @@ def test_niche_map_spatialdata_io_visium_in_pixels():
     assert length * microns_per_pixel == pytest.approx(float(value) * (1000 if unit == "mm" else 1))
     # another coordinate system, in lowres pixels (the shapes reach it through a scale): same view, scaled
     scale = get_transformation(spots, to_coordinate_system="tiny_downscaled_lowres").scale[0]
-    low = nk.pl.niche_map(sdata, "half", coordinate_system="tiny_downscaled_lowres", show=False)
+    low = nk.pl.niche_map(sdata, keys="half", coordinate_system="tiny_downscaled_lowres", show=False)
     np.testing.assert_allclose(
         np.r_[low.get_xlim(), low.get_ylim()], np.r_[ax.get_xlim(), ax.get_ylim()] * scale
     )

@@ -38,7 +38,7 @@ def test_scvi_latent_on_st_mob_fit_save_load_and_teacher(mob, tmp_path):
     np.testing.assert_allclose(loaded.obsm["X_scVI"], z, atol=1e-5)
     assert loaded.uns["X_scVI"]["params"]["model_path"].endswith("scvi")
     # the teacher aggregates it
-    nk.tl.teacher_niches(mob, 4, use_rep="X_scVI", progress=False)
+    nk.tl.teacher_niches(mob, n_niches=4, use_rep="X_scVI", progress=False)
     assert t.obs["teacher_niche"].nunique() == 4
     assert t.uns["teacher_niche"]["params"]["use_rep"] == "X_scVI"
 

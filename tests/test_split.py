@@ -156,7 +156,7 @@ def test_teacher_within_split_sides_ignores_test_expression():
     t2.X = x.astype(np.float32)
     other = NicheTeacher(3, split_key="split", progress=False).fit(t2)
     np.testing.assert_array_equal(teacher.predict_proba(t)[~test], other.predict_proba(t2)[~test])
-    nk.tl.teacher_niches(t, 3, split_key="split", progress=False)
+    nk.tl.teacher_niches(t, n_niches=3, split_key="split", progress=False)
     assert t.uns["teacher_niche"]["params"]["split_key"] == "split"
     with pytest.raises(KeyError, match="spatial_split"):
         NicheTeacher(3, split_key="nope", progress=False).fit(t)

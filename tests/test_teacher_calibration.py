@@ -37,8 +37,8 @@ def _ece_and_accuracy(proba: np.ndarray, truth: np.ndarray) -> tuple[float, floa
 
 
 def test_neighbour_calibration_softens_and_keeps_labels(tissue):
-    raw = nk.tl.teacher_niches(tissue, 5, progress=False, copy=True)
-    cal = nk.tl.teacher_niches(tissue, 5, calibrate="neighbours", progress=False, copy=True)
+    raw = nk.tl.teacher_niches(tissue, n_niches=5, progress=False, copy=True)
+    cal = nk.tl.teacher_niches(tissue, n_niches=5, calibrate="neighbours", progress=False, copy=True)
     truth = tissue.obs["true_niche"].cat.codes.to_numpy()
     p_raw, p_cal = raw.obsm["teacher_niche_proba"], cal.obsm["teacher_niche_proba"]
     # hard labels unchanged: the temperature divides every logit of a cell by the same scalar
@@ -73,6 +73,6 @@ def test_calibrated_teacher_save_load_and_determinism(tissue, tmp_path):
 def test_bad_calibration_raises(tissue):
     before = tissue.copy()
     with pytest.raises(ValueError, match="calibrate must be None or one of"):
-        nk.tl.teacher_niches(tissue, 5, calibrate="platt", progress=False)
+        nk.tl.teacher_niches(tissue, n_niches=5, calibrate="platt", progress=False)
     assert list(tissue.obs.columns) == list(before.obs.columns)
     assert set(tissue.obsm) == set(before.obsm)

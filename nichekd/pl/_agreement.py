@@ -17,9 +17,9 @@ NORMALIZE = ("true", "pred", None)
 
 def agreement(
     data,
+    *,
     teacher_key: str = "teacher_niche",
     student_key: str = "student_niche",
-    *,
     table_key: str = TABLE_KEY,
     split: str | None = None,
     split_key: str = "split",

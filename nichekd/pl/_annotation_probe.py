@@ -44,7 +44,7 @@ def annotation_probe(
     Examples
     --------
     >>> import nichekd as nk
-    >>> df = nk.tl.annotation_probe(sdata, "layer", ["student_niche", "he_leiden_niche"])
+    >>> df = nk.tl.annotation_probe(sdata, annotation_key="layer", keys=["student_niche", "he_leiden_niche"])
     >>> nk.pl.annotation_probe(df, show=False)  # doctest: +SKIP
     """
     from ..tl._annotation_probe import CHANCE

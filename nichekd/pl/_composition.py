@@ -71,8 +71,8 @@ def _colour_ticklabels(ax: Axes, names: list[str]) -> None:
 
 def composition(
     data,
-    key: str = "teacher_niche",
     *,
+    key: str = "teacher_niche",
     cell_type_key: str = "cell_type",
     table_key: str = TABLE_KEY,
     kind: str = "bar",
@@ -115,7 +115,7 @@ def composition(
     Examples
     --------
     >>> import nichekd as nk
-    >>> nk.pl.composition(sdata, "teacher_niche", cell_type_key="cell_type", show=False)  # doctest: +SKIP
+    >>> nk.pl.composition(sdata, key="teacher_niche", cell_type_key="cell_type", show=False)  # doctest: +SKIP
     """
     if kind not in ("bar", "heatmap"):
         raise ValueError(f"kind must be 'bar' or 'heatmap', got {kind!r}.")
@@ -176,9 +176,9 @@ def _jsd(p: np.ndarray, q: np.ndarray) -> float:
 
 def compare_compositions(
     data,
+    *,
     teacher_key: str = "teacher_niche",
     student_key: str = "student_niche",
-    *,
     cell_type_key: str = "cell_type",
     table_key: str = TABLE_KEY,
     split: str | None = None,
@@ -343,7 +343,7 @@ def composition_null(
     Examples
     --------
     >>> import nichekd as nk
-    >>> res = nk.tl.compare_compositions(sdata, "teacher_niche", "student_niche", "cell_type", null="pairings")
+    >>> res = nk.tl.compare_compositions(sdata, teacher_key="teacher_niche", student_key="student_niche", cell_type_key="cell_type", null="pairings")
     >>> nk.pl.composition_null(res, show=False)  # doctest: +SKIP
     """
     null = getattr(result, "null", None)

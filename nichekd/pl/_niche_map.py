@@ -20,8 +20,8 @@ DEFAULT_KEYS = ("teacher_niche", "student_niche")
 
 def niche_map(
     sdata,
-    keys: str | Sequence[str] = DEFAULT_KEYS,
     *,
+    keys: str | Sequence[str] = DEFAULT_KEYS,
     library: str | Sequence[str] | None = None,
     table_key: str = TABLE_KEY,
     library_key: str | None = None,
@@ -107,7 +107,7 @@ def niche_map(
     >>> import nichekd as nk
     >>> sdata = nk.datasets.synthetic_tissue(random_state=0)
     >>> nk.tl.teacher_niches(sdata)
-    >>> nk.pl.niche_map(sdata, "teacher_niche", show_split=False, show=False)  # doctest: +SKIP
+    >>> nk.pl.niche_map(sdata, keys="teacher_niche", show_split=False, show=False)  # doctest: +SKIP
     """
     table = get_table(sdata, table_key)
     key_list = as_list(keys)

@@ -38,8 +38,8 @@ def _history(data, key: str, table_key: str) -> dict[str, np.ndarray]:
 
 def training(
     data,
-    key: str = "student_niche",
     *,
+    key: str = "student_niche",
     table_key: str = TABLE_KEY,
     log_scale: bool = False,
     ax: Axes | None = None,

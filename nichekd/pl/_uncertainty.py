@@ -20,8 +20,8 @@ from ._utils import check_obs_key, check_save, finish
 
 def uncertainty(
     sdata,
-    key: str = "student_niche_entropy",
     *,
+    key: str = "student_niche_entropy",
     library: str | Sequence[str] | None = None,
     table_key: str = TABLE_KEY,
     library_key: str | None = None,

@@ -70,7 +70,7 @@ def cell_types(
     Examples
     --------
     >>> nk.pp.cell_types(sdata, resolution=0.8)
-    >>> nk.tl.teacher_niches(sdata, 6, method="composition", cell_type_key="cell_type")
+    >>> nk.tl.teacher_niches(sdata, n_niches=6, method="composition", cell_type_key="cell_type")
     """
     import scanpy as sc
 

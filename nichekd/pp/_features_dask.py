@@ -124,6 +124,12 @@ def histology_features_dask(
     """
     import dask
 
+    import inspect
+
+    known = set(inspect.signature(histology_features).parameters) - {"sdata", "provenance"}
+    unknown = set(kwargs) - known
+    if unknown:  # checked here, not in a worker after the cluster has started
+        raise TypeError(f"histology_features_dask() got unexpected keyword arguments {sorted(unknown)}.")
     for bad in ("shapes_key", "table", "overwrite"):
         if bad in kwargs:
             raise TypeError(

@@ -90,7 +90,7 @@ def scvi_latent(
     >>> import nichekd as nk
     >>> sdata = nk.datasets.st_mob()  # doctest: +SKIP
     >>> nk.pp.scvi_latent(sdata, max_epochs=50, save_path="scvi_mob/")  # doctest: +SKIP
-    >>> nk.tl.teacher_niches(sdata, 5, use_rep="X_scVI")  # doctest: +SKIP
+    >>> nk.tl.teacher_niches(sdata, n_niches=5, use_rep="X_scVI")  # doctest: +SKIP
     """
     from ..models._teacher_latent import check_counts
 

@@ -11,8 +11,8 @@ from .. import _elements, _layout
 
 def set_units(
     sdata: Any,
-    microns_per_unit: float,
     *,
+    microns_per_unit: float,
     library: str | list[str] | None = None,
     coordinate_system: str | None = None,
     table_key: str = _layout.TABLE_KEY,
@@ -45,7 +45,7 @@ def set_units(
     Examples
     --------
     >>> import nichekd as nk
-    >>> nk.pp.set_units(sdata, 0.2125, coordinate_system="global")  # 0.2125 um per pixel  # doctest: +SKIP
+    >>> nk.pp.set_units(sdata, microns_per_unit=0.2125, coordinate_system="global")  # 0.2125 um per pixel  # doctest: +SKIP
     """
     if not np.isfinite(microns_per_unit) or microns_per_unit <= 0:
         raise ValueError(f"microns_per_unit must be a positive number, got {microns_per_unit!r}.")

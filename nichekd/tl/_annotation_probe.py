@@ -64,9 +64,9 @@ def _folds(sdata, adata, groups: str, library_key: str, n_blocks: int, table_key
 
 def annotation_probe(
     sdata: Any,
+    *,
     annotation_key: str,
     keys: Sequence[str],
-    *,
     groups: str = "libraries",
     n_blocks: int = 2,
     use_proba: bool = True,
@@ -133,7 +133,7 @@ def annotation_probe(
     Examples
     --------
     >>> import nichekd as nk
-    >>> df = nk.tl.annotation_probe(sdata, "layer", ["student_niche", "he_leiden_niche"], subset="split")
+    >>> df = nk.tl.annotation_probe(sdata, annotation_key="layer", keys=["student_niche", "he_leiden_niche"], subset="split")
     >>> df[["macro_f1", "sd"]]  # doctest: +SKIP
     """
     from sklearn.dummy import DummyClassifier

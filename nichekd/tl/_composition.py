@@ -23,6 +23,7 @@ import pandas as pd
 from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 
+from .._docs import inject_docs
 from .._layout import TABLE_KEY, get_table
 
 _EPS = 1e-12
@@ -79,7 +80,7 @@ def _normalise_rows(x: np.ndarray) -> np.ndarray:
 
 
 def niche_composition(
-    sdata: Any, niche_key: str, cell_type_key: str, *, table_key: str = TABLE_KEY, normalize: bool = True
+    sdata: Any, *, niche_key: str, cell_type_key: str, table_key: str = TABLE_KEY, normalize: bool = True
 ) -> pd.DataFrame:
     """Cell-type make-up of each niche.
 
@@ -103,7 +104,7 @@ def niche_composition(
 
     Examples
     --------
-    >>> comp = nk.tl.niche_composition(sdata, "teacher_niche", "cell_type")
+    >>> comp = nk.tl.niche_composition(sdata, niche_key="teacher_niche", cell_type_key="cell_type")
     >>> comp.loc["N0"].sort_values(ascending=False).head()
     """
     adata = get_table(sdata, table_key)
@@ -134,8 +135,8 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def match_niches(
     a: pd.DataFrame | np.ndarray | pd.Series | pd.Categorical | list,
-    b: np.ndarray | pd.Series | pd.Categorical | list | None = None,
     *,
+    b: np.ndarray | pd.Series | pd.Categorical | list | None = None,
     maximize: bool | None = None,
 ) -> pd.DataFrame:
     """One-to-one matching of two sets of niches (Hungarian algorithm).
@@ -235,12 +236,13 @@ def _matched_mean(jsd: np.ndarray) -> float:
     return float(jsd[r, c].mean())
 
 
+@inject_docs
 def compare_compositions(
     sdata: Any,
-    key_a: str,
-    key_b: str,
-    cell_type_key: str,
     *,
+    teacher_key: str = "teacher_niche",
+    student_key: str = "student_niche",
+    cell_type_key: str = "cell_type",
     table_key: str = TABLE_KEY,
     n_permutations: int = 10_000,
     random_state: int = 0,
@@ -262,13 +264,15 @@ def compare_compositions(
     Parameters
     ----------
     sdata
-        SpatialData in the nichekd layout, or its table.
-    key_a, key_b
-        ``obs`` columns with the two labelings (e.g. teacher and predicted niches, or two sections' fits).
+        %(sdata)s
+    teacher_key
+        %(teacher_key)s
+    student_key
+        ``obs`` column of the labelling compared with it (the student's niches, a baseline's clusters, ...).
     cell_type_key
         ``obs`` cell types or ``obsm`` per-spot fractions (see :func:`niche_composition`).
     table_key
-        Table to use in ``sdata``.
+        %(table_key)s
     n_permutations
         Permutations for the p-value (0 skips the test: ``p_value`` is NaN).
     random_state
@@ -288,9 +292,9 @@ def compare_compositions(
 
     Examples
     --------
-    >>> res = nk.tl.compare_compositions(sdata, "teacher_niche", "predicted_niche", "cell_type")
+    >>> res = nk.tl.compare_compositions(sdata, teacher_key="teacher_niche", student_key="predicted_niche", cell_type_key="cell_type")
     >>> res.pairs, res.mean_jsd, res.p_value
-    >>> nk.tl.compare_compositions(sdata, "teacher_niche", "student_niche", "cell_type", null="pairings")
+    >>> nk.tl.compare_compositions(sdata, teacher_key="teacher_niche", student_key="student_niche", cell_type_key="cell_type", null="pairings")
     """
     adata = get_table(sdata, table_key)
     if n_permutations < 0:
@@ -299,7 +303,7 @@ def compare_compositions(
         raise ValueError(f"null must be one of {NULLS}, got {null!r}.")
     if pairing not in PAIRINGS:
         raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}.")
-    la, lb = _categorical(adata, key_a), _categorical(adata, key_b)
+    la, lb = _categorical(adata, teacher_key), _categorical(adata, student_key)
     weights, types = cell_type_matrix(adata, cell_type_key)
     ca, cb = la.codes.astype(np.int64), lb.codes.astype(np.int64)
     ka, kb = len(la.categories), len(lb.categories)
@@ -338,7 +342,9 @@ def compare_compositions(
         p_value=p_value,
         null=null_values,
         jsd=pd.DataFrame(
-            jsd, index=pd.Index(la.categories, name=key_a), columns=pd.Index(lb.categories, name=key_b)
+            jsd,
+            index=pd.Index(la.categories, name=teacher_key),
+            columns=pd.Index(lb.categories, name=student_key),
         ),
         composition_a=pd.DataFrame(comp_a, index=pd.Index(la.categories, name="niche"), columns=cols_idx),
         composition_b=pd.DataFrame(comp_b, index=pd.Index(lb.categories, name="niche"), columns=cols_idx),

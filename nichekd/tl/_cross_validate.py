@@ -122,7 +122,7 @@ def cross_validate(
     --------
     >>> import nichekd as nk
     >>> sdata = nk.datasets.st_mob()  # doctest: +SKIP
-    >>> nk.tl.teacher_niches(sdata, 5, batch_correct=True)  # doctest: +SKIP
+    >>> nk.tl.teacher_niches(sdata, n_niches=5, batch_correct=True)  # doctest: +SKIP
     >>> nk.pp.histology_features(sdata, backbone="stain", patch_size_um=300, standardize="library")  # doctest: +SKIP
     >>> scores = nk.tl.cross_validate(sdata, features_key="X_stain")  # doctest: +SKIP
     >>> scores.loc["mean"]  # doctest: +SKIP

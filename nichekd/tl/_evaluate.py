@@ -34,7 +34,9 @@ def _composition_jsd(truth: np.ndarray, pred: np.ndarray, cell_types: ad.AnnData
     """Mean JSD of the cell-type compositions of niches matched by JSD (``compare_compositions``)."""
     work = cell_types.copy()
     work.obs["_truth"], work.obs["_pred"] = pd.Categorical(truth), pd.Categorical(pred)
-    return compare_compositions(work, "_truth", "_pred", "_cell_types", n_permutations=0).mean_jsd
+    return compare_compositions(
+        work, teacher_key="_truth", student_key="_pred", cell_type_key="_cell_types", n_permutations=0
+    ).mean_jsd
 
 
 @inject_docs

@@ -28,8 +28,8 @@ K_SWEEP_COLUMNS = (
 
 def niche_k_sweep(
     sdata: Any,
-    k_values: Iterable[int] = range(3, 11),
     *,
+    k_values: Iterable[int] = range(3, 11),
     n_seeds: int = 3,
     method: str = "aggregate",
     table_key: str = TABLE_KEY,
@@ -88,7 +88,7 @@ def niche_k_sweep(
 
     Examples
     --------
-    >>> df = nk.tl.niche_k_sweep(sdata, range(3, 9), n_seeds=3)
+    >>> df = nk.tl.niche_k_sweep(sdata, k_values=range(3, 9), n_seeds=3)
     >>> df.sort_values("stability_ari_mean", ascending=False).head()
     >>> nk.pl.k_sweep(df)
     """

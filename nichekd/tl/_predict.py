@@ -168,7 +168,7 @@ def predict_niches(
     >>> import nichekd as nk
     >>> model = nk.models.NicheStudent.load("student_model")  # doctest: +SKIP
     >>> he = nk.io.read_wsi("slide.svs")  # doctest: +SKIP
-    >>> nk.tl.predict_niches(he, model, tile_size_um=112)  # doctest: +SKIP
+    >>> nk.tl.predict_niches(he, model=model, tile_size_um=112)  # doctest: +SKIP
     >>> he.tables["table"].obs["student_niche"].value_counts()  # doctest: +SKIP
     """
     if not isinstance(model, NicheStudent):

@@ -17,8 +17,8 @@ from ..models.teacher import DEFAULT_N_NEIGHBORS, NicheTeacher
 
 def teacher_niches(
     sdata: Any,
-    n_niches: int | None,
     *,
+    n_niches: int | None,
     table_key: str = TABLE_KEY,
     method: str = "aggregate",
     use_rep: str | None = None,
@@ -129,9 +129,9 @@ def teacher_niches(
     --------
     >>> import nichekd as nk
     >>> sdata = nk.datasets.synthetic_tissue(n_cells=5000, random_state=0)
-    >>> nk.tl.teacher_niches(sdata, 6)
+    >>> nk.tl.teacher_niches(sdata, n_niches=6)
     >>> sdata["table"].obs["teacher_niche"].value_counts()
-    >>> teacher = nk.tl.teacher_niches(sdata, 6, method="transformer", return_model=True)
+    >>> teacher = nk.tl.teacher_niches(sdata, n_niches=6, method="transformer", return_model=True)
     >>> teacher.save("teacher/")
     """
     adata = get_table(sdata, table_key)
