@@ -122,9 +122,9 @@ def histology_features_dask(
     >>> with Client(LocalCluster(n_workers=2, threads_per_worker=1)):  # doctest: +SKIP
     ...     nk.pp.histology_features_dask(sdata, backbone="stain", partition_size=5000)
     """
-    import dask
-
     import inspect
+
+    import dask
 
     known = set(inspect.signature(histology_features).parameters) - {"sdata", "provenance"}
     unknown = set(kwargs) - known
