@@ -9,7 +9,7 @@ import torch
 from scipy import sparse
 
 import nichekd as nk
-from nichekd._image import find_image, image_pyramid
+from nichekd._elements import resolve
 from nichekd._layout import make_image, spatial_coords
 
 K = 3
@@ -18,8 +18,9 @@ K = 3
 def _perturb_band(sdata, y_lo: float, y_hi: float, rng: np.random.Generator) -> None:
     """Replace the image pixels whose centres lie in ``y_lo <= y < y_hi`` (microns) by noise, at every level."""
     lib = str(sdata["table"].obs["library"].iloc[0])
-    name = find_image(sdata, lib)
-    level = image_pyramid(sdata, name, lib).levels[0]
+    ctx = resolve(sdata)
+    name = ctx.library(lib).image
+    level = ctx.pyramid(lib).levels[0]
     img = np.asarray(level.data.values).copy()  # (c, y, x)
     rows_um = level.px_to_um(np.stack([np.zeros(img.shape[1]), np.arange(img.shape[1]) + 0.5], 1))[:, 1]
     band = (rows_um >= y_lo) & (rows_um < y_hi)
