@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
+from .._docs import inject_docs
 from ._utils import check_save, finish, single_ax
 
 
+@inject_docs
 def annotation_probe(
     result: pd.DataFrame,
     *,
@@ -26,14 +28,7 @@ def annotation_probe(
     ----------
     result
         The DataFrame returned by :func:`nichekd.tl.annotation_probe`.
-    ax
-        Axes to draw into.
-    save
-        File to write (format from the extension).
-    show
-        Show the figure; ``None`` shows it unless ``ax`` was given.
-    figsize
-        Figure size in inches.
+    %(figure)s
     title
         Axes title.
 

@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.colors import to_hex
 
+from .._docs import inject_docs
 from .._layout import TABLE_KEY, get_table
 from ._palette import natural_key, niche_palette
 from ._utils import check_obs_key, check_save, finish, single_ax
@@ -69,6 +70,7 @@ def _colour_ticklabels(ax: Axes, names: list[str]) -> None:
             lab.set_fontweight("bold")
 
 
+@inject_docs
 def composition(
     data,
     *,
@@ -94,17 +96,10 @@ def composition(
     cell_type_key
         Cell-type column.
     table_key
-        Table holding the columns.
+        %(table_key)s
     kind
         ``"bar"`` (stacked bars) or ``"heatmap"``.
-    ax
-        Axes to draw into.
-    save
-        File to write (format from the extension).
-    show
-        Show the figure; ``None`` shows it unless ``ax`` was given.
-    figsize
-        Figure size in inches.
+    %(figure)s
     title
         Axes title; default names the niche column.
 
@@ -174,6 +169,7 @@ def _jsd(p: np.ndarray, q: np.ndarray) -> float:
     return float(jensen_shannon(np.asarray(p, dtype=float)[None], np.asarray(q, dtype=float)[None])[0, 0])
 
 
+@inject_docs
 def compare_compositions(
     data,
     *,
@@ -201,28 +197,21 @@ def compare_compositions(
     data
         SpatialData or AnnData with the three columns.
     teacher_key
-        Teacher niche column.
+        %(teacher_key)s
     student_key
         Student (or any predicted) niche column.
     cell_type_key
         Cell-type column.
     table_key
-        Table holding the columns.
+        %(table_key)s
     split
         Restrict to ``obs[split_key] == split`` (e.g. ``"test"``); ``None`` uses every labelled observation.
     split_key
-        Column written by :func:`nichekd.pp.spatial_split`.
+        %(split_key)s
     match
         Rename predicted niches to teacher niches by one-to-one matching (as :func:`nichekd.tl.evaluate`
         does); not needed for the student, whose niches already carry the teacher's names.
-    ax
-        Axes to draw into.
-    save
-        File to write (format from the extension).
-    show
-        Show the figure; ``None`` shows it unless ``ax`` was given.
-    figsize
-        Figure size in inches.
+    %(figure)s
     title
         Axes title; default reports the mean JSD.
 
@@ -306,6 +295,7 @@ def compare_compositions(
     return finish(ax.figure, ax, save=save_path, show=show, user_ax=user_ax)
 
 
+@inject_docs
 def composition_null(
     result,
     *,
@@ -325,14 +315,7 @@ def composition_null(
         (``null="pairings"``: random niche pairings; ``"labels"``: permuted labels), with permutations.
     bins
         Histogram bins.
-    ax
-        Axes to draw into.
-    save
-        File to write (format from the extension).
-    show
-        Show the figure; ``None`` shows it unless ``ax`` was given.
-    figsize
-        Figure size in inches.
+    %(figure)s
     title
         Axes title; default names the null and the p-value.
 

@@ -9,6 +9,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
+from .._docs import inject_docs
 from .._layout import TABLE_KEY, get_table
 from ._grid import draw_grid, grid_axes, place_legend, prepare_grid
 from ._palette import NA_COLOR, _categories, natural_key, resolve_palette
@@ -18,6 +19,7 @@ from ._utils import as_categorical, as_list, check_obs_key, check_save, finish
 DEFAULT_KEYS = ("teacher_niche", "student_niche")
 
 
+@inject_docs
 def niche_map(
     sdata,
     *,
@@ -57,19 +59,16 @@ def niche_map(
     library
         Section(s) to draw; ``None`` draws every library, one row each.
     table_key
-        Table holding the niches; each library is drawn from the shapes element its rows annotate (spots,
-        cells, or the tiles of :func:`nichekd.tl.predict_niches` on an H&E-only slide).
+        %(table_key)s
     library_key
-        ``obs`` column naming each observation's section; ``None``: ``"library"`` if present, else one
-        library per annotated element.
+        %(library_key)s
     image_key
         Image element; ``None`` picks the finest image of the library's coordinate system that holds its spots
         (constant placeholders skipped), ``False`` draws no image.
     coordinate_system
-        Coordinate system to draw in; default: one that holds an image of the spots. Panels are drawn in its
-        units (microns, or pixels for spatialdata-io's Visium) and cropped to the tissue.
+        %(coordinate_system)s
     microns_per_unit
-        Microns per unit of that coordinate system, for the scale bar, where the object does not record it.
+        %(microns_per_unit)s
     groups
         Niches to colour; the others are drawn grey.
     palette
@@ -78,7 +77,7 @@ def niche_map(
     show_split
         Outline the test region (dashed) and hatch the buffer from ``obs[split_key]``.
     split_key
-        Column written by :func:`nichekd.pp.spatial_split`.
+        %(split_key)s
     method
         spatialdata-plot's rendering of the shapes: ``"matplotlib"`` (one patch per observation),
         ``"datashader"`` (rasterised, fast for large panels) or ``None``: datashader for panels of 10,000
@@ -87,14 +86,7 @@ def niche_map(
         Draw a scale bar in microns.
     legend
         Draw one niche legend to the right of the panels.
-    ax
-        Axes to draw into: one per panel (libraries x keys, row by row).
-    save
-        File to write (format from the extension).
-    show
-        Show the figure; ``None`` shows it unless ``ax`` was given.
-    figsize
-        Figure size in inches; default about 4 inches per panel.
+    %(figure)s
     title
         One title per panel, or one string (the figure title when there are several panels).
 

@@ -11,6 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 
+from .._docs import inject_docs
 from .._elements import library_labels
 from .._layout import TABLE_KEY, get_table
 from ._grid import draw_grid, grid_axes, place_legend, prepare_grid
@@ -18,6 +19,7 @@ from ._spatial import Colouring
 from ._utils import check_obs_key, check_save, finish
 
 
+@inject_docs
 def uncertainty(
     sdata,
     *,
@@ -52,15 +54,15 @@ def uncertainty(
     library
         Section(s) to draw; ``None`` draws every library that has the value.
     table_key
-        Table holding the value.
+        %(table_key)s
     library_key
-        ``obs`` column naming each observation's section (see :func:`nichekd.pl.niche_map`).
+        %(library_key)s
     image_key
         Image element; ``None`` picks the library's H&E, ``False`` draws no image.
     coordinate_system
-        Coordinate system to draw in (see :func:`nichekd.pl.niche_map`).
+        %(coordinate_system)s
     microns_per_unit
-        Microns per unit of that coordinate system, where the object does not record it.
+        %(microns_per_unit)s
     cmap
         Matplotlib colormap; the default makes confident areas light and uncertain ones dark.
     vmin
@@ -70,19 +72,12 @@ def uncertainty(
     show_split
         Outline the test region and hatch the buffer from ``obs[split_key]``.
     split_key
-        Column written by :func:`nichekd.pp.spatial_split`.
+        %(split_key)s
     method
         ``"matplotlib"``, ``"datashader"`` or ``None`` (by size; see :func:`nichekd.pl.niche_map`).
     scalebar
         Draw a scale bar in microns.
-    ax
-        Axes to draw into, one per library.
-    save
-        File to write (format from the extension).
-    show
-        Show the figure; ``None`` shows it unless ``ax`` was given.
-    figsize
-        Figure size in inches.
+    %(figure)s
     title
         One title per panel, or one string.
 

@@ -15,6 +15,7 @@ import anndata as ad
 import numpy as np
 
 from .. import _layout
+from .._docs import inject_docs
 from .._utils import resolve_device, store_params
 from ..models import encoders as _enc
 from . import _features
@@ -87,6 +88,7 @@ def _library_standardize(views: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
+@inject_docs
 def augmented_features(
     sdata: Any,
     *,
@@ -137,13 +139,13 @@ def augmented_features(
         columns ``v * d : (v + 1) * d``) and ``uns[key_added]['params']`` records the settings and
         ``features_key`` (the provenance ``nk.tl.distill`` checks).
     random_state
-        Seed of the augmentations: the same seed gives the same views.
+        %(random_state)s
     overwrite
         Recompute when ``key_added`` already holds views of the same settings.
     table_key, library_key
         Table and its ``obs`` column of sections.
     copy
-        Return a modified copy of the table instead of writing in place.
+        %(copy)s
 
     Returns
     -------

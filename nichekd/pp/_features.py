@@ -11,6 +11,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .. import _elements, _image, _layout
+from .._docs import inject_docs
 from .._utils import resolve_device, store_params
 from ..models import encoders as _enc
 
@@ -71,6 +72,7 @@ def _standardize(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
+@inject_docs
 def histology_features(
     sdata: Any,
     *,
@@ -114,9 +116,9 @@ def histology_features(
         Take centres from this shapes element's centroids (must be registered to the image's coordinate system)
         instead of ``obsm['spatial']``.
     table_key
-        Table with the observations.
+        %(table_key)s
     library_key
-        ``obs`` column naming each observation's library.
+        %(library_key)s
     backbone
         A name from :func:`list_backbones` (``"efficientnet_lite0"``, ``"stain"``, ``"uni2_h"``, ...),
         ``"timm:<architecture>"`` with ``checkpoint_path``, ``"hf-hub:<org/name>"``, a ``torch.nn.Module`` or a
@@ -126,7 +128,7 @@ def histology_features(
     batch_size
         Patches per forward pass.
     device
-        ``"auto"`` (CUDA, MPS, then CPU), ``"cpu"``, ``"cuda"``... Mixed precision is used on CUDA.
+        %(device)s
     key_added
         ``obsm`` and ``uns`` key; default ``f"X_{backbone}"``.
     overwrite
@@ -148,7 +150,7 @@ def histology_features(
     standardize
         ``"library"``: z-score every feature within each library; ``None``: raw features.
     copy
-        Return a modified copy of the table instead of writing in place.
+        %(copy)s
     **provenance
         Keys recorded in ``uns[key_added]['params']`` for provenance only, so that
         ``histology_features(other, **adata.uns[key]['params'])`` replays the same settings.

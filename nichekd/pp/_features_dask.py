@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _dask, _elements, _image, _layout
+from .._docs import inject_docs
 from .._utils import store_params
 from ..models import encoders as _enc
 from ._features import _standardize, histology_features
@@ -66,6 +67,7 @@ def _encode_partition(image: Any, image_name: str, part: ad.AnnData, kwargs: dic
     return np.asarray(out.obsm[key], dtype=np.float32), dict(out.uns[key]["params"])
 
 
+@inject_docs
 def histology_features_dask(
     sdata: Any,
     *,
@@ -102,9 +104,9 @@ def histology_features_dask(
     standardize
         ``"library"``: z-score each feature within each library, over all partitions together.
     progress
-        Show a progress bar over partitions.
+        %(progress)s
     copy
-        Return a modified copy of the table instead of writing in place.
+        %(copy)s
     **kwargs
         Passed to :func:`~nichekd.pp.histology_features` (``backbone``, ``patch_size_um``, ``batch_size``,
         ``device``, ``stain_normalization`` with a ``stain_reference`` dict, ...).

@@ -8,6 +8,7 @@ from typing import Any
 import anndata as ad
 import numpy as np
 
+from .._docs import inject_docs
 from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
 from .._utils import store_params
 
@@ -22,6 +23,7 @@ def _import_scvi():
     return scvi
 
 
+@inject_docs
 def scvi_latent(
     sdata: Any,
     *,
@@ -69,17 +71,17 @@ def scvi_latent(
     save_path
         Folder to save the fitted model to (overwritten).
     table_key
-        Table of ``sdata``.
+        %(table_key)s
     key_added
         ``obsm`` key of the latent (``"X_scVI"``, scvi-tools' convention); parameters go to ``uns[key_added]``.
     accelerator
         Lightning accelerator (``"cpu"``, ``"gpu"``, ``"auto"``).
     random_state
-        Seed (``scvi.settings.seed``): the same seed gives the same latent on the same hardware.
+        %(random_state)s
     progress
-        Show the training progress bar.
+        %(progress)s
     copy
-        Return a modified copy of the table instead of writing in place.
+        %(copy)s
 
     Returns
     -------

@@ -14,6 +14,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._docs import inject_docs
 from .._elements import micron_coords
 from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
 from .._utils import store_params
@@ -128,6 +129,7 @@ def _grid_split(xy: np.ndarray, nx: int, ny: int, test_blocks: np.ndarray, buffe
     return labels
 
 
+@inject_docs
 def spatial_split(
     sdata,
     *,
@@ -173,24 +175,22 @@ def spatial_split(
     features_key
         Features (and their augmented views) whose patch sets the default buffer; default every recorded one.
     teacher_key
-        Teacher whose neighbourhood radius (``uns[teacher_key]['params']['radius_um']``) is checked against
-        the gap: a train cell's target averages expression within that radius, so a radius above
-        ``2 * buffer_um`` lets test-strip expression into training targets. ``None`` skips the check.
+        %(teacher_key)s
     teacher_guard
         What to do when the radius exceeds the gap: ``"widen"`` the buffer to half the radius (default), or
         ``"within"``: keep the buffer and require the teacher's neighbourhoods to stay within each side
         (refit it with ``nk.tl.teacher_niches(..., split_key=key_added)``; a warning says so). Which one
         applied is recorded in ``uns[key_added]['params']['teacher_guard_applied']``.
     library_key
-        Column of ``obs`` with the section of each cell.
+        %(library_key)s
     key_added
         ``obs`` column written (categorical ``train``/``test``/``buffer``); parameters go to ``uns``.
     table_key
-        Table of ``sdata``.
+        %(table_key)s
     random_state
-        Seed for the choice of test blocks.
+        %(random_state)s
     copy
-        Return a modified copy of the table instead of writing in place.
+        %(copy)s
 
     Returns
     -------

@@ -7,8 +7,10 @@ from typing import Any
 import numpy as np
 
 from .. import _elements, _layout
+from .._docs import inject_docs
 
 
+@inject_docs
 def set_units(
     sdata: Any,
     *,
@@ -31,16 +33,15 @@ def set_units(
     sdata
         :class:`~spatialdata.SpatialData` (or its table).
     microns_per_unit
-        Microns per unit of ``coordinate_system`` (1.0 when the coordinates are microns).
+        %(microns_per_unit)s
     library
         Libraries to set (default: all).
     coordinate_system
-        The coordinate system ``microns_per_unit`` refers to (default: the one nichekd picks for each library,
-        the one holding its image).
+        %(coordinate_system)s
     table_key
-        Table in ``sdata``.
+        %(table_key)s
     library_key
-        ``obs`` column of sections (default: ``"library"`` if present, else one per annotated element).
+        %(library_key)s
 
     Examples
     --------

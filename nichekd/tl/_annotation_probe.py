@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._docs import inject_docs
 from .._elements import micron_coords
 from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
 from .._utils import store_params
@@ -62,6 +63,7 @@ def _folds(sdata, adata, groups: str, library_key: str, n_blocks: int, table_key
     return out
 
 
+@inject_docs
 def annotation_probe(
     sdata: Any,
     *,
@@ -116,13 +118,13 @@ def annotation_probe(
     n_chance
         Random draws averaged for the chance level.
     library_key
-        ``obs`` column of sections.
+        %(library_key)s
     table_key
-        Table of ``sdata``.
+        %(table_key)s
     key_added
         Results and parameters go to ``uns[key_added]``.
     random_state
-        Seed of the subsamples and the chance draws.
+        %(random_state)s
 
     Returns
     -------

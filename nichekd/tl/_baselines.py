@@ -10,6 +10,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._docs import inject_docs
 from .._elements import micron_coords
 from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
 from .._neighbors import estimate_radius, neighbour_mean, radius_neighbours
@@ -109,6 +110,7 @@ def leiden_n_clusters(
     return best[1], float(best[2])
 
 
+@inject_docs
 def histology_baseline(
     sdata,
     *,
@@ -151,9 +153,7 @@ def histology_baseline(
     n_comps
         Principal components for ``leiden``/``kmeans``.
     teacher_key
-        For ``"teacher"``: the teacher whose method is repeated (read from ``uns[teacher_key]['params']``);
-        ``"aggregate"`` when there is none, and for ``"composition"``/``"labels"`` teachers (image features
-        have no cell types or labels).
+        %(teacher_key)s
     teacher_method
         Overrides the method read from ``teacher_key`` (``"aggregate"`` or ``"transformer"``).
     n_components
@@ -161,13 +161,13 @@ def histology_baseline(
     key_added
         ``obs`` column written (categorical); default ``f"he_{method}_niche"`` (``he_leiden_niche``, ...).
     library_key
-        ``obs`` column with the section of each cell.
+        %(library_key)s
     table_key
-        Table of ``sdata``.
+        %(table_key)s
     random_state
-        Seed.
+        %(random_state)s
     copy
-        Return a modified copy of the table instead of writing in place.
+        %(copy)s
 
     Returns
     -------

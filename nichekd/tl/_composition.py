@@ -79,6 +79,7 @@ def _normalise_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, tot, out=np.zeros_like(x), where=tot > 0)
 
 
+@inject_docs
 def niche_composition(
     sdata: Any, *, niche_key: str, cell_type_key: str, table_key: str = TABLE_KEY, normalize: bool = True
 ) -> pd.DataFrame:
@@ -94,7 +95,7 @@ def niche_composition(
         ``obs`` categorical of cell types, or ``obsm`` key of per-spot cell-type fractions (spot data: each spot
         contributes its fractions, e.g. ``obsm['cell_type_fractions']`` from a deconvolution).
     table_key
-        Table to use in ``sdata``.
+        %(table_key)s
     normalize
         Fractions (rows sum to 1; default) or summed counts/fractions.
 
@@ -276,7 +277,7 @@ def compare_compositions(
     n_permutations
         Permutations for the p-value (0 skips the test: ``p_value`` is NaN).
     random_state
-        Seed of the permutations.
+        %(random_state)s
     batch_size
         Permutations per vectorised batch (memory ``batch_size x K x T``).
     null

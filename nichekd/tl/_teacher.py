@@ -8,6 +8,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._docs import inject_docs
 from .._elements import micron_coords
 from .._graph import store_spatial_graph
 from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
@@ -15,6 +16,7 @@ from .._utils import store_params
 from ..models.teacher import DEFAULT_N_NEIGHBORS, NicheTeacher
 
 
+@inject_docs
 def teacher_niches(
     sdata: Any,
     *,
@@ -62,7 +64,7 @@ def teacher_niches(
     n_niches
         Number of niches K (``None`` for ``method="labels"``: one niche per label).
     table_key
-        Table to use in ``sdata``.
+        %(table_key)s
     method
         ``"aggregate"``, ``"composition"``, ``"transformer"`` or ``"labels"``.
     use_rep
@@ -73,11 +75,9 @@ def teacher_niches(
     labels_key
         ``obs`` column for ``method="labels"``.
     library_key
-        ``obs`` column of sections; neighbourhoods never cross them.
+        %(library_key)s
     split_key
-        ``obs`` column of a train/test split: neighbourhoods stay within each side and the teacher is fitted
-        on the cells outside the test side only (then labels every cell), so no training target depends on
-        test-strip expression (``nk.pp.spatial_split(teacher_guard="within")``).
+        %(split_key)s
     radius_um
         Neighbourhood radius in microns; by default estimated so the mean neighbour count equals
         ``n_neighbors_target`` (the paper's rule). The radius used is stored in ``uns[key_added]``.
@@ -101,15 +101,15 @@ def teacher_niches(
         Results go to ``obs[key_added]``, ``obsm[f"{key_added}_proba"]``, ``obsm[f"{key_added}_logits"]``
         and ``uns[key_added]``.
     random_state
-        Seed: the same seed gives the same niches.
+        %(random_state)s
     device
-        Torch device for ``"transformer"`` (``"auto"`` uses a GPU when present).
+        %(device)s
     progress
-        Show progress bars.
+        %(progress)s
     return_model
         Also return the fitted :class:`~nichekd.models.NicheTeacher` (to predict on new sections or save it).
     copy
-        Return a modified copy of the table instead of writing in place.
+        %(copy)s
 
     Returns
     -------
