@@ -91,7 +91,9 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision == "auto":
         return "bf16" if kind == "cpu" and cpu_bf16_supported() else "fp32"
     if precision == "fp16" and kind != "mps":
-        raise ValueError(f"precision='fp16' runs on CUDA or MPS devices only, not {device!r}; use 'bf16' or 'fp32'.")
+        raise ValueError(
+            f"precision='fp16' runs on CUDA or MPS devices only, not {device!r}; use 'bf16' or 'fp32'."
+        )
     if precision == "bf16" and kind == "cpu" and not cpu_bf16_supported():
         raise ValueError(
             "This CPU has no native bf16 (avx512_bf16 / amx_bf16): torch would emulate it, slower than fp32. "
