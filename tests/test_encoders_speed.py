@@ -132,6 +132,15 @@ def test_micro_batches_and_threads_keep_fp32_features_and_the_callers_setting():
     auto = enc(x)
     assert 1 <= enc.micro_batch <= 64
     np.testing.assert_allclose(auto, whole, rtol=1e-4, atol=1e-5)
+    # worker threads (one intra-op thread each) give the same numbers as one thread, micro-batch by micro-batch
+    serial = encoders.TorchEncoder(
+        enc.module, enc.spec, pool=enc.pool, precision="fp32", micro_batch=2, n_threads=1
+    )
+    parallel = encoders.TorchEncoder(
+        enc.module, enc.spec, pool=enc.pool, precision="fp32", micro_batch=2, n_threads=2
+    )
+    np.testing.assert_array_equal(serial(x), parallel(x))
+    assert torch.get_num_threads() == before
 
 
 def test_histology_features_records_precision_and_honours_an_explicit_request():

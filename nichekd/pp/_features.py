@@ -128,7 +128,8 @@ def histology_features(
     patch_size_um
         Patch side in microns; default the encoder's field of view (input size x its microns per pixel).
     batch_size
-        Patches per forward pass.
+        Patches read and handed to the encoder at once; on CPU a neural encoder runs them in micro-batches
+        sized to the last-level cache.
     device
         ``"auto"`` (CUDA, MPS, then CPU), ``"cpu"``, ``"cuda"``...
     key_added
@@ -155,8 +156,8 @@ def histology_features(
         Arithmetic of neural encoders: ``"auto"`` (bf16 autocast on CPUs with native bf16, i.e. AVX512-BF16 or
         AMX, and fp32 on other CPUs; bf16, else fp16, autocast on CUDA), ``"fp32"``, ``"bf16"`` or ``"fp16"``
         (CUDA/MPS). bf16 features agree with fp32 ones to a cosine similarity above 0.97 per patch
-        (EfficientNet-Lite0 on real H&E) at ~1.5-2x the speed. Recorded as ``precision_used``; the stain
-        encoder always computes in float32.
+        (EfficientNet-Lite0 on real H&E; speed in ``benchmarks/results_encoders.md``). Recorded as
+        ``precision_used``; the stain encoder always computes in float32.
     n_threads
         CPU threads for the encoder; default torch's current setting (``torch.set_num_threads``), which is
         left as it was.
