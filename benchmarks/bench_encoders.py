@@ -125,6 +125,36 @@ def reading(rng: np.random.Generator) -> tuple[list[tuple], float]:
     return read, once(naive, len(px))
 
 
+def compiled_rates(enc, x: np.ndarray, has_bf16: bool) -> list[str]:
+    """Per-core rate of the eager module vs ``torch.compile`` (inductor with weight freezing), not used by
+    nichekd's runner: reported so the trade-off (compile time vs speed) is on record."""
+    import torch._inductor.config as inductor_config
+
+    xt = torch.from_numpy(x).float().sub(127.0).div(128.0).contiguous(memory_format=torch.channels_last)
+    step = enc.micro_batch
+
+    def run(module, bf16: bool) -> None:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            for i in range(0, len(xt) - step + 1, step):  # full micro-batches only: one compiled shape
+                module(xt[i : i + step])
+
+    n = (len(xt) // step) * step
+    out = ["## torch.compile (one thread, CPU time; not used by nichekd)", ""]
+    with inductor_config.patch(freezing=True), encoders._base.torch_threads(1):
+        compiled = torch.compile(enc.module)
+        for bf16 in (False, True) if has_bf16 else (False,):
+            t = time.perf_counter()
+            run(compiled, bf16)  # compiles
+            compile_s = time.perf_counter() - t
+            eager = max(once_cpu(lambda b=bf16: run(enc.module, b), n) for _ in range(3))
+            fast = max(once_cpu(lambda b=bf16: run(compiled, b), n) for _ in range(3))
+            out.append(
+                f"- {'bf16' if bf16 else 'fp32'}: eager {eager:.1f}, compiled {fast:.1f} patches per CPU-second "
+                f"(first call incl. compilation {compile_s:.0f} s wall)"
+            )
+    return out
+
+
 NOTES = """## Notes
 
 - **What makes EfficientNet-Lite0 fast here.** (1) Micro-batches sized to the last-level cache
@@ -142,8 +172,11 @@ NOTES = """## Notes
   fp32, so the one runner uses autocast. int8 dynamic quantisation (`torch.ao.quantization.quantize_dynamic`)
   only quantises `nn.Linear`; EfficientNet-Lite0's pooled features use no Linear layer, so it would change
   nothing; for the ViT foundation models it is not measured (no weights on this offline machine).
-  `torch.compile` was not tried: its first call compiles C++ for minutes on 2 cores, more than a typical run's
-  encoding time.
+  `torch.compile` (inductor, weight freezing; `--compile` times it) is faster per core (one-off run under
+  load average ~12: fp32 63 -> 125, bf16 205 -> 263 patches per CPU-second) but its first call compiled for
+  48 s, longer than a typical run's encoding, it needs a C++ compiler at run time, and compiled modules called
+  from several worker threads and recompiled for the last partial micro-batch need care: left for a follow-up
+  (opt-in for large jobs).
 - **Threads.** On CPU the micro-batches run side by side on worker threads, one intra-op thread each
   (`TorchEncoder.__call__`), instead of one micro-batch at a time on OpenMP threads: OpenMP waits at a
   barrier after every layer, and on a shared machine one descheduled thread stalls the other (under load
@@ -167,6 +200,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (best of)")
     parser.add_argument("--threads", type=int, default=encoders.available_threads())
     parser.add_argument("--out", default=str(Path(__file__).with_name("results_encoders.md")))
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile (inductor, freezing) per core; +1-2 min",
+    )
     args = parser.parse_args()
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)  # this benchmark's own process
@@ -269,6 +307,8 @@ def main() -> None:
             f"bf16 vs fp32 EfficientNet-Lite0 features on those {len(cos)} real patches: cosine similarity per "
             f"patch min {cos.min():.4f}, median {np.median(cos):.4f}."
         )
+    if args.compile:
+        lines += ["", *compiled_rates(fp32, x224, has_bf16)]
     lines += [
         "",
         "## Patch reading alone (tile-wise reads + batched resampling)",
