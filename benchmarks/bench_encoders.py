@@ -165,18 +165,18 @@ NOTES = """## Notes
   on CPUs without: torch would emulate it). (3) BatchNorm folded into the convolutions, symmetric 'same'
   padding moved into them, in-place ReLU6 (`_efficientnet.fuse_for_inference`), channels-last,
   `torch.inference_mode`.
-- **Tried and not kept.** `torch.jit.trace` + `freeze` (fuses conv + ReLU6 through oneDNN): within the noise of
-  this shared machine (fp32, micro-batch 4: 8.3 vs 8.7 patches/s eager, measured interleaved at load average 12-15),
-  not worth a second code path. Casting the whole network to bf16 instead of autocast: same features
+- **Tried and not kept.** `torch.jit.trace` + `freeze` (fuses conv + ReLU6 through oneDNN), fp32 only (tracing
+  under bf16 autocast is not supported): one-off script, one thread, CPU time, 68-84 vs 62-63 patches per
+  CPU-second eager; less than bf16 gives and TorchScript is deprecated, so not a second code path. Casting the whole network to bf16 instead of autocast: same features
   (cosine 0.9997 both), not clearly faster; autocast keeps norms and softmax of the ViT foundation models in
   fp32, so the one runner uses autocast. int8 dynamic quantisation (`torch.ao.quantization.quantize_dynamic`)
   only quantises `nn.Linear`; EfficientNet-Lite0's pooled features use no Linear layer, so it would change
   nothing; for the ViT foundation models it is not measured (no weights on this offline machine).
-  `torch.compile` (inductor, weight freezing; `--compile` times it) is faster per core (one-off run under
-  load average ~12: fp32 63 -> 125, bf16 205 -> 263 patches per CPU-second) but its first call compiled for
-  48 s, longer than a typical run's encoding, it needs a C++ compiler at run time, and compiled modules called
-  from several worker threads and recompiled for the last partial micro-batch need care: left for a follow-up
-  (opt-in for large jobs).
+  `torch.compile` (inductor, weight freezing; `--compile` times it, see above) is 1.4-1.8x faster per core,
+  but its first call compiled for 48 s on this machine with a cold cache (6-8 s once inductor's on-disk
+  cache holds the kernels), it needs a C++ compiler at run time, and a compiled module called from several
+  worker threads and recompiled for the last partial micro-batch needs care: left for a follow-up (opt-in for
+  large jobs).
 - **Threads.** On CPU the micro-batches run side by side on worker threads, one intra-op thread each
   (`TorchEncoder.__call__`), instead of one micro-batch at a time on OpenMP threads: OpenMP waits at a
   barrier after every layer, and on a shared machine one descheduled thread stalls the other (under load

@@ -180,8 +180,8 @@ def _blob_density(h: np.ndarray) -> np.ndarray:
 
     Smoothing is a 3 x 3 mean (edge pixels average only their in-image neighbours), a maximum is a pixel equal
     to the largest value of its 5 x 5 neighbourhood; both separable, at full resolution. The mean runs in
-    float64, where sums of up to nine float32 values are exact: every pixel of a flat plateau is a maximum,
-    as in exact arithmetic.
+    float64, where the sum of up to nine equal float32 values and its mean are exact: every pixel of a flat
+    plateau is a maximum, as in exact arithmetic.
     """
     hh, ww = h.shape[1:]
     ones_h = _shifted_sum3(np.ones(hh), 0)
