@@ -292,7 +292,7 @@ class TorchEncoder(Encoder):
 
         On CPU the micro-batches run side by side on ``n_threads`` worker threads (default: torch's current
         thread count), each with one intra-op thread: no OpenMP barrier per layer, which on a shared machine
-        stalls whenever one of the threads is descheduled (measured 3-5x faster than two OpenMP threads under
+        stalls whenever one of the threads is descheduled (measured 2.5-5x faster than two OpenMP threads under
         load). Each micro-batch's result does not depend on the others or on the thread count.
         """
         import torch
