@@ -226,7 +226,13 @@ def augmented_features(
     if method is not None and not isinstance(reference, Mapping):
         raise ValueError(f"uns[{features_key!r}] records stain normalisation without its reference.")
     dev = resolve_device(device) if spec.kind != "handcrafted" else "cpu"
-    encoder = _enc.build_encoder(build_from, spec, device=dev, checkpoint_path=src.get("checkpoint_path"))
+    encoder = _enc.build_encoder(
+        build_from,
+        spec,
+        device=dev,
+        checkpoint_path=src.get("checkpoint_path"),
+        precision=src.get("precision", "auto"),  # the views run as the source features did
+    )
     views = []
     for v, (plan, s) in enumerate(zip(plans, scales, strict=True)):
         view_rng = np.random.default_rng([int(random_state), v])
