@@ -20,6 +20,7 @@ the names are deterministic for a given input and seed. Saved models are a folde
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -785,11 +786,22 @@ class NicheTeacher:
                 {k: v.contiguous() for k, v in self.transformer_.state_dict().items()},
                 str(path / "transformer.safetensors"),
             )
+        arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         if arrays:
-            save_file(
-                {k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path / "teacher.safetensors")
-            )
-        (path / "teacher.json").write_text(json.dumps(meta, indent=1))
+            save_file(arrays, str(path / "teacher.safetensors"))
+        # checksums of the defining fields and of every stored array, verified by load()
+        torch_state = (
+            {k: v.detach().cpu().numpy() for k, v in self.transformer_.state_dict().items()}
+            if self.transformer_ is not None
+            else {}
+        )
+        meta["checksum"] = {
+            "definition": _teacher_definition_digest(meta),
+            "weights": _arrays_digest({**arrays, **{f"transformer.{k}": v for k, v in torch_state.items()}}),
+        }
+        tmp = path / ".teacher.json.tmp"
+        tmp.write_text(json.dumps(_teacher_json_safe(meta), indent=1))
+        tmp.replace(path / "teacher.json")
         return path
 
     @classmethod
@@ -801,37 +813,86 @@ class NicheTeacher:
         path
             Folder holding ``teacher.json``.
         """
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
         path = Path(path)
-        if not (path / "teacher.json").is_file():
+        meta_file = path / "teacher.json"
+        if not meta_file.is_file():
             raise FileNotFoundError(
                 f"No teacher.json in {path}; was the teacher saved with NicheTeacher.save?"
             )
-        meta = json.loads((path / "teacher.json").read_text())
-        cfg = dict(meta["config"])
-        cfg.pop("n_niches")
-        self = cls(meta["n_niches"], **cfg)
-        self.radius_um_ = meta["radius_um_"]
-        self.niche_names_ = list(meta["niche_names_"])
-        arrays = (
-            load_file(str(path / "teacher.safetensors")) if (path / "teacher.safetensors").exists() else {}
-        )
-        self.encoder_ = dict(meta["encoder"])
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"{meta_file} is not valid JSON ({err}); the teacher's config is damaged."
+            ) from err
+
+        def read(name: str, loader) -> dict:
+            file = path / name
+            if not file.is_file():
+                raise FileNotFoundError(f"{file} is missing; the teacher was saved with it ({meta_file}).")
+            try:
+                return loader(str(file))
+            except (SafetensorError, OSError, ValueError) as err:
+                raise ValueError(
+                    f"{file} cannot be read as safetensors ({err}); it is truncated or corrupt."
+                ) from err
+
+        arrays = read("teacher.safetensors", load_file) if (path / "teacher.safetensors").exists() else {}
+        torch_state = None
+        if isinstance(meta, dict) and "transformer_config" in meta:
+            from safetensors.torch import load_file as load_torch
+
+            torch_state = read("transformer.safetensors", load_torch)
+        checksum = meta.get("checksum") if isinstance(meta, dict) else None
+        if checksum is not None:  # teachers saved before checksums existed have none
+            if checksum.get("definition") != _teacher_definition_digest(meta):
+                raise ValueError(
+                    f"{meta_file} does not match its checksum: a defining field (niche names, radius, method, "
+                    "settings) was changed after saving. Restore the saved file."
+                )
+            state = {f"transformer.{k}": v.numpy() for k, v in (torch_state or {}).items()}
+            if checksum.get("weights") != _arrays_digest({**arrays, **state}):
+                raise ValueError(
+                    f"The arrays in {path} (teacher.safetensors / transformer.safetensors) do not match the "
+                    f"checksum in {meta_file}: they are corrupted or belong to another teacher."
+                )
+        try:
+            cfg = dict(meta["config"])
+            cfg.pop("n_niches")
+            self = cls(meta["n_niches"], **cfg)
+            self.radius_um_ = meta["radius_um_"]
+            self.niche_names_ = list(meta["niche_names_"])
+            self.encoder_ = dict(meta["encoder"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"{meta_file} is not a valid teacher config ({type(err).__name__}: {err})."
+            ) from err
         std = {k[4:]: v for k, v in arrays.items() if k.startswith("std_")}
         if std:
+            for k, v in std.items():
+                if not np.isfinite(v).all() or (k in ("sd", "scale") and (v <= 0).any()):
+                    raise ValueError(
+                        f"{path / 'teacher.safetensors'}: standardisation {k!r} is not finite or not positive; "
+                        "the teacher is damaged."
+                    )
             std["scale"] = np.float32(std["scale"][0])
             self.encoder_["standardise"] = std
         self.encoder_.update({k[4:]: v for k, v in arrays.items() if k.startswith("enc_")})
         if "gmm_weights" in arrays:
             self.gmm_ = _gmm_from_arrays(arrays, self.covariance_type)
-        if "transformer_config" in meta:
-            from safetensors.torch import load_file as load_torch
-
+        if torch_state is not None:
             from ._niche_transformer import NicheTransformer, TransformerConfig
 
             model = NicheTransformer(TransformerConfig(**meta["transformer_config"]))
-            model.load_state_dict(load_torch(str(path / "transformer.safetensors")))
+            try:
+                model.load_state_dict(torch_state)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"{path / 'transformer.safetensors'} does not match {meta_file}: {str(err).splitlines()[0]}"
+                ) from err
             self.transformer_ = model.eval()
         return self
 
@@ -842,3 +903,32 @@ class NicheTeacher:
             else ("fitted" if self.niche_names_ else "not fitted")
         )
         return f"NicheTeacher(n_niches={self.n_niches}, method={self.method!r}, {state})"
+
+
+def _teacher_json_safe(value: Any) -> Any:
+    """Plain JSON types (numpy scalars and arrays become numbers and lists)."""
+    if isinstance(value, dict):
+        return {str(k): _teacher_json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_teacher_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _teacher_definition_digest(meta: dict[str, Any]) -> str:
+    """sha256 of everything in ``teacher.json`` but the checksum itself, as canonical JSON."""
+    fields = {k: v for k, v in meta.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(_teacher_json_safe(fields), sort_keys=True).encode()).hexdigest()
+
+
+def _arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over every array's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()

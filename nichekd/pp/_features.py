@@ -19,7 +19,7 @@ _SETTINGS = ("backbone", "weights", "checkpoint_path", "patch_size_um", "input_s
              "features_key", "stain_normalization", "standardize", "image_key", "shapes_key")  # fmt: skip
 # Keys recorded in params for provenance only; accepted (and ignored) on replay.
 _PROVENANCE = ("weights", "output_dim", "mpp_used", "pyramid_level", "embedding", "kind", "device_used",
-               "versions", "date", "table_key", "library_key", "normalization")  # fmt: skip
+               "versions", "date", "table_key", "library_key", "normalization", "unset")  # fmt: skip
 
 
 def _centres(sdata, table: ad.AnnData, rows: np.ndarray, library: str, shapes_key: str | None) -> np.ndarray:
