@@ -16,8 +16,11 @@ from ._checks import (
     check_counts,
     check_min_obs,
     check_on_image,
+    check_unique_ids,
     find_first,
     is_blank,
+    parsing,
+    positive_field,
     read_image,
     read_json,
     require_file,
@@ -62,9 +65,11 @@ def read_10x_counts(folder: Path, counts: str, what: str = "count matrix") -> tu
                 require_file(
                     src / name, f"part of the {counts} {what}", "A Space Ranger mtx folder has all three."
                 )
-            adata = sc.read_10x_mtx(src, var_names="gene_symbols", make_unique=False)
+            with parsing(src, "a Space Ranger mtx folder (matrix.mtx.gz, barcodes.tsv.gz, features.tsv.gz)"):
+                adata = sc.read_10x_mtx(src, var_names="gene_symbols", make_unique=False)
         else:
-            adata = sc.read_10x_h5(src)
+            with parsing(src, "a 10x feature-barcode matrix (HDF5 .h5)"):
+                adata = sc.read_10x_h5(src)
     adata.var_names_make_unique()
     adata.var_names.name = None
     return adata, src
@@ -78,12 +83,13 @@ def read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
         "spot positions file",
         "Space Ranger writes it to spatial/.",
     )
-    if src.suffix == ".parquet":
-        df = pd.read_parquet(src)
-    elif src.name == "tissue_positions_list.csv":  # Space Ranger 1.x: no header
-        df = pd.read_csv(src, header=None, names=_POSITION_COLUMNS)
-    else:
-        df = pd.read_csv(src)
+    with parsing(src, "a Space Ranger spot positions table (parquet or CSV)"):
+        if src.suffix == ".parquet":
+            df = pd.read_parquet(src)
+        elif src.name == "tissue_positions_list.csv":  # Space Ranger 1.x: no header
+            df = pd.read_csv(src, header=None, names=_POSITION_COLUMNS)
+        else:
+            df = pd.read_csv(src)
     missing = [c for c in _POSITION_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(
@@ -91,6 +97,7 @@ def read_positions(spatial: Path) -> tuple[pd.DataFrame, Path]:
         )
     df = df.set_index("barcode")
     df.index = df.index.astype(str)
+    check_unique_ids(df.index, src)
     return df, src
 
 
@@ -212,8 +219,10 @@ def read_visium(
     key = f"tissue_{kind}_scalef"
     if key not in sf or "spot_diameter_fullres" not in sf:
         raise KeyError(f"{spatial / 'scalefactors_json.json'} lacks {key!r} or 'spot_diameter_fullres'.")
+    sf_path = spatial / "scalefactors_json.json"
+    sf[key] = positive_field(sf, key, sf_path)
     if mpp is None:
-        mpp = VISIUM_SPOT_UM / float(sf["spot_diameter_fullres"])
+        mpp = VISIUM_SPOT_UM / positive_field(sf, "spot_diameter_fullres", sf_path)
     return spaceranger_library(
         adata,
         counts_src,

@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from ._checks import check_image, read_image, read_json, require_file
+from ._checks import check_image, positive_field, read_image, read_json, require_file
 from ._visium import choose_image, read_10x_counts, read_positions, spaceranger_library
 
 
@@ -90,7 +90,7 @@ def read_visium_hd(
         key = f"tissue_{kind}_scalef"
         if key not in sf:
             raise KeyError(f"{sf_path} has no {key!r} for the {kind} image.")
-        scalef = float(sf[key])
+        scalef = positive_field(sf, key, sf_path)
     if path.name.startswith("square_"):
         default_id = path.parent.parent.parent.name if path.parent.name == "binned_outputs" else path.name
     else:

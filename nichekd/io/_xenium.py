@@ -17,11 +17,13 @@ import pandas as pd
 
 from .._layout import build_library
 from ._checks import (
+    ReaderError,
     check_barcodes,
     check_counts,
     check_image,
     check_min_obs,
     check_on_image,
+    parsing,
     read_image,
     read_json,
     require_file,
@@ -35,8 +37,12 @@ def read_alignment(alignment: str | Path) -> np.ndarray:
     """The 3x3 affine of a Xenium ``*_imagealignment.csv``: H&E pixels (x, y) -> morphology pixels (x, y)."""
     alignment = require_file(alignment, "H&E alignment matrix (3x3 CSV from Xenium Explorer)")
     try:
-        matrix = pd.read_csv(alignment, header=None).to_numpy(dtype=float)
+        with parsing(alignment, "a 3x3 alignment matrix (CSV)"):
+            table = pd.read_csv(alignment, header=None)
+        matrix = table.to_numpy(dtype=float)
     except ValueError as err:
+        if isinstance(err, ReaderError):
+            raise
         raise ValueError(f"The alignment file {alignment} is not a numeric 3x3 CSV ({err}).") from err
     if matrix.shape != (3, 3) or not np.isfinite(matrix).all():
         raise ValueError(
@@ -53,7 +59,8 @@ def read_alignment(alignment: str | Path) -> np.ndarray:
 
 def _cells(path: Path) -> pd.DataFrame:
     src = require_file(path / "cells.parquet", "Xenium cell table", "Xenium Ranger writes cells.parquet.")
-    df = pd.read_parquet(src)
+    with parsing(src, "a Xenium cell table (parquet)"):
+        df = pd.read_parquet(src)
     missing = [c for c in ("cell_id", "x_centroid", "y_centroid") if c not in df.columns]
     if missing:
         raise ValueError(f"{src} lacks the columns {missing}.")
@@ -107,7 +114,8 @@ def read_xenium(
     matrix_src = require_file(path / "cell_feature_matrix.h5", "Xenium cell-feature matrix")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        adata = sc.read_10x_h5(matrix_src, gex_only=gex_only)
+        with parsing(matrix_src, "a 10x cell-feature matrix (HDF5 .h5)"):
+            adata = sc.read_10x_h5(matrix_src, gex_only=gex_only)
     adata.var_names_make_unique()
     check_counts(adata.X, matrix_src)
     cells = _cells(path)
