@@ -365,9 +365,7 @@ def predict_niches(
         raise ValueError(f"Some cells have NaN features in obsm[{features_key!r}] (e.g. off the image).")
     views, aug_key = None, f"{features_key}_aug"
     if tta:
-        views, aug_params = _tta_views(
-            sdata, adata, target, new_tiles, feats, feat_params, features_key, table_key
-        )
+        views, aug_params = _tta_views(sdata, adata, target, feats, feat_params, features_key, table_key)
     warn_sparse_neighbours(model, mean_neighbours(model, xy[sel], libs[sel]), "predict_niches")
     proba_sel = model.predict_proba(
         feats[sel],
