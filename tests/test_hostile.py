@@ -602,3 +602,19 @@ def test_tta_averages_over_the_stored_views(trained_student):
     predict_niches(sdata, model, key_added="tta", tta=True)
     expected = model.predict_proba(feats, t.obsm["spatial"], views=views)
     np.testing.assert_allclose(t.obsm["tta_proba"], expected, atol=1e-6)
+
+
+def test_tta_computes_the_views_distill_would_use():
+    sdata = nk.datasets.synthetic_tissue(n_cells=400, n_niches=3, seed=0, progress=False)
+    nk.tl.teacher_niches(sdata, 3, progress=False)
+    nk.pp.histology_features(sdata, backbone="stain", key_added="he")
+    nk.pp.augmented_features(sdata, features_key="he", n_views=4)
+    nk.pp.spatial_split(sdata)
+    model = distill(sdata, features_key="he", architecture="mlp", epochs=2, progress=False)
+    t = sdata.tables["table"]
+    views = np.asarray(t.obsm["he_aug"]).reshape(t.n_obs, 4, -1)
+    del t.obsm["he_aug"], t.uns["he_aug"]
+    predict_niches(sdata, model, key_added="tta", tta=True)
+    expected = model.predict_proba(t.obsm["he"], t.obsm["spatial"], views=views)
+    np.testing.assert_allclose(t.obsm["tta_proba"], expected, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(t.obsm["he_aug"]).reshape(t.n_obs, 4, -1), views)

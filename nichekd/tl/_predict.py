@@ -131,29 +131,41 @@ def warn_sparse_neighbours(model: NicheStudent, count: float, where: str) -> Non
         )
 
 
+# candidate tile spacings tried around the analytic start (x 2^-1 ... x 2^1), and query tiles per candidate
+_SPACING_STEPS = np.geomspace(0.5, 2.0, 25)
+_SPACING_SAMPLE = 20_000
+
+
+def _sampled_mean_count(xy: np.ndarray, radius: float, cap: int, rng: np.random.Generator) -> float:
+    """Mean neighbour count (capped at ``cap``, the tile itself excluded) over up to 20k query tiles."""
+    from scipy.spatial import cKDTree
+
+    query = xy if len(xy) <= _SPACING_SAMPLE else xy[rng.choice(len(xy), _SPACING_SAMPLE, replace=False)]
+    counts = cKDTree(xy).query_ball_point(query, radius * (1 + 1e-9), return_length=True) - 1
+    return float(np.minimum(counts, cap).mean())
+
+
 def matched_tile_spacing(model: NicheStudent, tiles_at, grid: str) -> float:
-    """Tile spacing (microns) whose mean neighbour count on this tissue matches the training one.
+    """Tile spacing (microns) whose mean neighbour count on this tissue best matches the training one.
 
     ``tiles_at(spacing)`` returns the tile centres for a spacing. The start is the spacing of an infinite grid
-    with ``train_mean_neighbors + 1`` tiles per disc of the model's radius; tissue borders lower the count, so
-    the spacing is then refined (count ~ 1 / spacing^2) on the real tissue for a few steps.
+    with ``train_mean_neighbors + 1`` tiles per disc of the model's radius; since on a lattice the count is a
+    step function of the spacing (whole shells of neighbours enter the radius) and tissue borders lower it,
+    25 spacings from half to twice the start are measured on the real tissue and the closest kept (the
+    largest spacing among ties: fewer tiles).
     """
     target, r = float(model.train_mean_neighbors), model.radius_um
     cell_area = np.sqrt(3) / 2 if grid == "hex" else 1.0  # area per tile in units of spacing^2
-    spacing = r * np.sqrt(np.pi / (cell_area * (target + 1.0)))
-    best = (np.inf, spacing)
-    for _ in range(6):
+    start = r * np.sqrt(np.pi / (cell_area * (target + 1.0)))
+    rng = np.random.default_rng(0)
+    best = (np.inf, -start)
+    for spacing in start * _SPACING_STEPS:
         xy = tiles_at(spacing)
         if len(xy) < 2:
-            spacing /= 2
             continue
-        count = mean_neighbours(model, xy, np.zeros(len(xy), int))
-        err = abs(count - target) / target
-        best = min(best, (err, spacing))
-        if err < 0.05:
-            break
-        spacing *= float(np.sqrt((count + 1.0) / (target + 1.0)))
-    return float(best[1])
+        err = abs(_sampled_mean_count(xy, r, model.max_neighbors, rng) - target) / target
+        best = min(best, (round(err, 6), -spacing))
+    return float(-best[1])
 
 
 def _image_and_library(sdata, image_key: str | None, library: str | None) -> tuple[str, str]:
