@@ -133,6 +133,17 @@ def test_per_library_loop_keeps_every_library(trained_student):
         predict_niches(sdata, other, library="S2", key_added="loop", overwrite=True)
 
 
+def test_a_users_own_column_is_never_overwritten():
+    adata = ad.AnnData(np.zeros((6, 1), dtype=np.float32))
+    adata.obs["k"] = ["mine"] * 6  # the user's annotation under the key prediction would use
+    proba = np.full((3, 2), 0.5)
+    with pytest.raises(ValueError, match="already holds"):
+        write_niche_predictions(adata, "k", proba, ["a", "b"], rows=np.arange(3), overwrite=False)
+    with pytest.raises(ValueError, match="not niche predictions"):
+        write_niche_predictions(adata, "k", proba, ["a", "b"], rows=np.arange(3), overwrite=True)
+    assert (adata.obs["k"] == "mine").all() and "k_proba" not in adata.obsm
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     first=st.lists(st.booleans(), min_size=12, max_size=12),

@@ -155,11 +155,11 @@ def check_niche_write(
     others = held & ~mask
     if others.any():
         old = _existing_names(adata, key_added)
-        if old is not None and old != [str(n_) for n_ in names]:
+        if old != [str(n_) for n_ in names]:
+            what = f"other niche names ({old})" if old is not None else "values that are not niche predictions"
             raise ValueError(
-                f"obs[{key_added!r}] holds predictions of {int(others.sum())} other observations with other niche "
-                f"names ({old}) than this model ({list(names)}); one column cannot mix two models. Pass "
-                "key_added= another key."
+                f"obs[{key_added!r}] holds {what} for {int(others.sum())} other observations, and this model "
+                f"predicts {list(names)}; one column cannot mix them. Pass key_added= another key."
             )
 
 

@@ -5,7 +5,7 @@ the 8 um bins, predict the H&E crop alone), a student is distilled on ``stain`` 
 run by ``predict_niches`` on an H&E-only SpatialData (``read_wsi``) with the default tile spacing and with the
 old default (one tile per patch). Prints a Markdown table; run from the repository root:
 
-    NICHEKD_DATA_DIR=../shared/data python -m benchmarks.he_only_neighbours
+    NICHEKD_DATA_DIR=../shared/data python -m benchmarks.bench_he_only
 """
 
 from __future__ import annotations
