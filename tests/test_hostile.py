@@ -620,8 +620,7 @@ def test_tta_computes_the_views_distill_would_use():
     nk.tl.teacher_niches(sdata, 3, progress=False)
     nk.pp.histology_features(sdata, backbone="stain", key_added="he")
     nk.pp.augmented_features(sdata, features_key="he", n_views=4)
-    nk.pp.spatial_split(sdata)
-    model = distill(sdata, features_key="he", architecture="mlp", epochs=2, progress=False)
+    model = distill(sdata, features_key="he", split_key=None, architecture="mlp", epochs=2, progress=False)
     t = sdata.tables["table"]
     views = np.asarray(t.obsm["he_aug"]).reshape(t.n_obs, 4, -1)
     del t.obsm["he_aug"], t.uns["he_aug"]
@@ -629,3 +628,20 @@ def test_tta_computes_the_views_distill_would_use():
     expected = model.predict_proba(t.obsm["he"], t.obsm["spatial"], views=views)
     np.testing.assert_allclose(t.obsm["tta_proba"], expected, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(t.obsm["he_aug"]).reshape(t.n_obs, 4, -1), views)
+
+
+def test_st_mob_he_only_prediction_matches_the_training_neighbour_count(tmp_path):
+    root = dataset_path("st_mob").parent
+    from nichekd._layout import get_table, library_infos
+
+    train = nk.datasets.st_mob(root, sections=("MOB1", "MOB2"))
+    nk.tl.teacher_niches(train, 4, progress=False)
+    nk.pp.histology_features(train, backbone="stain", key_added="he")
+    nk.pp.spatial_split(train)
+    model = distill(train, features_key="he", architecture="mlp", epochs=2, progress=False)
+    path = model.save(tmp_path / "mob")
+    mob4 = nk.datasets.st_mob(root, sections=("MOB4",))
+    he = nk.io.read_wsi(root / "st_mob" / "MOB4.jpg", mpp=library_infos(get_table(mob4))["MOB4"].mpp)
+    predict_niches(he, path)
+    run = get_table(he).uns["student_niche"]["runs"]["run0"]["params"]
+    assert abs(run["mean_neighbours"] / model.train_mean_neighbors - 1) <= 0.3
