@@ -784,11 +784,11 @@ class NicheTeacher:
             meta["transformer_config"] = self.transformer_.config.to_dict()
             save_torch(
                 {k: v.contiguous() for k, v in self.transformer_.state_dict().items()},
-                str(path / "transformer.safetensors"),
+                str(path / ".transformer.safetensors.tmp"),
             )
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         if arrays:
-            save_file(arrays, str(path / "teacher.safetensors"))
+            save_file(arrays, str(path / ".teacher.safetensors.tmp"))
         # checksums of the defining fields and of every stored array, verified by load()
         torch_state = (
             {k: v.detach().cpu().numpy() for k, v in self.transformer_.state_dict().items()}
@@ -799,9 +799,11 @@ class NicheTeacher:
             "definition": _teacher_definition_digest(meta),
             "weights": _arrays_digest({**arrays, **{f"transformer.{k}": v for k, v in torch_state.items()}}),
         }
-        tmp = path / ".teacher.json.tmp"
-        tmp.write_text(json.dumps(_teacher_json_safe(meta), indent=1))
-        tmp.replace(path / "teacher.json")
+        (path / ".teacher.json.tmp").write_text(json.dumps(_teacher_json_safe(meta), indent=1))
+        # every file is complete before any is renamed into place: an interrupted save leaves the old teacher
+        for name in ("transformer.safetensors", "teacher.safetensors", "teacher.json"):
+            if (path / f".{name}.tmp").exists():
+                (path / f".{name}.tmp").replace(path / name)
         return path
 
     @classmethod
