@@ -440,6 +440,25 @@ def test_integer_images_scale_by_their_range(dtype, value):
     assert int(out.max()) == round(value * 255 / np.iinfo(dtype).max)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    st.sampled_from([np.uint8, np.uint16, np.float32]),
+)
+def test_any_image_shape_gives_rgb_or_a_clear_error(shape, dtype):
+    import warnings
+
+    arr = np.ones(shape, dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            out = as_rgb_cyx(arr)
+        except ValueError as err:
+            assert "H&E image" in str(err)
+            return
+    assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[0] == 3
+
+
 def test_float_images_follow_the_documented_rule():
     assert int(to_uint8(np.full((2, 2, 3), 1.0, np.float32))[0].max()) == 255
     assert int(to_uint8(np.full((2, 2, 3), 128.0, np.float32))[0].max()) == 128
