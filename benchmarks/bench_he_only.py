@@ -31,7 +31,10 @@ def _case(name, train_sdata, image_path, mpp, out_dir, epochs=5):
     path = model.save(Path(out_dir) / name)
     model = nk.models.NicheStudent.load(path)
     rows = []
-    for label, tile in (("default (matched)", None), ("patch size (old default)", model.encoder["patch_size_um"])):
+    for label, tile in (
+        ("default (matched)", None),
+        ("patch size (old default)", model.encoder["patch_size_um"]),
+    ):
         he = nk.io.read_wsi(image_path, mpp=mpp, library_id=name)
         t0 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:

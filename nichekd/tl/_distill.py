@@ -156,7 +156,9 @@ def check_niche_write(
     if others.any():
         old = _existing_names(adata, key_added)
         if old != [str(n_) for n_ in names]:
-            what = f"other niche names ({old})" if old is not None else "values that are not niche predictions"
+            what = (
+                f"other niche names ({old})" if old is not None else "values that are not niche predictions"
+            )
             raise ValueError(
                 f"obs[{key_added!r}] holds {what} for {int(others.sum())} other observations, and this model "
                 f"predicts {list(names)}; one column cannot mix them. Pass key_added= another key."
