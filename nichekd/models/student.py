@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .._neighbors import Neighbourhoods, radius_neighbours
 from .._utils import resolve_device, seed_everything, versions
+from ._context import context_means, context_reach
 from ._position import RelativePositionEncoding
 
 ARCHITECTURES = ("transformer", "mlp")
@@ -51,20 +52,28 @@ class _TransformerStudent(nn.Module):
         n_layers: int,
         n_heads: int,
         dropout: float,
+        n_scales: int = 0,
     ):
         super().__init__()
         self.project = nn.Sequential(nn.Linear(n_features, d_model), nn.LayerNorm(d_model))
         self.position = RelativePositionEncoding(d_model, radius_um)
         self.centre = nn.Parameter(torch.zeros(d_model))  # tells the centre token apart from neighbours
+        # one learned embedding per context scale: the tokens of wider windows carry no offset
+        self.scale = nn.Parameter(torch.zeros(n_scales, d_model)) if n_scales else None
         layer = nn.TransformerEncoderLayer(
             d_model, n_heads, 2 * d_model, dropout, batch_first=True, norm_first=True
         )
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout), nn.Linear(d_model, n_niches))
 
-    def forward(self, x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         h = self.project(x) + self.position(offsets)
         h = torch.cat([h[:, :1] + self.centre, h[:, 1:]], dim=1)
+        if self.scale is not None:
+            h = torch.cat([h, self.project(context) + self.scale], dim=1)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], self.scale.shape[0])], dim=1)
         h = self.encoder(h, src_key_padding_mask=~mask)
         return self.head(h[:, 0])
 
@@ -72,10 +81,10 @@ class _TransformerStudent(nn.Module):
 class _MLPStudent(nn.Module):
     """MLP on ``[own, neighbourhood mean]`` features."""
 
-    def __init__(self, n_features: int, n_niches: int, hidden: int, dropout: float):
+    def __init__(self, n_features: int, n_niches: int, hidden: int, dropout: float, n_scales: int = 0):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(2 * n_features, hidden),
+            nn.Linear((2 + n_scales) * n_features, hidden),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(hidden, hidden),
@@ -84,10 +93,13 @@ class _MLPStudent(nn.Module):
             nn.Linear(hidden, n_niches),
         )
 
-    def forward(self, x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         w = mask.to(x.dtype)[..., None]
         mean = (x * w).sum(1) / w.sum(1).clamp_min(1.0)
-        return self.net(torch.cat([x[:, 0], mean], dim=1))
+        parts = [x[:, 0], mean] if context is None else [x[:, 0], mean, context.flatten(1)]
+        return self.net(torch.cat(parts, dim=1))
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float):
@@ -163,6 +175,10 @@ class NicheStudent:
         The ``histology_features`` parameters the features were computed with (replayed on new slides).
     features_key
         The ``obsm`` key the features were read from.
+    context_scales
+        Tissue context beyond the neighbourhood: per scale ``s``, the mean (reduced) feature of the cells in
+        a window of half-width ``s * radius_um`` becomes one more token (transformer) or input block (MLP).
+        ``()``: the neighbourhood only.
 
     Examples
     --------
@@ -192,6 +208,7 @@ class NicheStudent:
         n_components: int | None = 128,
         encoder: dict | None = None,
         features_key: str | None = None,
+        context_scales: Sequence[float] = (),
     ):
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}.")
@@ -220,6 +237,11 @@ class NicheStudent:
         self.n_components = None if n_components is None else int(n_components)
         self.encoder = dict(encoder or {})
         self.features_key = features_key
+        self.context_scales = tuple(float(c) for c in context_scales)
+        if any(not np.isfinite(c) or c <= 0 for c in self.context_scales):
+            raise ValueError(
+                f"context_scales must be positive multiples of the radius, got {context_scales}."
+            )
         self.n_features: int | None = None
         self.feature_mean: np.ndarray | None = None
         self.feature_std: np.ndarray | None = None
@@ -239,8 +261,20 @@ class NicheStudent:
                 self.n_layers,
                 self.n_heads,
                 self.dropout,
+                len(self.context_scales),
             )
-        return _MLPStudent(self.n_inputs, self.n_niches, self.hidden, self.dropout)
+        return _MLPStudent(self.n_inputs, self.n_niches, self.hidden, self.dropout, len(self.context_scales))
+
+    @property
+    def halo_um(self) -> float:
+        """Distance within which other cells can change a cell's prediction (neighbours and context)."""
+        return max(self.radius_um, context_reach(self.radius_um, self.context_scales))
+
+    def context(self, inputs: np.ndarray, xy: np.ndarray, groups: np.ndarray | None) -> torch.Tensor | None:
+        """``(N, S, n_inputs)`` context means of the network inputs, or ``None`` without context scales."""
+        if not self.context_scales:
+            return None
+        return torch.from_numpy(context_means(inputs, xy, self.radius_um, self.context_scales, groups))
 
     @property
     def n_inputs(self) -> int:
@@ -290,13 +324,15 @@ class NicheStudent:
             raise ValueError("views contain NaN or infinite values; recompute them.")
         return v
 
-    def _batch(self, feats: torch.Tensor, xy: np.ndarray, idx: np.ndarray, device: str):
-        """Gather one batch of tokens: features ``(B, M, D)``, offsets ``(B, M, 2)``, mask ``(B, M)``."""
+    def _batch(self, feats: torch.Tensor, xy: np.ndarray, idx: np.ndarray, device: str, ctx=None):
+        """Gather one batch: features ``(B, M, D)``, offsets ``(B, M, 2)``, mask ``(B, M)``, context
+        ``(B, S, D)`` or ``None``."""
         mask = idx >= 0
         safe = np.where(mask, idx, idx[:, :1])
         x = feats[torch.from_numpy(safe)]
         offsets = np.where(mask[..., None], xy[safe] - xy[idx[:, :1]], 0.0).astype(np.float32)
-        return x.to(device), torch.from_numpy(offsets).to(device), torch.from_numpy(mask).to(device)
+        c = None if ctx is None else ctx[torch.from_numpy(idx[:, 0])].to(device)
+        return x.to(device), torch.from_numpy(offsets).to(device), torch.from_numpy(mask).to(device), c
 
     def _fit_normalisation(self, x: np.ndarray, train: np.ndarray, rng: np.random.Generator) -> None:
         """Standardise on the training cells; reduce wide features to whitened principal components."""
@@ -343,6 +379,7 @@ class NicheStudent:
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         patience: int = 5,
+        min_epochs: int = 0,
         device: str = "auto",
         random_state: int = 0,
         progress: bool = True,
@@ -370,6 +407,9 @@ class NicheStudent:
             at least 32 steps; the size used is ``batch_size_used``.
         patience
             Stop after this many epochs without a better validation loss; the best weights are kept.
+        min_epochs
+            Epochs trained before validation may select or stop: the first epochs' under-confident models
+            can score a low validation loss yet predict niches poorly.
         device
             ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         random_state
@@ -408,7 +448,9 @@ class NicheStudent:
         rng = seed_everything(random_state)
         self._fit_normalisation(x, train, rng)
         nbrs = self.neighbourhoods(xy, groups)
-        feats = torch.from_numpy(self.transform(x))
+        inputs = self.transform(x)
+        feats = torch.from_numpy(inputs)
+        ctx = self.context(inputs, xy, groups)
         views = self._check_views(views, x)
         view_inputs = (
             None
@@ -439,18 +481,22 @@ class NicheStudent:
                 total = 0.0
                 for s in range(0, len(order), batch_size):
                     b = order[s : s + batch_size]
-                    xb, ob, mb = self._batch(epoch_feats, xy, nbrs.index[b], device)
-                    loss = distillation_loss(self.module(xb, ob, mb), target[b].to(device), self.temperature)
+                    xb, ob, mb, cb = self._batch(epoch_feats, xy, nbrs.index[b], device, ctx)
+                    loss = distillation_loss(
+                        self.module(xb, ob, mb, cb), target[b].to(device), self.temperature
+                    )
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                     total += float(loss.detach()) * len(b)
                 self.history["train_loss"].append(total / len(order))
                 if len(val_idx):
-                    logits = self._logits(feats, xy, nbrs, val_idx, device, 2048)
+                    logits = self._logits(feats, xy, nbrs, val_idx, device, 2048, ctx)
                     vl = float(distillation_loss(torch.from_numpy(logits), target[val_idx], self.temperature))
                     self.history["val_loss"].append(vl)
-                    if vl < best - 1e-5:
+                    if epoch + 1 < min_epochs:
+                        pass  # too early to select or stop
+                    elif vl < best - 1e-5:
                         best, since_best, self.best_epoch = vl, 0, epoch
                         best_state = copy.deepcopy(self.module.state_dict())
                     else:
@@ -475,14 +521,15 @@ class NicheStudent:
         idx: np.ndarray,
         device: str,
         batch_size: int,
+        ctx: torch.Tensor | None = None,
     ) -> np.ndarray:
         self.module.eval()
         out = np.empty((len(idx), self.n_niches), dtype=np.float32)
         with torch.no_grad():
             for s in range(0, len(idx), batch_size):
                 b = idx[s : s + batch_size]
-                xb, ob, mb = self._batch(feats, xy, nbrs.index[b], device)
-                out[s : s + len(b)] = self.module(xb, ob, mb).float().cpu().numpy()
+                xb, ob, mb, cb = self._batch(feats, xy, nbrs.index[b], device, ctx)
+                out[s : s + len(b)] = self.module(xb, ob, mb, cb).float().cpu().numpy()
         return out
 
     def predict_logits(
@@ -514,12 +561,15 @@ class NicheStudent:
         nbrs = self.neighbourhoods(xy, groups)
         versions_ = [x] if views is None else [x, *(views[:, v] for v in range(views.shape[1]))]
         with _deterministic():
-            logits = [
-                self._logits(
-                    torch.from_numpy(self.transform(f)), xy, nbrs, np.arange(len(x)), device, batch_size
+            logits = []
+            for f in versions_:
+                inputs = self.transform(f)
+                ctx = self.context(inputs, xy, groups)
+                logits.append(
+                    self._logits(
+                        torch.from_numpy(inputs), xy, nbrs, np.arange(len(x)), device, batch_size, ctx
+                    )
                 )
-                for f in versions_
-            ]
         if len(logits) == 1:
             return logits[0]
         proba = torch.softmax(torch.from_numpy(np.stack(logits)).double(), dim=2).mean(0)
@@ -588,6 +638,7 @@ class NicheStudent:
                 "features_key": self.features_key,
                 "n_features": self.n_features,
                 "n_components": self.n_components,
+                "context_scales": list(self.context_scales),
                 "history": self.history,
                 "best_epoch": self.best_epoch,
                 "versions": versions(),
@@ -652,6 +703,7 @@ class NicheStudent:
             n_components=cfg.get("n_components"),
             encoder=cfg.get("encoder"),
             features_key=cfg.get("features_key"),
+            context_scales=cfg.get("context_scales", ()),
         )
         model.n_features = int(cfg["n_features"])
         model.history = cfg.get("history", {"train_loss": [], "val_loss": []})
