@@ -212,8 +212,8 @@ def _merge(old: str, new: str) -> str:
         chunks = text.split("\n## ")
         return chunks[0], {c.split("\n", 1)[0]: "## " + c for c in chunks[1:]}
 
-    head, old_parts = parts(old)
-    _, new_parts = parts(new)
+    _, old_parts = parts(old)
+    head, new_parts = parts(new)
     merged = {**old_parts, **new_parts}
     return head + "\n" + "\n".join(merged.values())
 
