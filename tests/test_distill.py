@@ -131,6 +131,8 @@ def _few_train(t):
         (None, {"architecture": "cnn"}, "architecture"),
         (_nan_features, {}, "NaN"),
         (_few_train, {}, "training cells"),
+        (None, {"val_blocks": 0}, "val_blocks"),
+        (None, {"context_scales": (-1.0,)}, "context_scales"),
         (
             lambda t: t.obsm.__setitem__("teacher_niche_logits", np.zeros((t.n_obs, 3))),
             {},

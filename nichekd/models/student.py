@@ -7,6 +7,9 @@ Two architectures share one interface:
   niche out at the centre token;
 - ``"mlp"``: the fast path, an MLP on ``[own features, mean of neighbourhood features]``.
 
+Optionally (``context_scales``) both also see the tissue beyond the neighbourhood: the mean feature over
+windows several radii wide, one extra token (or input block) per scale.
+
 Features stay one ``(N, D)`` float32 array and neighbourhoods one ``(N, M)`` index; tokens are gathered per
 batch, so memory is ``O(N * (D + M))`` and a million cells fit.
 """

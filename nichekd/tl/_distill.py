@@ -340,6 +340,10 @@ def distill(
         )
     if max_neighbors is None:
         max_neighbors = int(np.ceil(2 * n_neighbors_target))
+    if int(val_blocks) < 1 or int(min_epochs) < 0:
+        raise ValueError(
+            f"val_blocks must be >= 1 (1: one band) and min_epochs >= 0, got {val_blocks} and {min_epochs}."
+        )
     val = validation_blocks(
         xy, np.flatnonzero(trainable), libs, val_fraction, np.random.default_rng(random_state), val_blocks
     )
