@@ -120,6 +120,8 @@ def st_mob(cache: Path | None, seeds) -> list[str]:
     _run(runs, "context tokens at 2x and 4x the neighbour radius", sdata, seeds,
          distill_kwargs={**cpu, "context_scales": (2.0, 4.0)}, **common)  # fmt: skip
     _run(runs, "MLP instead of transformer", sdata, seeds, distill_kwargs=cpu, architecture="mlp", **common)
+    _run(runs, "seed ensemble of 3 students (n_members=3)", sdata, seeds, distill_kwargs={**cpu, "n_members": 3},
+         **common)  # fmt: skip
     return ["## st_mob: leave one animal out (train MOB1-2, test MOB3-4, and the reverse)", "",
             f"K={K_MOB} batch-aware teacher on all sections jointly; EfficientNet-Lite0 features of "
             f"{PATCH_MOB_UM:.0f} um patches, standardised per section; seeds {list(seeds)}. Goal: ahead by "

@@ -227,3 +227,30 @@ def test_context_scales_train_save_and_load(architecture, tmp_path):
     )
     with pytest.raises(ValueError, match="context_scales"):
         NicheStudent(4, radius_um=45.0, context_scales=(0.0,))
+
+
+def test_seed_ensemble_averages_members_and_round_trips(tmp_path):
+    sdata = toy_tissue(n=800)
+    t = sdata.tables["table"]
+    single = distill(sdata, features_key="feats", architecture="mlp", key_added="one", **FAST)
+    model = distill(sdata, features_key="feats", architecture="mlp", n_members=2, key_added="two", **FAST)
+    assert t.uns["two"]["params"]["n_members"] == 2 and len(model.module.members) == 2
+    # member 0 is the single student of the same seed; the ensemble averages it with another seed's
+    xy = t.obsm["spatial"]
+    z = torch.from_numpy(model.transform(t.obsm["feats"]))
+    nb = model.neighbourhoods(xy)
+    args = (z, xy, nb, np.arange(t.n_obs), "cpu", 512)
+    member0 = model.module.members[0]
+    model.module, ens = member0, model.module
+    np.testing.assert_allclose(model._logits(*args), single._logits(*args), atol=1e-5)
+    model.module = ens
+    assert not np.allclose(t.obsm["two_proba"], t.obsm["one_proba"])
+    assert _test_accuracy(t, "two") > 0.85
+    model.save(tmp_path / "m")
+    loaded = NicheStudent.load(tmp_path / "m")
+    assert loaded.n_members == 2
+    np.testing.assert_allclose(
+        loaded.predict_proba(t.obsm["feats"], xy), model.predict_proba(t.obsm["feats"], xy), atol=1e-6
+    )
+    with pytest.raises(ValueError, match="n_members"):
+        NicheStudent(4, radius_um=45.0, n_members=0)

@@ -105,6 +105,20 @@ class _MLPStudent(nn.Module):
         return self.net(torch.cat(parts, dim=1))
 
 
+class _Ensemble(nn.Module):
+    """Members trained from different seeds; the log of their mean probabilities (a calibrated average)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x, offsets, mask, context=None) -> torch.Tensor:
+        proba = torch.stack([torch.softmax(m(x, offsets, mask, context), dim=1) for m in self.members]).mean(
+            0
+        )
+        return torch.log(proba.clamp_min(1e-12))
+
+
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float):
     """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over the batch.
 
@@ -182,6 +196,9 @@ class NicheStudent:
         Tissue context beyond the neighbourhood: per scale ``s``, the mean (reduced) feature of the cells in
         a window of half-width ``s * radius_um`` becomes one more token (transformer) or input block (MLP).
         ``()``: the neighbourhood only.
+    n_members
+        Members of a seed ensemble (seeds ``random_state``, ``random_state + 1``, ...): predictions average
+        their probabilities. Training time grows ``n_members``-fold.
 
     Examples
     --------
@@ -212,6 +229,7 @@ class NicheStudent:
         encoder: dict | None = None,
         features_key: str | None = None,
         context_scales: Sequence[float] = (),
+        n_members: int = 1,
     ):
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}.")
@@ -240,6 +258,9 @@ class NicheStudent:
         self.n_components = None if n_components is None else int(n_components)
         self.encoder = dict(encoder or {})
         self.features_key = features_key
+        if int(n_members) < 1:
+            raise ValueError(f"n_members must be at least 1, got {n_members}.")
+        self.n_members = int(n_members)
         self.context_scales = tuple(float(c) for c in context_scales)
         if any(not np.isfinite(c) or c <= 0 for c in self.context_scales):
             raise ValueError(
@@ -255,6 +276,11 @@ class NicheStudent:
 
     # -- construction ------------------------------------------------------------------------------------
     def _build(self) -> nn.Module:
+        if self.n_members == 1:  # a bare member: weights of single models keep their layout
+            return self._build_member()
+        return _Ensemble([self._build_member() for _ in range(self.n_members)])
+
+    def _build_member(self) -> nn.Module:
         if self.architecture == "transformer":
             return _TransformerStudent(
                 self.n_inputs,
@@ -466,52 +492,64 @@ class NicheStudent:
         self.batch_size_used = int(min(batch_size, max(MIN_BATCH, len(train_idx) // MIN_STEPS_PER_EPOCH)))
         batch_size = self.batch_size_used
 
+        members, first = [], None
         with _deterministic():
-            self.module = self._build().to(device)
-            opt = torch.optim.AdamW(self.module.parameters(), lr=lr, weight_decay=weight_decay)
-            self.history = {"train_loss": [], "val_loss": []}
-            best, best_state, since_best = np.inf, None, 0
-            bar = tqdm(range(int(epochs)), desc=f"distilling ({self.architecture})", disable=not progress)
-            for epoch in bar:
-                self.module.train()
-                epoch_feats = feats
-                if view_inputs is not None:  # one version per cell this epoch: 0 is the original
-                    pick = rng.integers(0, view_inputs.shape[1] + 1, len(x))
-                    aug = pick > 0
-                    epoch_feats = feats.clone()
-                    epoch_feats[aug] = torch.from_numpy(view_inputs[np.flatnonzero(aug), pick[aug] - 1])
-                order = rng.permutation(train_idx)
-                total = 0.0
-                for s in range(0, len(order), batch_size):
-                    b = order[s : s + batch_size]
-                    xb, ob, mb, cb = self._batch(epoch_feats, xy, nbrs.index[b], device, ctx)
-                    loss = distillation_loss(
-                        self.module(xb, ob, mb, cb), target[b].to(device), self.temperature
-                    )
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) * len(b)
-                self.history["train_loss"].append(total / len(order))
-                if len(val_idx):
-                    logits = self._logits(feats, xy, nbrs, val_idx, device, 2048, ctx)
-                    vl = float(distillation_loss(torch.from_numpy(logits), target[val_idx], self.temperature))
-                    self.history["val_loss"].append(vl)
-                    if epoch + 1 < min_epochs:
-                        pass  # too early to select or stop
-                    elif vl < best - 1e-5:
-                        best, since_best, self.best_epoch = vl, 0, epoch
-                        best_state = copy.deepcopy(self.module.state_dict())
+            for member in range(self.n_members):
+                if member:  # each member its own seed: initialisation, shuffling, dropout
+                    rng = seed_everything(random_state + member)
+                self.module = self._build_member().to(device)
+                opt = torch.optim.AdamW(self.module.parameters(), lr=lr, weight_decay=weight_decay)
+                self.history = {"train_loss": [], "val_loss": []}
+                best, best_state, since_best = np.inf, None, 0
+                bar = tqdm(range(int(epochs)), desc=f"distilling ({self.architecture})", disable=not progress)
+                for epoch in bar:
+                    self.module.train()
+                    epoch_feats = feats
+                    if view_inputs is not None:  # one version per cell this epoch: 0 is the original
+                        pick = rng.integers(0, view_inputs.shape[1] + 1, len(x))
+                        aug = pick > 0
+                        epoch_feats = feats.clone()
+                        epoch_feats[aug] = torch.from_numpy(view_inputs[np.flatnonzero(aug), pick[aug] - 1])
+                    order = rng.permutation(train_idx)
+                    total = 0.0
+                    for s in range(0, len(order), batch_size):
+                        b = order[s : s + batch_size]
+                        xb, ob, mb, cb = self._batch(epoch_feats, xy, nbrs.index[b], device, ctx)
+                        loss = distillation_loss(
+                            self.module(xb, ob, mb, cb), target[b].to(device), self.temperature
+                        )
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                        total += float(loss.detach()) * len(b)
+                    self.history["train_loss"].append(total / len(order))
+                    if len(val_idx):
+                        logits = self._logits(feats, xy, nbrs, val_idx, device, 2048, ctx)
+                        vl = float(
+                            distillation_loss(torch.from_numpy(logits), target[val_idx], self.temperature)
+                        )
+                        self.history["val_loss"].append(vl)
+                        if epoch + 1 < min_epochs:
+                            pass  # too early to select or stop
+                        elif vl < best - 1e-5:
+                            best, since_best, self.best_epoch = vl, 0, epoch
+                            best_state = copy.deepcopy(self.module.state_dict())
+                        else:
+                            since_best += 1
+                        bar.set_postfix(train=f"{self.history['train_loss'][-1]:.3f}", val=f"{vl:.3f}")
+                        if since_best >= patience:
+                            break
                     else:
-                        since_best += 1
-                    bar.set_postfix(train=f"{self.history['train_loss'][-1]:.3f}", val=f"{vl:.3f}")
-                    if since_best >= patience:
-                        break
-                else:
-                    self.best_epoch = epoch
-                    bar.set_postfix(train=f"{self.history['train_loss'][-1]:.3f}")
-            if best_state is not None:
-                self.module.load_state_dict(best_state)
+                        self.best_epoch = epoch
+                        bar.set_postfix(train=f"{self.history['train_loss'][-1]:.3f}")
+                if best_state is not None:
+                    self.module.load_state_dict(best_state)
+                members.append(self.module)
+                if first is None:
+                    first = (self.history, self.best_epoch)
+        # the history reported is the first member's (the only one without an ensemble)
+        self.history, self.best_epoch = first
+        self.module = members[0] if self.n_members == 1 else _Ensemble(members).to(device)
         self.module.eval()
         return self
 
@@ -642,6 +680,7 @@ class NicheStudent:
                 "n_features": self.n_features,
                 "n_components": self.n_components,
                 "context_scales": list(self.context_scales),
+                "n_members": self.n_members,
                 "history": self.history,
                 "best_epoch": self.best_epoch,
                 "versions": versions(),
@@ -707,6 +746,7 @@ class NicheStudent:
             encoder=cfg.get("encoder"),
             features_key=cfg.get("features_key"),
             context_scales=cfg.get("context_scales", ()),
+            n_members=cfg.get("n_members", 1),
         )
         model.n_features = int(cfg["n_features"])
         model.history = cfg.get("history", {"train_loss": [], "val_loss": []})
