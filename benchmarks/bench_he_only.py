@@ -24,7 +24,7 @@ def _case(name, train_sdata, image_path, mpp, out_dir, epochs=5):
     import nichekd as nk
     from nichekd._layout import get_table
 
-    nk.tl.teacher_niches(train_sdata, 4, random_state=0, progress=False)
+    nk.tl.teacher_niches(train_sdata, n_niches=4, random_state=0, progress=False)
     nk.pp.histology_features(train_sdata, backbone="stain", key_added="he")
     nk.pp.spatial_split(train_sdata, random_state=0)
     model = nk.tl.distill(train_sdata, features_key="he", architecture="mlp", epochs=epochs, progress=False)

@@ -102,3 +102,20 @@ def test_one_section_needs_blocks():
     sdata = _sections(n_sections=1, n=100)
     with pytest.raises(ValueError, match="folds='blocks'"):
         nk.tl.cross_validate(sdata, features_key="feats", progress=False)
+
+
+def test_fold_key_holds_out_groups_of_sections_and_scores_each():
+    sdata = _sections(n_sections=4, n=300)
+    t = sdata.tables["table"]
+    t.obs["animal"] = pd.Categorical(t.obs["library"].astype(str).map({"S0": "a", "S1": "a", "S2": "b",
+                                                                        "S3": "b"}))  # fmt: skip
+    df = nk.tl.cross_validate(sdata, features_key="feats", fold_key="animal", baselines=("kmeans",),
+                              neighbourhood_baselines=False, distill_kwargs=FAST, progress=False)  # fmt: skip
+    assert sorted({f for f, _ in df.index} - {"mean", "std"}) == ["S0", "S1", "S2", "S3"]
+    assert (df.drop(index=["mean", "std"], level="fold")["n_test"] == 300).all()
+    assert df.loc[("mean", "student"), "ari"] > 0.5
+    t.obs["mixed"] = np.where(np.arange(t.n_obs) % 2, "x", "y")
+    with pytest.raises(ValueError, match="span several values"):
+        nk.tl.cross_validate(sdata, features_key="feats", fold_key="mixed", progress=False)
+    with pytest.raises(KeyError, match="nope"):
+        nk.tl.cross_validate(sdata, features_key="feats", fold_key="nope", progress=False)

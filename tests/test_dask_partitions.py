@@ -97,14 +97,15 @@ def test_features_dask_bad_input_leaves_data_untouched(small):
     assert (set(table.obsm), set(table.uns)) == before
 
 
-def test_predict_dask_equals_predict_niches(small):
+@pytest.mark.parametrize("context_scales", [(), (1.0, 2.0)])  # context windows widen the halo
+def test_predict_dask_equals_predict_niches(small, context_scales):
     table = small.tables["table"]
     feats = np.asarray(table.obsm["he_features"])
     xy = np.asarray(table.obsm["spatial"])
     teacher = np.random.default_rng(0).normal(size=(table.n_obs, 3)).astype(np.float32)
     teacher += 3 * (xy[:, :1] > np.median(xy[:, 0]))  # a learnable spatial signal
     model = NicheStudent(
-        3, radius_um=40.0, architecture="mlp", features_key="he_features",
+        3, radius_um=40.0, architecture="mlp", features_key="he_features", context_scales=context_scales,
         encoder=dict(table.uns["he_features"]["params"]),  # the provenance prediction checks
     )  # fmt: skip
     model.fit(feats, teacher, xy, epochs=1, device="cpu", progress=False)

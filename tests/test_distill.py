@@ -131,6 +131,8 @@ def _few_train(t):
         (None, {"architecture": "cnn"}, "architecture"),
         (_nan_features, {}, "NaN"),
         (_few_train, {}, "training cells"),
+        (None, {"val_blocks": 0}, "val_blocks"),
+        (None, {"context_scales": (-1.0,)}, "context_scales"),
         (
             lambda t: t.obsm.__setitem__("teacher_niche_logits", np.zeros((t.n_obs, 3))),
             {},
@@ -148,3 +150,107 @@ def test_bad_input_raises_and_writes_nothing(change, kwargs, error):
     with pytest.raises((ValueError, KeyError), match=error):
         distill(sdata, **args)
     assert (set(t.obs.columns), set(t.obsm.keys()), set(t.uns.keys())) == before
+
+
+def test_validation_blocks_are_spread_coherent_and_sized():
+    from nichekd.tl._distill import validation_blocks
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 1000, (4000, 2))
+    libs = np.where(np.arange(4000) < 2000, "A", "B")
+    cand = np.flatnonzero(np.arange(4000) % 10 != 0)  # some cells are not candidates (e.g. test)
+    val = validation_blocks(xy, cand, libs, 0.1, np.random.default_rng(1), n_blocks=4)
+    assert not val[np.arange(4000) % 10 == 0].any()
+    for lib in ("A", "B"):
+        share = val[cand][libs[cand] == lib].mean()
+        assert 0.07 < share < 0.13, share
+        # several blocks in different places: the validation cells span more than one band in x and y
+        pts = xy[val & (libs == lib)]
+        assert np.ptp(pts[:, 0]) > 300 and np.ptp(pts[:, 1]) > 300
+    # spatially coherent: most validation cells' nearest candidate neighbours are validation cells too
+    from scipy.spatial import cKDTree
+
+    in_a = cand[libs[cand] == "A"]
+    _, j = cKDTree(xy[in_a]).query(xy[val & (libs == "A")], k=2)
+    assert val[in_a[j[:, 1]]].mean() > 0.6
+    np.testing.assert_array_equal(val, validation_blocks(xy, cand, libs, 0.1, np.random.default_rng(1)))
+
+
+def test_min_epochs_delays_model_selection():
+    sdata = toy_tissue(n=600)
+    t = sdata.tables["table"]
+    distill(sdata, features_key="feats", architecture="mlp", epochs=12, min_epochs=6, patience=1,
+            progress=False, device="cpu")  # fmt: skip
+    hist = t.uns["student_niche"]["history"]
+    assert hist["best_epoch"] >= 5 and len(hist["val_loss"]) >= 6
+    assert t.uns["student_niche"]["params"]["min_epochs"] == 6
+
+
+def test_context_means_match_a_direct_count_and_do_not_depend_on_far_cells():
+    from nichekd.models._context import context_means, context_reach
+
+    rng = np.random.default_rng(0)
+    x, xy = rng.normal(size=(3000, 4)), rng.uniform(0, 3000, (3000, 2))
+    ctx = context_means(x, xy, 50.0, (2.0, 4.0))
+    side = 2.0 * 50.0 / 2  # scale 2: half-width 100 um in bins of 50 um, a 5 x 5 bin window
+    b = np.floor(xy / side).astype(int)
+    for i in (0, 17, 2999):
+        near = (np.abs(b - b[i]) <= 2).all(1)
+        np.testing.assert_allclose(ctx[i, 0], x[near].mean(0), rtol=1e-5)
+    # a window never crosses groups
+    groups = np.where(xy[:, 0] < 1500, "a", "b")
+    g = context_means(x, xy, 50.0, (2.0,), groups)
+    i = int(np.flatnonzero((groups == "a") & (xy[:, 0] > 1450))[0])
+    near = (np.abs(b - b[i]) <= 2).all(1) & (groups == "a")
+    np.testing.assert_allclose(g[i, 0], x[near].mean(0), rtol=1e-5)
+    # a spatial crop with a halo of the reach gives the same numbers, bit for bit (dask partitions)
+    reach = context_reach(50.0, (2.0, 4.0))
+    sub = np.flatnonzero(np.abs(xy - 1500).max(1) < 1000)
+    inner = np.abs(xy[sub] - 1500).max(1) < 1000 - reach
+    np.testing.assert_array_equal(context_means(x[sub], xy[sub], 50.0, (2.0, 4.0))[inner], ctx[sub][inner])
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "transformer"])
+def test_context_scales_train_save_and_load(architecture, tmp_path):
+    sdata = toy_tissue()
+    t = sdata.tables["table"]
+    model = distill(sdata, features_key="feats", architecture=architecture, context_scales=(2.0, 4.0), **FAST)
+    assert model.context_scales == (2.0, 4.0) and model.halo_um > 4 * 45.0
+    assert t.uns["student_niche"]["params"]["context_scales"] == [2.0, 4.0]
+    assert _test_accuracy(t) > 0.85
+    model.save(tmp_path / "m")
+    loaded = NicheStudent.load(tmp_path / "m")
+    assert loaded.context_scales == (2.0, 4.0)
+    xy = t.obsm["spatial"]
+    np.testing.assert_allclose(
+        loaded.predict_proba(t.obsm["feats"], xy), model.predict_proba(t.obsm["feats"], xy), atol=1e-6
+    )
+    with pytest.raises(ValueError, match="context_scales"):
+        NicheStudent(4, radius_um=45.0, context_scales=(0.0,))
+
+
+def test_seed_ensemble_averages_members_and_round_trips(tmp_path):
+    sdata = toy_tissue(n=800)
+    t = sdata.tables["table"]
+    single = distill(sdata, features_key="feats", architecture="mlp", key_added="one", **FAST)
+    model = distill(sdata, features_key="feats", architecture="mlp", n_members=2, key_added="two", **FAST)
+    assert t.uns["two"]["params"]["n_members"] == 2 and len(model.module.members) == 2
+    # member 0 is the single student of the same seed; the ensemble averages it with another seed's
+    xy = t.obsm["spatial"]
+    z = torch.from_numpy(model.transform(t.obsm["feats"]))
+    nb = model.neighbourhoods(xy)
+    args = (z, xy, nb, np.arange(t.n_obs), "cpu", 512)
+    member0 = model.module.members[0]
+    model.module, ens = member0, model.module
+    np.testing.assert_allclose(model._logits(*args), single._logits(*args), atol=1e-5)
+    model.module = ens
+    assert not np.allclose(t.obsm["two_proba"], t.obsm["one_proba"])
+    assert _test_accuracy(t, "two") > 0.85
+    model.save(tmp_path / "m")
+    loaded = NicheStudent.load(tmp_path / "m")
+    assert loaded.n_members == 2
+    np.testing.assert_allclose(
+        loaded.predict_proba(t.obsm["feats"], xy), model.predict_proba(t.obsm["feats"], xy), atol=1e-6
+    )
+    with pytest.raises(ValueError, match="n_members"):
+        NicheStudent(4, radius_um=45.0, n_members=0)

@@ -284,8 +284,8 @@ def test_student_round_trip_is_exact(trained_student, tmp_path):
 
 @pytest.fixture(scope="module")
 def saved_teacher(tmp_path_factory):
-    sdata = nk.datasets.synthetic_tissue(n_cells=600, n_niches=3, seed=0, image=False, progress=False)
-    teacher = nk.tl.teacher_niches(sdata, 3, return_model=True, progress=False)
+    sdata = nk.datasets.synthetic_tissue(n_cells=600, n_niches=3, random_state=0, image=False, progress=False)
+    teacher = nk.tl.teacher_niches(sdata, n_niches=3, return_model=True, progress=False)
     return teacher, teacher.save(tmp_path_factory.mktemp("teacher") / "t")
 
 
@@ -480,7 +480,7 @@ def _store_ok(path: Path, marker: str) -> None:
 
 
 def test_failed_overwrite_keeps_the_previous_store(tmp_path):
-    sdata = nk.datasets.synthetic_tissue(n_cells=300, n_niches=3, seed=0, image=False, progress=False)
+    sdata = nk.datasets.synthetic_tissue(n_cells=300, n_niches=3, random_state=0, image=False, progress=False)
     t = sdata.tables["table"]
     store = tmp_path / "tissue.zarr"
     t.uns["marker"] = "first"
@@ -501,7 +501,7 @@ def test_failed_overwrite_keeps_the_previous_store(tmp_path):
 def test_ctrl_c_mid_write_keeps_the_previous_store(tmp_path, monkeypatch):
     import spatialdata as sd
 
-    sdata = nk.datasets.synthetic_tissue(n_cells=300, n_niches=3, seed=0, image=False, progress=False)
+    sdata = nk.datasets.synthetic_tissue(n_cells=300, n_niches=3, random_state=0, image=False, progress=False)
     sdata.tables["table"].uns["marker"] = "first"
     store = tmp_path / "tissue.zarr"
     nk.io.write(sdata, store)
@@ -635,8 +635,8 @@ def test_tta_averages_over_the_stored_views(trained_student):
 
 
 def test_tta_computes_the_views_distill_would_use():
-    sdata = nk.datasets.synthetic_tissue(n_cells=400, n_niches=3, seed=0, progress=False)
-    nk.tl.teacher_niches(sdata, 3, progress=False)
+    sdata = nk.datasets.synthetic_tissue(n_cells=400, n_niches=3, random_state=0, progress=False)
+    nk.tl.teacher_niches(sdata, n_niches=3, progress=False)
     nk.pp.histology_features(sdata, backbone="stain", key_added="he")
     nk.pp.augmented_features(sdata, features_key="he", n_views=4)
     model = distill(sdata, features_key="he", split_key=None, architecture="mlp", epochs=2, progress=False)
@@ -654,7 +654,7 @@ def test_st_mob_he_only_prediction_matches_the_training_neighbour_count(tmp_path
     from nichekd._layout import get_table, library_infos
 
     train = nk.datasets.st_mob(root, sections=("MOB1", "MOB2"))
-    nk.tl.teacher_niches(train, 4, progress=False)
+    nk.tl.teacher_niches(train, n_niches=4, progress=False)
     nk.pp.histology_features(train, backbone="stain", key_added="he")
     nk.pp.spatial_split(train)
     model = distill(train, features_key="he", architecture="mlp", epochs=2, progress=False)

@@ -7,6 +7,9 @@ Two architectures share one interface:
   niche out at the centre token;
 - ``"mlp"``: the fast path, an MLP on ``[own features, mean of neighbourhood features]``.
 
+Optionally (``context_scales``) both also see the tissue beyond the neighbourhood: the mean feature over
+windows several radii wide, one extra token (or input block) per scale.
+
 Features stay one ``(N, D)`` float32 array and neighbourhoods one ``(N, M)`` index; tokens are gathered per
 batch, so memory is ``O(N * (D + M))`` and a million cells fit.
 """
@@ -30,6 +33,7 @@ from tqdm.auto import tqdm
 from .. import _validate as _val
 from .._neighbors import Neighbourhoods, radius_neighbours
 from .._utils import resolve_device, seed_everything, versions
+from ._context import context_means, context_reach
 from ._integrity import arrays_digest, definition_digest, json_safe
 from ._position import RelativePositionEncoding
 
@@ -40,7 +44,7 @@ FORMAT_VERSION = 2
 # config fields that define what the model computes: covered by the definition checksum
 DEFINING_FIELDS = ("n_niches", "niche_names", "radius_um", "architecture", "max_neighbors", "temperature",
                    "d_model", "n_layers", "n_heads", "hidden", "dropout", "n_components", "n_features",
-                   "encoder", "features_key", "train_mean_neighbors")  # fmt: skip
+                   "encoder", "features_key", "train_mean_neighbors", "context_scales", "n_members")  # fmt: skip
 PCA_MAX_CELLS = 20_000
 MIN_STEPS_PER_EPOCH = 32
 MIN_BATCH = 32
@@ -58,20 +62,28 @@ class _TransformerStudent(nn.Module):
         n_layers: int,
         n_heads: int,
         dropout: float,
+        n_scales: int = 0,
     ):
         super().__init__()
         self.project = nn.Sequential(nn.Linear(n_features, d_model), nn.LayerNorm(d_model))
         self.position = RelativePositionEncoding(d_model, radius_um)
         self.centre = nn.Parameter(torch.zeros(d_model))  # tells the centre token apart from neighbours
+        # one learned embedding per context scale: the tokens of wider windows carry no offset
+        self.scale = nn.Parameter(torch.zeros(n_scales, d_model)) if n_scales else None
         layer = nn.TransformerEncoderLayer(
             d_model, n_heads, 2 * d_model, dropout, batch_first=True, norm_first=True
         )
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout), nn.Linear(d_model, n_niches))
 
-    def forward(self, x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         h = self.project(x) + self.position(offsets)
         h = torch.cat([h[:, :1] + self.centre, h[:, 1:]], dim=1)
+        if self.scale is not None:
+            h = torch.cat([h, self.project(context) + self.scale], dim=1)
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], self.scale.shape[0])], dim=1)
         h = self.encoder(h, src_key_padding_mask=~mask)
         return self.head(h[:, 0])
 
@@ -79,10 +91,10 @@ class _TransformerStudent(nn.Module):
 class _MLPStudent(nn.Module):
     """MLP on ``[own, neighbourhood mean]`` features."""
 
-    def __init__(self, n_features: int, n_niches: int, hidden: int, dropout: float):
+    def __init__(self, n_features: int, n_niches: int, hidden: int, dropout: float, n_scales: int = 0):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(2 * n_features, hidden),
+            nn.Linear((2 + n_scales) * n_features, hidden),
             nn.GELU(),
             nn.Dropout(dropout),
             nn.Linear(hidden, hidden),
@@ -91,10 +103,27 @@ class _MLPStudent(nn.Module):
             nn.Linear(hidden, n_niches),
         )
 
-    def forward(self, x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
         w = mask.to(x.dtype)[..., None]
         mean = (x * w).sum(1) / w.sum(1).clamp_min(1.0)
-        return self.net(torch.cat([x[:, 0], mean], dim=1))
+        parts = [x[:, 0], mean] if context is None else [x[:, 0], mean, context.flatten(1)]
+        return self.net(torch.cat(parts, dim=1))
+
+
+class _Ensemble(nn.Module):
+    """Members trained from different seeds; the log of their mean probabilities (a calibrated average)."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x, offsets, mask, context=None) -> torch.Tensor:
+        proba = torch.stack([torch.softmax(m(x, offsets, mask, context), dim=1) for m in self.members]).mean(
+            0
+        )
+        return torch.log(proba.clamp_min(1e-12))
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float):
@@ -155,6 +184,13 @@ class NicheStudent:
         The ``histology_features`` parameters the features were computed with (replayed on new slides).
     features_key
         The ``obsm`` key the features were read from.
+    context_scales
+        Tissue context beyond the neighbourhood: per scale ``s``, the mean (reduced) feature of the cells in
+        a window of half-width ``s * radius_um`` becomes one more token (transformer) or input block (MLP).
+        ``()``: the neighbourhood only.
+    n_members
+        Members of a seed ensemble (seeds ``random_state``, ``random_state + 1``, ...): predictions average
+        their probabilities. Training time grows ``n_members``-fold.
 
     Examples
     --------
@@ -184,6 +220,8 @@ class NicheStudent:
         n_components: int | None = 128,
         encoder: dict | None = None,
         features_key: str | None = None,
+        context_scales: Sequence[float] = (),
+        n_members: int = 1,
     ):
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}.")
@@ -212,6 +250,14 @@ class NicheStudent:
         self.n_components = None if n_components is None else int(n_components)
         self.encoder = dict(encoder or {})
         self.features_key = features_key
+        if int(n_members) < 1:
+            raise ValueError(f"n_members must be at least 1, got {n_members}.")
+        self.n_members = int(n_members)
+        self.context_scales = tuple(float(c) for c in context_scales)
+        if any(not np.isfinite(c) or c <= 0 for c in self.context_scales):
+            raise ValueError(
+                f"context_scales must be positive multiples of the radius, got {context_scales}."
+            )
         self.n_features: int | None = None
         self.feature_mean: np.ndarray | None = None
         self.feature_std: np.ndarray | None = None
@@ -224,6 +270,11 @@ class NicheStudent:
 
     # -- construction ------------------------------------------------------------------------------------
     def _build(self) -> nn.Module:
+        if self.n_members == 1:  # a bare member: weights of single models keep their layout
+            return self._build_member()
+        return _Ensemble([self._build_member() for _ in range(self.n_members)])
+
+    def _build_member(self) -> nn.Module:
         if self.architecture == "transformer":
             return _TransformerStudent(
                 self.n_inputs,
@@ -233,8 +284,20 @@ class NicheStudent:
                 self.n_layers,
                 self.n_heads,
                 self.dropout,
+                len(self.context_scales),
             )
-        return _MLPStudent(self.n_inputs, self.n_niches, self.hidden, self.dropout)
+        return _MLPStudent(self.n_inputs, self.n_niches, self.hidden, self.dropout, len(self.context_scales))
+
+    @property
+    def halo_um(self) -> float:
+        """Distance within which other cells can change a cell's prediction (neighbours and context)."""
+        return max(self.radius_um, context_reach(self.radius_um, self.context_scales))
+
+    def context(self, inputs: np.ndarray, xy: np.ndarray, groups: np.ndarray | None) -> torch.Tensor | None:
+        """``(N, S, n_inputs)`` context means of the network inputs, or ``None`` without context scales."""
+        if not self.context_scales:
+            return None
+        return torch.from_numpy(context_means(inputs, xy, self.radius_um, self.context_scales, groups))
 
     @property
     def n_inputs(self) -> int:
@@ -284,13 +347,15 @@ class NicheStudent:
             raise ValueError("views contain NaN or infinite values; recompute them.")
         return v
 
-    def _batch(self, feats: torch.Tensor, xy: np.ndarray, idx: np.ndarray, device: str):
-        """Gather one batch of tokens: features ``(B, M, D)``, offsets ``(B, M, 2)``, mask ``(B, M)``."""
+    def _batch(self, feats: torch.Tensor, xy: np.ndarray, idx: np.ndarray, device: str, ctx=None):
+        """Gather one batch: features ``(B, M, D)``, offsets ``(B, M, 2)``, mask ``(B, M)``, context
+        ``(B, S, D)`` or ``None``."""
         mask = idx >= 0
         safe = np.where(mask, idx, idx[:, :1])
         x = feats[torch.from_numpy(safe)]
         offsets = np.where(mask[..., None], xy[safe] - xy[idx[:, :1]], 0.0).astype(np.float32)
-        return x.to(device), torch.from_numpy(offsets).to(device), torch.from_numpy(mask).to(device)
+        c = None if ctx is None else ctx[torch.from_numpy(idx[:, 0])].to(device)
+        return x.to(device), torch.from_numpy(offsets).to(device), torch.from_numpy(mask).to(device), c
 
     def _fit_normalisation(self, x: np.ndarray, train: np.ndarray, rng: np.random.Generator) -> None:
         """Standardise on the training cells; reduce wide features to whitened principal components."""
@@ -337,6 +402,7 @@ class NicheStudent:
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         patience: int = 5,
+        min_epochs: int = 0,
         device: str = "auto",
         random_state: int = 0,
         progress: bool = True,
@@ -364,6 +430,9 @@ class NicheStudent:
             at least 32 steps; the size used is ``batch_size_used``.
         patience
             Stop after this many epochs without a better validation loss; the best weights are kept.
+        min_epochs
+            Epochs trained before validation may select or stop: the first epochs' under-confident models
+            can score a low validation loss yet predict niches poorly.
         device
             ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         random_state
@@ -408,7 +477,9 @@ class NicheStudent:
         self._fit_normalisation(x, train, rng)
         nbrs = self.neighbourhoods(xy, groups)
         self.train_mean_neighbors = float(nbrs.counts()[train].mean())
-        feats = torch.from_numpy(self.transform(x))
+        inputs = self.transform(x)
+        feats = torch.from_numpy(inputs)
+        ctx = self.context(inputs, xy, groups)
         views = self._check_views(views, x)
         view_inputs = (
             None
@@ -421,48 +492,64 @@ class NicheStudent:
         self.batch_size_used = int(min(batch_size, max(MIN_BATCH, len(train_idx) // MIN_STEPS_PER_EPOCH)))
         batch_size = self.batch_size_used
 
+        members, first = [], None
         with _deterministic():
-            self.module = self._build().to(device)
-            opt = torch.optim.AdamW(self.module.parameters(), lr=lr, weight_decay=weight_decay)
-            self.history = {"train_loss": [], "val_loss": []}
-            best, best_state, since_best = np.inf, None, 0
-            bar = tqdm(range(int(epochs)), desc=f"distilling ({self.architecture})", disable=not progress)
-            for epoch in bar:
-                self.module.train()
-                epoch_feats = feats
-                if view_inputs is not None:  # one version per cell this epoch: 0 is the original
-                    pick = rng.integers(0, view_inputs.shape[1] + 1, len(x))
-                    aug = pick > 0
-                    epoch_feats = feats.clone()
-                    epoch_feats[aug] = torch.from_numpy(view_inputs[np.flatnonzero(aug), pick[aug] - 1])
-                order = rng.permutation(train_idx)
-                total = 0.0
-                for s in range(0, len(order), batch_size):
-                    b = order[s : s + batch_size]
-                    xb, ob, mb = self._batch(epoch_feats, xy, nbrs.index[b], device)
-                    loss = distillation_loss(self.module(xb, ob, mb), target[b].to(device), self.temperature)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach()) * len(b)
-                self.history["train_loss"].append(total / len(order))
-                if len(val_idx):
-                    logits = self._logits(feats, xy, nbrs, val_idx, device, 2048)
-                    vl = float(distillation_loss(torch.from_numpy(logits), target[val_idx], self.temperature))
-                    self.history["val_loss"].append(vl)
-                    if vl < best - 1e-5:
-                        best, since_best, self.best_epoch = vl, 0, epoch
-                        best_state = copy.deepcopy(self.module.state_dict())
+            for member in range(self.n_members):
+                if member:  # each member its own seed: initialisation, shuffling, dropout
+                    rng = seed_everything(random_state + member)
+                self.module = self._build_member().to(device)
+                opt = torch.optim.AdamW(self.module.parameters(), lr=lr, weight_decay=weight_decay)
+                self.history = {"train_loss": [], "val_loss": []}
+                best, best_state, since_best = np.inf, None, 0
+                bar = tqdm(range(int(epochs)), desc=f"distilling ({self.architecture})", disable=not progress)
+                for epoch in bar:
+                    self.module.train()
+                    epoch_feats = feats
+                    if view_inputs is not None:  # one version per cell this epoch: 0 is the original
+                        pick = rng.integers(0, view_inputs.shape[1] + 1, len(x))
+                        aug = pick > 0
+                        epoch_feats = feats.clone()
+                        epoch_feats[aug] = torch.from_numpy(view_inputs[np.flatnonzero(aug), pick[aug] - 1])
+                    order = rng.permutation(train_idx)
+                    total = 0.0
+                    for s in range(0, len(order), batch_size):
+                        b = order[s : s + batch_size]
+                        xb, ob, mb, cb = self._batch(epoch_feats, xy, nbrs.index[b], device, ctx)
+                        loss = distillation_loss(
+                            self.module(xb, ob, mb, cb), target[b].to(device), self.temperature
+                        )
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                        total += float(loss.detach()) * len(b)
+                    self.history["train_loss"].append(total / len(order))
+                    if len(val_idx):
+                        logits = self._logits(feats, xy, nbrs, val_idx, device, 2048, ctx)
+                        vl = float(
+                            distillation_loss(torch.from_numpy(logits), target[val_idx], self.temperature)
+                        )
+                        self.history["val_loss"].append(vl)
+                        if epoch + 1 < min_epochs:
+                            pass  # too early to select or stop
+                        elif vl < best - 1e-5:
+                            best, since_best, self.best_epoch = vl, 0, epoch
+                            best_state = copy.deepcopy(self.module.state_dict())
+                        else:
+                            since_best += 1
+                        bar.set_postfix(train=f"{self.history['train_loss'][-1]:.3f}", val=f"{vl:.3f}")
+                        if since_best >= patience:
+                            break
                     else:
-                        since_best += 1
-                    bar.set_postfix(train=f"{self.history['train_loss'][-1]:.3f}", val=f"{vl:.3f}")
-                    if since_best >= patience:
-                        break
-                else:
-                    self.best_epoch = epoch
-                    bar.set_postfix(train=f"{self.history['train_loss'][-1]:.3f}")
-            if best_state is not None:
-                self.module.load_state_dict(best_state)
+                        self.best_epoch = epoch
+                        bar.set_postfix(train=f"{self.history['train_loss'][-1]:.3f}")
+                if best_state is not None:
+                    self.module.load_state_dict(best_state)
+                members.append(self.module)
+                if first is None:
+                    first = (self.history, self.best_epoch)
+        # the history reported is the first member's (the only one without an ensemble)
+        self.history, self.best_epoch = first
+        self.module = members[0] if self.n_members == 1 else _Ensemble(members).to(device)
         self.module.eval()
         return self
 
@@ -475,14 +562,15 @@ class NicheStudent:
         idx: np.ndarray,
         device: str,
         batch_size: int,
+        ctx: torch.Tensor | None = None,
     ) -> np.ndarray:
         self.module.eval()
         out = np.empty((len(idx), self.n_niches), dtype=np.float32)
         with torch.no_grad():
             for s in range(0, len(idx), batch_size):
                 b = idx[s : s + batch_size]
-                xb, ob, mb = self._batch(feats, xy, nbrs.index[b], device)
-                out[s : s + len(b)] = self.module(xb, ob, mb).float().cpu().numpy()
+                xb, ob, mb, cb = self._batch(feats, xy, nbrs.index[b], device, ctx)
+                out[s : s + len(b)] = self.module(xb, ob, mb, cb).float().cpu().numpy()
         return out
 
     def predict_logits(
@@ -514,12 +602,15 @@ class NicheStudent:
         nbrs = self.neighbourhoods(xy, groups)
         versions_ = [x] if views is None else [x, *(views[:, v] for v in range(views.shape[1]))]
         with _deterministic():
-            logits = [
-                self._logits(
-                    torch.from_numpy(self.transform(f)), xy, nbrs, np.arange(len(x)), device, batch_size
+            logits = []
+            for f in versions_:
+                inputs = self.transform(f)
+                ctx = self.context(inputs, xy, groups)
+                logits.append(
+                    self._logits(
+                        torch.from_numpy(inputs), xy, nbrs, np.arange(len(x)), device, batch_size, ctx
+                    )
                 )
-                for f in versions_
-            ]
         if len(logits) == 1:
             return logits[0]
         proba = torch.softmax(torch.from_numpy(np.stack(logits)).double(), dim=2).mean(0)
@@ -589,6 +680,8 @@ class NicheStudent:
                 "n_features": self.n_features,
                 "n_components": self.n_components,
                 "train_mean_neighbors": self.train_mean_neighbors,
+                "context_scales": list(self.context_scales),
+                "n_members": self.n_members,
                 "history": self.history,
                 "best_epoch": self.best_epoch,
                 "versions": versions(),
@@ -710,6 +803,8 @@ class NicheStudent:
                 n_components=cfg.get("n_components"),
                 encoder=cfg.get("encoder"),
                 features_key=cfg.get("features_key"),
+                context_scales=cfg.get("context_scales", ()),
+                n_members=cfg.get("n_members", 1),
             )
             model.n_features = int(cfg["n_features"])
         except (KeyError, TypeError, ValueError) as err:

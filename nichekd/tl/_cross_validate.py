@@ -60,6 +60,7 @@ def cross_validate(
     features_key: str | None = None,
     library_key: str = LIBRARY_KEY,
     folds: str = "libraries",
+    fold_key: str | None = None,
     n_blocks: int = 2,
     buffer_um: float | None = None,
     architecture: str = "transformer",
@@ -93,6 +94,10 @@ def cross_validate(
         ``"libraries"``: each section is held out once (needs at least 2 sections). ``"blocks"``: each block of
         an ``n_blocks`` x ``n_blocks`` grid over every section is held out once (for a single section), cells
         within ``buffer_um`` of the border dropped.
+    fold_key
+        With ``folds="libraries"``: an ``obs`` column grouping sections (e.g. ``"animal"``, ``"donor"``); each
+        value is held out once (all its sections together) and each held-out section is scored on its own
+        (rows named by section). ``None``: one section per fold.
     n_blocks
         Grid size per axis for ``folds="blocks"``.
     buffer_um
@@ -158,7 +163,22 @@ def cross_validate(
                 f"Only one section ({sections}) in obs[{library_key!r}]: nothing to leave out. Use "
                 "folds='blocks' to hold out spatial blocks of it."
             )
-        fold_labels = {s: np.where(libs == s, "test", "train").astype(object) for s in sections}
+        if fold_key is None:
+            fold_labels = {s: np.where(libs == s, "test", "train").astype(object) for s in sections}
+        else:
+            if fold_key not in adata.obs:
+                raise KeyError(f"No obs[{fold_key!r}] to group sections into folds; pass an existing column.")
+            fold_of = adata.obs[fold_key].astype(str).to_numpy()
+            split = pd.crosstab(libs, fold_of).gt(0).sum(1)
+            if (split > 1).any():
+                raise ValueError(
+                    f"Sections {split[split > 1].index.tolist()} span several values of obs[{fold_key!r}]; "
+                    "each section must belong to one fold."
+                )
+            values = list(pd.unique(fold_of))
+            if len(values) < 2:
+                raise ValueError(f"obs[{fold_key!r}] has one value ({values}): nothing to leave out.")
+            fold_labels = {v: np.where(fold_of == v, "test", "train").astype(object) for v in values}
     else:
         if int(n_blocks) < 2:
             raise ValueError(f"n_blocks must be at least 2, got {n_blocks}.")
@@ -201,20 +221,27 @@ def cross_validate(
         distill(work, teacher_key=teacher_key, features_key=features_key, split_key=_SPLIT,
                 architecture=architecture, random_state=random_state, key_added="_student",
                 library_key=library_key, **kwargs)  # fmt: skip
-        preds = {"student": work.obs["_student"].astype(str).to_numpy()[test]}
-        held = base[test].copy()
-        variants = [(m, False) for m in baselines]
-        if neighbourhood_baselines:
-            variants += [(m, True) for m in baselines if m != "teacher"]
-        for method, nbr in variants:
-            name = f"{method}_nbr" if nbr else method
-            histology_baseline(held, method=method, n_niches=k, features_key=features_key, neighbourhood=nbr,
-                               key_added="_baseline", library_key=library_key, random_state=random_state)  # fmt: skip
-            preds[name] = held.obs["_baseline"].astype(str).to_numpy()
-        y = truth[test]
-        for method, pred in preds.items():
-            rows.append({"fold": str(fold), "method": method, "ari": adjusted_rand_score(y, pred),
-                         "nmi": normalized_mutual_info_score(y, pred), "n_test": int(test.sum())})  # fmt: skip
+        student = work.obs["_student"].astype(str).to_numpy()
+        # a fold of several sections (fold_key) is scored section by section
+        scored = [(str(fold), test)] if fold_key is None else [
+            (s, test & (libs == s)) for s in pd.unique(libs[test])
+        ]  # fmt: skip
+        for name, cells in scored:
+            preds = {"student": student[cells]}
+            held = base[cells].copy()
+            variants = [(m, False) for m in baselines]
+            if neighbourhood_baselines:
+                variants += [(m, True) for m in baselines if m != "teacher"]
+            for method, nbr in variants:
+                bname = f"{method}_nbr" if nbr else method
+                histology_baseline(held, method=method, n_niches=k, features_key=features_key,
+                                   neighbourhood=nbr, key_added="_baseline", library_key=library_key,
+                                   random_state=random_state)  # fmt: skip
+                preds[bname] = held.obs["_baseline"].astype(str).to_numpy()
+            y = truth[cells]
+            for method, pred in preds.items():
+                rows.append({"fold": name, "method": method, "ari": adjusted_rand_score(y, pred),
+                             "nmi": normalized_mutual_info_score(y, pred), "n_test": int(cells.sum())})  # fmt: skip
     return summarise(pd.DataFrame(rows))
 
 

@@ -138,7 +138,7 @@ def predict_niches_dask(
     shared_model = dask.delayed(model, pure=True, traverse=False)
     tasks = []
     for core in parts:
-        rows = _dask.with_halo(xy, libs, core, model.radius_um)
+        rows = _dask.with_halo(xy, libs, core, model.halo_um)  # neighbours and context windows
         task = dask.delayed(_predict_partition, pure=True)(
             shared_model, feats[rows], xy[rows], libs[rows], len(core), batch_size, device
         )
