@@ -9,3 +9,4 @@ from ..models.encoders import list_backbones
 from ._augment import augmented_features
 from ._features_dask import histology_features_dask
 from ._units import set_units
+from ._bins import aggregate_bins
