@@ -156,7 +156,9 @@ def run_worker(args: Sequence[str], log_path: Path, timeout_s: float | None = No
     The child's output goes to ``log_path``; its whole-process peak resident memory comes from ``os.wait4``.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # this checkout's nichekd first (not an installed copy from another checkout)
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen([PYTHON, *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)

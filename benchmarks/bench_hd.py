@@ -103,6 +103,7 @@ def worker(n_tiles: int, grid_um: float | None, epochs: int, seed: int, store: P
     import torch
 
     import nichekd as nk
+    from nichekd._image import _level_arrays
 
     out: dict = {"n_tiles": n_tiles, "grid_um": grid_um, "epochs": epochs, "seed": seed, "error": None,
                  "threads": torch.get_num_threads()}  # fmt: skip
@@ -117,7 +118,7 @@ def worker(n_tiles: int, grid_um: float | None, epochs: int, seed: int, store: P
             sdata = tiled_kidney(n_tiles)
         table = sdata.tables["table"]
         out["n_bins"], out["n_genes"] = int(table.n_obs), int(table.n_vars)
-        out["image_px"] = [int(s) for s in sdata.images["kidney_he"]["scale0"]["image"].shape[1:]]
+        out["image_px"] = [int(s) for s in _level_arrays(sdata.images["kidney_he"])[0].shape[1:]]
         with stage("aggregate_16um"):
             nk.pp.aggregate_bins(sdata, bin_size_um=16)
         out["n_bins_16um"] = int(sdata.tables["square_016um"].n_obs)

@@ -11,9 +11,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .. import _elements, _image, _layout
-from . import _grid
 from .._utils import resolve_device, store_params
 from ..models import encoders as _enc
+from . import _grid
 
 # Settings that define the features: a cached result is reused only if all of them match.
 _SETTINGS = ("backbone", "weights", "checkpoint_path", "patch_size_um", "input_size", "mpp", "mean", "std",
