@@ -7,7 +7,7 @@ per-bin features on the untiled crop, and the student's ARI with each (written t
 
 **The stand-in.** A full HD capture area is 6.5 x 6.5 mm, ~660k 8 um bins under tissue. The public 1 mm^2
 kidney crop (15,611 bins, 2,012 genes, H&E at 2 um/px) is tiled 6 x 7 = 42 times (655,662 bins): each tile's
-bins are shifted by a whole number of array rows/columns (125) through the crop's own array-to-micron map, and
+bins are shifted by a whole number of array rows/columns (126) through the crop's own array-to-micron map, and
 its H&E is pasted at the same offset (rounded to the pixel, < 1 um), so bins, array indices and image agree as
 on one large section.
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 GRID = (6, 7)  # tile rows x columns: 42 tiles of 1 mm^2
-SHIFT_BINS = 125  # array rows/columns between tiles (the crop spans 125 bins; its image 125.2)
+SHIFT_BINS = 126  # array rows/columns between tiles (the crop spans 126 rows, 125 columns; its image 125.2 bins)
 PIPELINE = ("teacher", "features", "split", "distill", "baseline_kmeans", "baseline_leiden", "evaluate",
             "predict_he_only", "write_zarr")  # fmt: skip
 
