@@ -25,8 +25,8 @@ class GridReadout:
 def grid_nodes(centres_um: np.ndarray, grid_um: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The grid nodes around ``centres_um`` and each centre's 4 corners and bilinear weights.
 
-    Only nodes that are a corner of some centre's grid cell are returned, so the count follows the tissue, not
-    its bounding box.
+    Nodes lie at whole multiples of ``grid_um`` (microns); only those that are a corner of some centre's grid
+    cell are returned, so the count follows the tissue, not its bounding box.
 
     Parameters
     ----------
@@ -48,7 +48,9 @@ def grid_nodes(centres_um: np.ndarray, grid_um: float) -> tuple[np.ndarray, np.n
     if not np.isfinite(grid_um) or grid_um <= 0:
         raise ValueError(f"grid_um must be a positive number of microns, got {grid_um!r}.")
     xy = np.asarray(centres_um, dtype=float).reshape(-1, 2)
-    origin = xy.min(0)
+    # nodes at whole multiples of grid_um: the same nodes whatever subset of the section is encoded (dask
+    # partitions, a crop), so the features do not depend on it
+    origin = np.floor(xy.min(0) / grid_um) * grid_um
     u = (xy - origin) / grid_um
     ij = np.floor(u).astype(np.int64)
     f = (u - ij).astype(np.float32)
