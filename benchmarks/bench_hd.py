@@ -34,7 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 GRID = (6, 7)  # tile rows x columns: 42 tiles of 1 mm^2
-SHIFT_BINS = 126  # array rows/columns between tiles (the crop spans 126 rows, 125 columns; its image 125.2 bins)
+SHIFT_BINS = (
+    126  # array rows/columns between tiles (the crop spans 126 rows, 125 columns; its image 125.2 bins)
+)
 PIPELINE = ("teacher", "features", "split", "distill", "baseline_kmeans", "baseline_leiden", "evaluate",
             "predict_he_only", "write_zarr")  # fmt: skip
 

@@ -129,7 +129,11 @@ def aggregate_bins(
     for name, lib, f, shapes, element, xy in plans:
         a = arr[lib.rows]
         g = np.floor_divide(a, f)
-        keys, inverse = np.unique(g, axis=0, return_inverse=True)
+        # one integer per block (a 1-D unique is much faster than unique rows)
+        lo = g.min(0)
+        span = int(g[:, 1].max() - lo[1]) + 1
+        flat, inverse = np.unique((g[:, 0] - lo[0]) * span + (g[:, 1] - lo[1]), return_inverse=True)
+        keys = np.c_[flat // span + lo[0], flat % span + lo[1]]
         inverse = inverse.ravel()
         # array (col, row) -> shape units; each bin then says where the middle of its block is, and the new
         # centre is their mean (exact on one lattice, robust where sections were stitched)
