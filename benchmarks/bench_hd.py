@@ -349,7 +349,7 @@ def main() -> None:
     parser.add_argument(
         "--grid-um", type=float, default=32.0, help="feature grid spacing (0: one patch per bin)"
     )
-    parser.add_argument("--epochs", type=int, default=1, help="student epochs (fixed, no early stop)")
+    parser.add_argument("--epochs", type=int, default=1, help="student epochs (pipeline: fixed, no early stop)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=None, help="seconds")
     parser.add_argument("--agreement", action="store_true", help="grid vs per-bin features on the crop")
@@ -362,7 +362,7 @@ def main() -> None:
         return
     if args.agreement:
         data = _common.load_results("hd") or {}
-        data["agreement"] = agreement(seed=args.seed)
+        data["agreement"] = agreement(epochs=args.epochs, seed=args.seed)
         _common.save_results("hd", data)
     else:
         data = run(args.tiles, grid, args.epochs, args.seed, args.timeout)
