@@ -361,8 +361,9 @@ def main() -> None:
         worker(args.tiles, grid, args.epochs, args.seed, args.store)
         return
     if args.agreement:
-        data = _common.load_results("hd") or {}
-        data["agreement"] = agreement(epochs=args.epochs, seed=args.seed)
+        result = agreement(epochs=args.epochs, seed=args.seed)
+        data = _common.load_results("hd") or {}  # read after the run: other runs may have written meanwhile
+        data["agreement"] = result
         _common.save_results("hd", data)
     else:
         data = run(args.tiles, grid, args.epochs, args.seed, args.timeout)
