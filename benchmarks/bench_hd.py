@@ -98,7 +98,14 @@ def tiled_kidney(n_tiles: int = 42, data_dir: str | None = None):
     )  # fmt: skip
 
 
-def worker(n_tiles: int, grid_um: float | None, epochs: int, seed: int, store: Path) -> None:
+def worker(
+    n_tiles: int,
+    grid_um: float | None,
+    epochs: int,
+    seed: int,
+    store: Path,
+    architecture: str = "transformer",
+) -> None:
     """Run the pipeline once and emit per-stage numbers (after every stage, so a stopped run keeps them)."""
     import numpy as np
     import spatialdata as sd
@@ -108,7 +115,7 @@ def worker(n_tiles: int, grid_um: float | None, epochs: int, seed: int, store: P
     from nichekd._image import _level_arrays
 
     out: dict = {"n_tiles": n_tiles, "grid_um": grid_um, "epochs": epochs, "seed": seed, "error": None,
-                 "threads": torch.get_num_threads()}  # fmt: skip
+                 "threads": torch.get_num_threads(), "architecture": architecture}  # fmt: skip
 
     def record() -> None:
         out["stages"] = stage.records
@@ -134,7 +141,7 @@ def worker(n_tiles: int, grid_um: float | None, epochs: int, seed: int, store: P
         with stage("split"):
             nk.pp.spatial_split(sdata)
         with stage("distill"):
-            model = nk.tl.distill(sdata, features_key="he_features", architecture="transformer", epochs=epochs,
+            model = nk.tl.distill(sdata, features_key="he_features", architecture=architecture, epochs=epochs,
                                   patience=epochs, device="cpu", random_state=seed, progress=False)  # fmt: skip
         with stage("baseline_kmeans"):
             nk.tl.histology_baseline(sdata, method="kmeans", n_niches=5, features_key="he_features",
@@ -198,7 +205,6 @@ def agreement(grid_ums=(16.0, 32.0, 48.0), epochs: int = 10, seed: int = 0) -> d
     sdata = nk.datasets.visium_hd_kidney_crop()
     table = sdata.tables["table"]
     nk.tl.teacher_niches(sdata, 5, method="aggregate", random_state=seed, progress=False)
-    nk.pp.spatial_split(sdata)
     out: dict = {"n_bins": int(table.n_obs), "epochs": epochs, "seed": seed, "runs": {}}
     ref = None
     for g in (None, *grid_ums):
@@ -209,6 +215,7 @@ def agreement(grid_ums=(16.0, 32.0, 48.0), epochs: int = 10, seed: int = 0) -> d
         x = np.asarray(table.obsm[key], dtype=float)
         rec = {"seconds": sec, "patches": int(table.uns[key]["params"].get("grid_nodes", table.n_obs))}
         if ref is None:
+            nk.pp.spatial_split(sdata)  # the same split for every feature set (buffer: half the patch)
             ref = x
         else:
             keep = ref.std(0) > 1e-8
@@ -226,16 +233,24 @@ def agreement(grid_ums=(16.0, 32.0, 48.0), epochs: int = 10, seed: int = 0) -> d
     return out
 
 
-def run(n_tiles: int, grid_um: float | None, epochs: int, seed: int, timeout_s: float | None) -> dict:
+def run(
+    n_tiles: int,
+    grid_um: float | None,
+    epochs: int,
+    seed: int,
+    timeout_s: float | None,
+    architecture: str = "transformer",
+) -> dict:
     data = _common.load_results("hd") or {}
-    log = _common.WORK_DIR / f"hd_{n_tiles}.log"
-    store = _common.WORK_DIR / f"hd_{n_tiles}.zarr"
+    name = f"{n_tiles}_{architecture}"
+    log = _common.WORK_DIR / f"hd_{name}.log"
+    store = _common.WORK_DIR / f"hd_{name}.zarr"
     print(f"hd: {n_tiles} tiles (log {log})", flush=True)
     args = [str(Path(__file__).resolve()), "--worker", "--tiles", str(n_tiles), "--epochs", str(epochs),
-            "--seed", str(seed), "--store", str(store)] + ([] if grid_um is None else ["--grid-um", str(grid_um)])  # fmt: skip
+            "--seed", str(seed), "--store", str(store), "--architecture", architecture] + ([] if grid_um is None else ["--grid-um", str(grid_um)])  # fmt: skip
     res = _common.run_worker(args, log, timeout_s=timeout_s)
     res["machine"] = _common.machine()
-    data.setdefault("runs", {})[str(n_tiles)] = res
+    data.setdefault("runs", {})[name] = res
     _common.save_results("hd", data)
     return data
 
@@ -254,7 +269,12 @@ def report(data: dict | None) -> list[str]:
             "H&E-only prediction on an expression-free copy, zarr write. Time is wall clock, memory the "
             "resident-set peak (per step: high-water mark reset before the step; whole run: `ru_maxrss`).",
             "",
-            "| step | " + " | ".join(f"{r.get('n_bins', 0):,} bins: time / peak" for r in runs) + " |",
+            "| step | "
+            + " | ".join(
+                f"{r.get('n_bins', 0):,} bins, {r.get('architecture', 'transformer')}: time / peak"
+                for r in runs
+            )
+            + " |",
             "|---|" + "---|" * len(runs),
         ]
         names = ["build", "aggregate_16um", *PIPELINE, "read_zarr"]
@@ -293,7 +313,8 @@ def report(data: dict | None) -> list[str]:
             )
         lines.append("")
         for r in runs:
-            extra = [f"{r.get('n_tiles')} tiles", f"grid {r.get('grid_um')} um", f"{r.get('epochs')} epochs"]
+            extra = [f"{r.get('n_tiles')} tiles", f"grid {r.get('grid_um')} um",
+                     f"{r.get('architecture', 'transformer')} student, {r.get('epochs')} epochs"]  # fmt: skip
             if r.get("image_px"):
                 extra.append(f"image {r['image_px'][1]} x {r['image_px'][0]} px")
             if r.get("feature_patches"):
@@ -349,8 +370,13 @@ def main() -> None:
     parser.add_argument(
         "--grid-um", type=float, default=32.0, help="feature grid spacing (0: one patch per bin)"
     )
-    parser.add_argument("--epochs", type=int, default=1, help="student epochs (pipeline: fixed, no early stop)")
+    parser.add_argument(
+        "--epochs", type=int, default=1, help="student epochs (pipeline: fixed, no early stop)"
+    )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--architecture", default="transformer", choices=("transformer", "mlp"), help="student"
+    )
     parser.add_argument("--timeout", type=float, default=None, help="seconds")
     parser.add_argument("--agreement", action="store_true", help="grid vs per-bin features on the crop")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -358,7 +384,7 @@ def main() -> None:
     args = parser.parse_args()
     grid = args.grid_um if args.grid_um and args.grid_um > 0 else None
     if args.worker:
-        worker(args.tiles, grid, args.epochs, args.seed, args.store)
+        worker(args.tiles, grid, args.epochs, args.seed, args.store, args.architecture)
         return
     if args.agreement:
         result = agreement(epochs=args.epochs, seed=args.seed)
@@ -366,7 +392,7 @@ def main() -> None:
         data["agreement"] = result
         _common.save_results("hd", data)
     else:
-        data = run(args.tiles, grid, args.epochs, args.seed, args.timeout)
+        data = run(args.tiles, grid, args.epochs, args.seed, args.timeout, args.architecture)
     print("\n".join(report(data)))
 
 
