@@ -184,7 +184,7 @@ def report(data: dict | None) -> list[str]:
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {slope:.2f} |".replace("nan", "n/a"))
     totals = [pipeline_seconds(r) for r in runs]
     lines.append(
-        "| **pipeline (teacher to predict)** | "
+        "| **pipeline (teacher to zarr write)** | "
         + " | ".join(f"**{_common.fmt_seconds(t)}**" for t in totals)
         + f" | {_common.loglog_slope([r['n_cells'] for r in runs], totals):.2f} |".replace("nan", "n/a")
     )

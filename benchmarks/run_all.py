@@ -63,7 +63,7 @@ def scale_goal_section(data: dict | None) -> list[str]:
     if done:
         ok_t, ok_m = total < GOAL_MINUTES * 60, peak < GOAL_GB
         lines.append(
-            f"- {big['n_cells']:,} cells, teacher to predict: **{total / 60:.1f} min** (goal < {GOAL_MINUTES} min: "
+            f"- {big['n_cells']:,} cells, teacher to zarr write: **{total / 60:.1f} min** (goal < {GOAL_MINUTES} min: "
             f"{'met' if ok_t else '**missed**'}), whole-process peak **{peak:.1f} GB** (goal < {GOAL_GB} GB: "
             f"{'met' if ok_m else '**missed**'})."
         )
