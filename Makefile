@@ -18,7 +18,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[dev,notebooks,docs]" "$(TORCH)"
+	$(PIP) install -q -e ".[dev,notebooks,docs,scvi]" "$(TORCH)"
 	# timm declares torchvision, whose wheel would replace the torch build: nichekd never imports it
 	$(PIP) install -q --no-deps "timm>=1.0"
 	touch $(STAMP)

@@ -40,7 +40,7 @@ def run(n_cells: int = 20_000, partition_size: int = 5_000, workers: int = 2, se
     store = _common.WORK_DIR / f"dask_{n_cells}.zarr"
     shutil.rmtree(store, ignore_errors=True)
     store.parent.mkdir(parents=True, exist_ok=True)
-    nk.datasets.synthetic_tissue(n_cells, seed=seed, progress=False).write(store)
+    nk.datasets.synthetic_tissue(n_cells, random_state=seed, progress=False).write(store)
     sdata = sd.read_zarr(store)  # the image is now a lazy dask array over the zarr chunks
     table = sdata.tables["table"]
     out["image_chunks"] = [int(c) for c in sdata.images["synthetic_he"]["scale0"]["image"].data.chunksize]
@@ -50,12 +50,12 @@ def run(n_cells: int = 20_000, partition_size: int = 5_000, workers: int = 2, se
     nk.pp.histology_features(sdata, backbone="stain", key_added="he_features", device="cpu")
     out["features_single_s"] = time.perf_counter() - t0
     single_feats = np.asarray(table.obsm["he_features"]).copy()
-    nk.tl.teacher_niches(sdata, 5, random_state=seed, progress=False)
+    nk.tl.teacher_niches(sdata, n_niches=5, random_state=seed, progress=False)
     torch.set_num_threads(1)
     model = nk.tl.distill(sdata, features_key="he_features", architecture="transformer", split_key=None,
                           epochs=3, random_state=seed, device="cpu", progress=False)  # fmt: skip
     t0 = time.perf_counter()
-    nk.tl.predict_niches(sdata, model, key_added="single", device="cpu")
+    nk.tl.predict_niches(sdata, model=model, key_added="single", device="cpu")
     out["predict_single_cached_s"] = time.perf_counter() - t0
 
     with LocalCluster(

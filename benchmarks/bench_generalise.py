@@ -104,7 +104,9 @@ def _per_fold(df: pd.DataFrame) -> list[str]:
 def st_mob(cache: Path | None) -> list[str]:
     sdata = nk.datasets.st_mob()
     for bc in (True, False):
-        nk.tl.teacher_niches(sdata, K_MOB, batch_correct=bc, key_added=f"teacher_bc{int(bc)}", progress=False)
+        nk.tl.teacher_niches(
+            sdata, n_niches=K_MOB, batch_correct=bc, key_added=f"teacher_bc{int(bc)}", progress=False
+        )
     _features(sdata, "eff", "efficientnet_lite0", PATCH_MOB_UM, cache)
     _features(sdata, "eff_raw", "efficientnet_lite0", PATCH_MOB_UM, cache, standardize=None)
     _features(sdata, "stain", "stain", PATCH_MOB_UM, cache)
@@ -153,7 +155,9 @@ def kidney(cache: Path | None) -> list[str]:
     if "he_tissue" in t.obs:  # bins off the stained tissue have no morphology to learn from
         sdata.tables["table"] = t = t[t.obs["he_tissue"].astype(bool).to_numpy()].copy()
     for bc in (True,):
-        nk.tl.teacher_niches(sdata, K_KIDNEY, key_added="teacher_bc1", batch_correct=bc, progress=False)
+        nk.tl.teacher_niches(
+            sdata, n_niches=K_KIDNEY, key_added="teacher_bc1", batch_correct=bc, progress=False
+        )
     _features(sdata, "stain", "stain", 64.0, None if cache is None else cache / "kidney")
     runs: list[tuple[pd.DataFrame, pd.DataFrame]] = []
     cpu = {"device": "cpu"}

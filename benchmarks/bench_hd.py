@@ -133,7 +133,7 @@ def worker(
         out["n_bins_16um"] = int(sdata.tables["square_016um"].n_obs)
         del sdata.tables["square_016um"], sdata.shapes["kidney_square_016um"]
         with stage("teacher"):
-            nk.tl.teacher_niches(sdata, 5, method="aggregate", random_state=seed, progress=False)
+            nk.tl.teacher_niches(sdata, n_niches=5, method="aggregate", random_state=seed, progress=False)
         with stage("features"):
             nk.pp.histology_features(sdata, backbone="stain", key_added="he_features", device="cpu",
                                      grid_um=grid_um)  # fmt: skip
@@ -204,7 +204,7 @@ def agreement(grid_ums=(16.0, 32.0, 48.0), epochs: int = 10, seed: int = 0) -> d
 
     sdata = nk.datasets.visium_hd_kidney_crop()
     table = sdata.tables["table"]
-    nk.tl.teacher_niches(sdata, 5, method="aggregate", random_state=seed, progress=False)
+    nk.tl.teacher_niches(sdata, n_niches=5, method="aggregate", random_state=seed, progress=False)
     out: dict = {"n_bins": int(table.n_obs), "epochs": epochs, "seed": seed, "runs": {}}
     ref = None
     for g in (None, *grid_ums):

@@ -42,7 +42,7 @@ def _pipeline(sdata, k: int, seed: int, split: dict, standardize: str | None) ->
     import nichekd as nk
 
     table = sdata.tables["table"]
-    nk.tl.teacher_niches(sdata, k, method="aggregate", random_state=seed, progress=False)
+    nk.tl.teacher_niches(sdata, n_niches=k, method="aggregate", random_state=seed, progress=False)
     if "he_features" not in table.obsm:
         nk.pp.histology_features(
             sdata, backbone="stain", key_added="he_features", device="cpu", standardize=standardize
@@ -81,7 +81,7 @@ def run(seeds=(0, 1, 2), only: str | None = None) -> dict:
                 row = {"dataset": "synthetic", "mode": mode, "k": k, "n_cells": n_cells, "seed": seed}
                 try:
                     sdata = nk.datasets.synthetic_tissue(
-                        n_cells, n_niches=k, mode=mode, seed=seed, progress=False
+                        n_cells, n_niches=k, mode=mode, random_state=seed, progress=False
                     )
                     row["n_obs"] = sdata.tables["table"].n_obs
                     row.update(_pipeline(sdata, k, seed, {"method": "strips"}, None))

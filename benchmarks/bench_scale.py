@@ -53,12 +53,12 @@ def worker(n_cells: int, epochs: int, seed: int, threads: int, store: Path) -> N
     try:
         with stage("generate"):
             sdata = nk.datasets.synthetic_tissue(
-                n_cells, seed=seed, mpp=IMAGE_MPP, max_image_pixels=MAX_IMAGE_PIXELS, progress=False
+                n_cells, random_state=seed, mpp=IMAGE_MPP, max_image_pixels=MAX_IMAGE_PIXELS, progress=False
             )
         table = sdata.tables["table"]
         out["image_px"] = [int(s) for s in sdata.images["synthetic_he"]["scale0"]["image"].shape[1:]]
         with stage("teacher"):
-            nk.tl.teacher_niches(sdata, 5, method="aggregate", random_state=seed, progress=False)
+            nk.tl.teacher_niches(sdata, n_niches=5, method="aggregate", random_state=seed, progress=False)
         with stage("features"):
             nk.pp.histology_features(sdata, backbone="stain", key_added="he_features", device="cpu")
         with stage("features_cached"):
@@ -78,7 +78,7 @@ def worker(n_cells: int, epochs: int, seed: int, threads: int, store: Path) -> N
         with stage("distill_transformer"):
             model = nk.tl.distill(sdata, architecture="transformer", key_added="student_tf", **common)
         with stage("predict"):
-            nk.tl.predict_niches(sdata, model, key_added="predicted", device="cpu")
+            nk.tl.predict_niches(sdata, model=model, key_added="predicted", device="cpu")
         for method in ("kmeans", "leiden"):
             with stage(f"baseline_{method}"):
                 nk.tl.histology_baseline(sdata, method=method, n_niches=5, features_key="he_features",

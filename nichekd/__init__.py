@@ -1,7 +1,7 @@
 """nichekd: transcriptomics-grade tissue niches from plain H&E.
 
 >>> import nichekd as nk
->>> sdata = nk.datasets.synthetic_tissue(n_cells=5000, seed=0)
+>>> sdata = nk.datasets.synthetic_tissue(n_cells=5000, random_state=0)
 """
 
 from importlib.metadata import PackageNotFoundError, version

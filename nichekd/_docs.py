@@ -31,13 +31,34 @@ logits are read from ``obsm[f"{teacher_key}_proba"]`` / ``obsm[f"{teacher_key}_l
     "features_key": """\
 ``obsm`` key of the histology features (from :func:`nichekd.pp.histology_features`).""",
     "split_key": """\
-``obs`` column of the split (``"train"``, ``"test"``, ``"buffer"``; from :func:`nichekd.pp.spatial_split`).""",
+``obs`` column of the split (``"train"``, ``"test"``, ``"buffer"``; written by :func:`nichekd.pp.spatial_split`).""",
     "random_state": """\
 Seed: the same seed gives the same result.""",
     "device": """\
 Torch device: ``"auto"`` (CUDA, then Apple MPS, then CPU), ``"cpu"``, ``"cuda"``, ...""",
     "progress": """\
 Show progress bars.""",
+    "save": """\
+File to write the figure to (format from the extension).""",
+    "show": """\
+Show the figure; ``None`` shows it unless ``ax`` was given.""",
+    "figsize": """\
+Figure size in inches.""",
+    "coordinate_system": """\
+Coordinate system to work in (default: the one holding the spots' H&E image).""",
+    "microns_per_unit": """\
+Microns per unit of that coordinate system, where the object does not record it (see
+:func:`nichekd.pp.set_units`).""",
+    # several parameters at once: a placeholder on the line of the parameter names
+    "figure": """\
+ax
+    Axes to draw into (for spatial maps, one per library and key).
+save
+    File to write the figure to (format from the extension).
+show
+    Show the figure; ``None`` shows it unless ``ax`` was given.
+figsize
+    Figure size in inches.""",
     "copy": """\
 Return a modified copy of the table instead of writing into it (then ``None`` is returned).""",
 }

@@ -165,20 +165,17 @@ def _metadata(table: ad.AnnData, names: list[str]) -> dict:
     return {}
 
 
-def _visium_array_scale(table: ad.AnnData, rows: np.ndarray, centroids: np.ndarray) -> float | None:
-    """Microns per shape unit from Visium's spot array (``obs['array_row']``/``['array_col']``): neighbouring
-    spots of a row are 100 um apart (2 columns) and rows 100 * sqrt(3) / 2 um apart. ``None`` unless the
-    positions fit that lattice.
-
-    The array says Visium where a concatenation dropped the reader's metadata.
+def visium_array_scale(array_colrow: np.ndarray, xy: np.ndarray) -> float | None:
+    """Microns per unit of ``xy`` from Visium's spot array (``(array_col, array_row)`` per spot): neighbouring
+    spots of a row are 100 um apart (2 columns), rows 100 * sqrt(3) / 2 um apart. ``None`` unless the positions
+    fit that lattice (median deviation below 5%).
     """
     from scipy.spatial import cKDTree
 
-    if not {"array_row", "array_col"} <= set(table.obs.columns) or len(rows) < 3:
+    arr = np.asarray(array_colrow, dtype=float)[:5000]
+    xy = np.asarray(xy, dtype=float)[:5000]
+    if len(xy) < 3:
         return None
-    sub = np.arange(min(len(rows), 5000))
-    arr = table.obs[["array_col", "array_row"]].to_numpy(dtype=float)[rows][sub]
-    xy = centroids[sub]
     _, j = cKDTree(xy).query(xy, k=2)
     um = np.linalg.norm((arr - arr[j[:, 1]]) * [50.0, 50.0 * np.sqrt(3)], axis=1)
     units = np.linalg.norm(xy - xy[j[:, 1]], axis=1)
@@ -188,6 +185,14 @@ def _visium_array_scale(table: ad.AnnData, rows: np.ndarray, centroids: np.ndarr
     ratio = um[ok] / units[ok]
     med = float(np.median(ratio))
     return med if np.median(np.abs(ratio / med - 1)) < 0.05 else None
+
+
+def _visium_array_scale(table: ad.AnnData, rows: np.ndarray, centroids: np.ndarray) -> float | None:
+    """:func:`visium_array_scale` from the table's ``obs['array_col']``/``obs['array_row']``; the array says
+    Visium where a concatenation dropped the reader's metadata."""
+    if not {"array_row", "array_col"} <= set(table.obs.columns):
+        return None
+    return visium_array_scale(table.obs[["array_col", "array_row"]].to_numpy(dtype=float)[rows], centroids)
 
 
 def _spaceranger(table: ad.AnnData, names: list[str]) -> bool:
@@ -318,6 +323,15 @@ def _is_placeholder(sdata: Any, name: str) -> bool:
     return float(sub.std()) < 1e-3
 
 
+def _is_rgb(element: Any) -> bool:
+    """An RGB(A) image: 3 channels, or 4 channels of 8-bit values (RGBA PNGs as spatialdata-io reads them)."""
+    from . import _image
+
+    arr = _image._level_arrays(element)[0]
+    n = int(arr.sizes.get("c", 0))
+    return n == 3 or (n == 4 and arr.dtype == np.uint8)
+
+
 def _choose_image(
     sdata: Any, cs: str, xy_cs: np.ndarray, prefer: list[str], image_key: str | None
 ) -> tuple[str | None, list[str], str]:
@@ -348,6 +362,8 @@ def _choose_image(
         inside = ((xy_cs >= lo) & (xy_cs <= hi)).all(1).mean() if len(xy_cs) else 0.0
         if inside < _MIN_ON_IMAGE:
             off.append(f"{name!r} holds {inside:.0%}")
+            continue
+        if not _is_rgb(element):  # fluorescence (e.g. Xenium morphology) is no H&E
             continue
         if _is_placeholder(sdata, name):
             skipped.append(name)

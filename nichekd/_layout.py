@@ -223,6 +223,8 @@ def get_table(sdata, table_key: str = TABLE_KEY) -> ad.AnnData:
     """Return the table, or raise naming the tables that exist."""
     if isinstance(sdata, ad.AnnData):
         return sdata
+    if table_key == TABLE_KEY and table_key not in sdata.tables and len(sdata.tables) == 1:
+        return next(iter(sdata.tables.values()))  # e.g. spatialdata-io's Visium HD table "square_008um"
     if table_key not in sdata.tables:
         raise KeyError(
             f"No table {table_key!r} in the SpatialData object; it has {sorted(sdata.tables)}. "

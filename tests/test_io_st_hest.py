@@ -11,7 +11,7 @@ from fixtures_io import darkness, image_at
 from PIL import Image
 
 import nichekd as nk
-from nichekd._layout import library_infos
+from nichekd._elements import resolve
 
 
 def _mob(i: int = 1):
@@ -24,11 +24,14 @@ def test_read_st_mob1_counts_scale_and_tissue():
     sdata = nk.io.read_st(counts, spots, image)
     table = sdata.tables["table"]
     assert table.shape == (379, 1000)
-    info = library_infos(table)["MOB1"]
-    assert info.mpp == pytest.approx(6.3, abs=0.15)  # 200 um / ~31.7 px
-    assert info.diameter_um == 100.0
+    ctx = resolve(sdata)
+    lib = ctx.library("MOB1")
+    mpp = ctx.pyramid("MOB1").levels[0].mpp
+    assert mpp == pytest.approx(6.3, abs=0.15)  # 200 um / ~31.7 px
+    assert (lib.image, lib.microns_per_unit, lib.diameter_um, lib.technology) == ("MOB1_he", 1.0, 100.0, "st")
+    np.testing.assert_allclose(ctx.xy_um, table.obsm["spatial"])
     align = pd.read_csv(spots, sep="\t")
-    off = align[align["selected"] == 0][["pixel_x", "pixel_y"]].to_numpy() * info.mpp
+    off = align[align["selected"] == 0][["pixel_x", "pixel_y"]].to_numpy() * mpp
     on_dark = darkness(image_at(sdata, "MOB1", table.obsm["spatial"])).mean()
     assert on_dark > darkness(image_at(sdata, "MOB1", off)).mean() + 20
     raw = pd.read_csv(counts, sep="\t", index_col=0)
@@ -65,7 +68,9 @@ def test_st_mob_dataset():
     sdata = nk.datasets.st_mob(data_dir=root, sections=("MOB1", "MOB3"))
     table = sdata.tables["table"]
     assert table.n_obs == 379 + 438
-    assert sorted(library_infos(table)) == ["MOB1", "MOB3"]
+    ctx = resolve(sdata)
+    assert sorted(ctx.libraries) == ["MOB1", "MOB3"]
+    assert [ctx.library(s).image for s in ("MOB1", "MOB3")] == ["MOB1_he", "MOB3_he"]
     assert dict(table.obs.groupby("library", observed=True)["animal"].first()) == {"MOB1": "1", "MOB3": "2"}
     assert set(sdata.images) == {"MOB1_he", "MOB3_he"}
     with pytest.raises(ValueError, match="Unknown sections"):
@@ -80,8 +85,10 @@ def test_read_hest_row_column_convention():
         sdata = nk.io.read_hest(d / "NCBI858.h5ad", d / "NCBI858.jpg")
     table = sdata.tables["table"]
     assert table.shape == (200, 338)
-    info = library_infos(table)["NCBI858"]
-    assert info.kind == "cell" and info.diameter_um == 10.0 and info.mpp == pytest.approx(0.5)
+    ctx = resolve(sdata)
+    lib = ctx.library("NCBI858")
+    assert table.uns["spatial"]["NCBI858"]["metadata"]["kind"] == "cell" and lib.diameter_um == 10.0
+    assert ctx.pyramid("NCBI858").levels[0].mpp == pytest.approx(0.5) and lib.image == "NCBI858_he"
     raw = ad.read_h5ad(d / "NCBI858.h5ad")
     np.testing.assert_allclose(table.obsm["spatial"][:, 1], raw.obs["x_pixel"] * 0.5)  # x_pixel is the row
     img = np.asarray(Image.open(d / "NCBI858.jpg").convert("L"), dtype=float)
@@ -122,8 +129,9 @@ def test_visium_hd_kidney_crop_dataset():
     sdata = nk.datasets.visium_hd_kidney_crop(data_dir=root)
     table = sdata.tables["table"]
     assert table.shape == (15611, 2012)
-    info = library_infos(table)["kidney"]
-    assert info.mpp == pytest.approx(2.0, abs=0.01) and info.diameter_um == 8.0
+    ctx = resolve(sdata)
+    assert ctx.pyramid("kidney").levels[0].mpp == pytest.approx(2.0, abs=0.01)
+    assert ctx.library("kidney").diameter_um == 8.0
     dark = darkness(image_at(sdata, "kidney", table.obsm["spatial"]))
     tissue = table.obs["he_tissue"].to_numpy().astype(bool)
     assert dark[tissue].mean() > dark[~tissue].mean() + 20

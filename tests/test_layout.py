@@ -1,4 +1,4 @@
-"""The standard layout builder: element names, micron registration, uns record, errors."""
+"""The layout builder of nichekd's own readers: element names, micron registration, units in uns, errors."""
 
 import anndata as ad
 import numpy as np
@@ -7,6 +7,7 @@ import scipy.sparse as sp
 from spatialdata.transformations import get_transformation
 
 from nichekd import _layout as L
+from nichekd._elements import resolve
 
 
 def _adata(n=50, g=8):
@@ -16,15 +17,27 @@ def _adata(n=50, g=8):
 
 
 def test_build_library_layout():
-    img = np.zeros((600, 520, 3), np.uint8)
+    img = np.random.default_rng(1).integers(0, 255, (600, 520, 3), dtype=np.uint8)  # not a blank placeholder
     xy = np.random.default_rng(0).uniform(0, 250, size=(50, 2))
     s = L.build_library(_adata(), library="s1", xy_um=xy, diameter_um=10, kind="cell", image=img, mpp=0.5)
     assert set(s.images) == {"s1_he"} and set(s.shapes) == {"s1_cells"}
     t = L.get_table(s)
     assert list(t.obs[L.LIBRARY_KEY].unique()) == ["s1"]
     assert np.allclose(t.obsm[L.SPATIAL_KEY], xy)
-    info = L.library_infos(t)["s1"]
-    assert (info.image, info.shapes, info.mpp, info.kind) == ("s1_he", "s1_cells", 0.5, "cell")
+    assert t.uns["spatial"]["s1"] == {
+        "scalefactors": {"microns_per_pixel": 1.0, "spot_diameter_fullres": 10.0},
+        "metadata": {"technology": "unknown", "kind": "cell"},
+    }
+    ctx = resolve(s)
+    lib = ctx.library("s1")
+    assert (lib.image, lib.region, lib.coordinate_system, lib.microns_per_unit) == (
+        "s1_he",
+        "s1_cells",
+        "s1",
+        1.0,
+    )
+    assert lib.diameter_um == 10.0 and ctx.pyramid("s1").levels[0].mpp == 0.5
+    np.testing.assert_allclose(ctx.xy_um, xy)
     tr = get_transformation(s.images["s1_he"], to_coordinate_system="s1")
     assert np.allclose(tr.to_affine_matrix(("x", "y"), ("x", "y"))[:2, :2], np.eye(2) * 0.5)
     assert list(s.images["s1_he"].keys())[:2] == ["scale0", "scale1"]  # a pyramid
@@ -36,8 +49,12 @@ def test_library_without_image_round_trips(tmp_path):
 
     s = L.build_library(_adata(), library="s2", xy_um=np.zeros((50, 2)), diameter_um=55)
     s.write(tmp_path / "x.zarr")
-    info = L.library_infos(L.get_table(sd.read_zarr(tmp_path / "x.zarr")))["s2"]
-    assert info.image is None and info.mpp is None and info.diameter_um == 55
+    back = sd.read_zarr(tmp_path / "x.zarr")
+    lib = resolve(back).library("s2")
+    assert lib.image is None and lib.microns_per_unit == 1.0 and lib.diameter_um == 55
+    assert L.get_table(back).uns["spatial"]["s2"]["scalefactors"]["microns_per_pixel"] == 1.0
+    with pytest.raises(ValueError, match="has no H&E image"):
+        resolve(back).pyramid("s2")
 
 
 def test_bad_inputs():
@@ -59,5 +76,8 @@ def test_bad_inputs():
         L.build_library(a, library="s", xy_um=np.zeros((50, 2)), diameter_um=1, image=np.zeros((10, 10, 3)))
     with pytest.raises(KeyError, match="table_key"):
         L.get_table(L.build_library(a, library="s", xy_um=np.zeros((50, 2)), diameter_um=1), "nope")
-    with pytest.raises(KeyError, match="nichekd"):
-        L.library_infos(a)
+    # without the recorded units (uns['spatial']) a table's coordinates are never taken for microns
+    s = L.build_library(a, library="s", xy_um=np.zeros((50, 2)), diameter_um=1)
+    del s.tables["table"].uns["spatial"]
+    with pytest.raises(ValueError, match="microns_per_unit="):
+        resolve(s)

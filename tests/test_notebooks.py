@@ -95,6 +95,41 @@ def execute(path: Path, workdir: Path):
     return nb
 
 
+# notebooks that predict niches state a verdict (markdown "**Verdict:** ... student leads|ties|loses ...")
+# and print the computed one (nk.tl.verdict); they must agree, in order
+VERDICT_NOTEBOOKS = {"01_quickstart", "02_mouse_olfactory_bulb", "03_he_only", "paper_protocol"}
+_OUTCOME = re.compile(r"student (leads|ties|loses)")
+
+
+def verdicts(nb) -> tuple[list[str], list[str]]:
+    """``(stated, computed)`` outcomes: from markdown cells holding ``**Verdict:**`` and from printed
+    ``Verdict: the student ...`` lines of code outputs."""
+    stated, computed = [], []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and "**Verdict:**" in cell.source:
+            stated += _OUTCOME.findall(cell.source.split("**Verdict:**", 1)[1])[:1]
+        for out in cell.get("outputs", []):
+            text = out.get("text") or out.get("data", {}).get("text/plain", "")
+            for line in str(text).splitlines():
+                line = line.strip().strip("'\"")
+                if line.startswith("Verdict: the student"):
+                    computed += _OUTCOME.findall(line)[:1]
+    return stated, computed
+
+
+def test_verdicts_are_parsed():
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("**Verdict:** the student loses to Leiden here."),
+        nbformat.v4.new_code_cell(
+            "x", outputs=[nbformat.v4.new_output("stream", text="Verdict: the student leads on ARI")]
+        ),
+    ]
+    assert verdicts(nb) == (["loses"], ["leads"])
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path):
     from conftest import dataset_path
@@ -105,6 +140,10 @@ def test_notebook_runs(path, tmp_path):
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     assert sum(c.cell_type == "code" for c in nb.cells) >= 5
+    stated, computed = verdicts(nb)
+    if path.stem in VERDICT_NOTEBOOKS:
+        assert computed, f"{path.name} prints no verdict (nk.tl.verdict) under its table"
+    assert stated == computed, f"{path.name}: the text says the student {stated}, the tables say {computed}"
 
 
 def test_notebooks_are_stored_with_outputs_and_no_machine_paths():

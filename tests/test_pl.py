@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from matplotlib.collections import Collection
 from matplotlib.colors import to_rgba
+from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
 import nichekd as nk
 from nichekd._layout import build_library
@@ -54,12 +55,7 @@ def sdata():
     import spatialdata as sd
 
     parts = [_library("s1", 0), _library("s2", 1), _library("he", 2, he_only=True)]
-    libraries = {}
-    for p in parts:
-        libraries.update(p.tables["table"].uns["nichekd"]["libraries"])
-    out = sd.concatenate(parts, concatenate_tables=True)
-    out.tables["table"].uns["nichekd"] = {"libraries": libraries}
-    return out
+    return sd.concatenate(parts, concatenate_tables=True, uns_merge="unique")
 
 
 @pytest.fixture(autouse=True)
@@ -68,15 +64,29 @@ def _close_figures():
     plt.close("all")
 
 
-def _facecolours(ax) -> np.ndarray:
+def _drawn_colours(ax) -> np.ndarray:
+    """RGBA (0-1) of every shape patch and every image pixel on the axes (datashader draws an image)."""
     cols = [
         c.get_facecolors() for c in ax.collections if isinstance(c, Collection) and len(c.get_facecolors())
     ]
+    for im in ax.images:
+        arr = np.ma.getdata(im.get_array())
+        if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+            arr = arr.reshape(-1, arr.shape[-1])
+            arr = arr / 255.0 if arr.dtype == np.uint8 else arr
+            cols.append(np.c_[arr[:, :3], np.ones(len(arr))] if arr.shape[1] == 3 else arr)
     return np.concatenate(cols) if cols else np.empty((0, 4))
 
 
 def _has_colour(ax, colour: str) -> bool:
-    return bool(np.isclose(_facecolours(ax)[:, :3], to_rgba(colour)[:3], atol=0.01).all(1).any())
+    return bool(np.isclose(_drawn_colours(ax)[:, :3], to_rgba(colour)[:3], atol=0.01).all(1).any())
+
+
+def _scalebar(ax) -> tuple[str, float]:
+    """Label and length (in data units) of the panel's scale bar."""
+    bars = [a for a in ax.artists if isinstance(a, AnchoredSizeBar)]
+    assert len(bars) == 1, "one scale bar per panel"
+    return bars[0].txt_label.get_text(), bars[0].size_bar.get_children()[0].get_width()
 
 
 # ------------------------------------------------------------------------------------------------ palette
@@ -94,7 +104,7 @@ def test_palette_is_fixed_by_name_across_sets_and_orders():
 
 def test_set_niche_colors_shares_colours_between_keys(sdata):
     table = sdata.tables["table"]
-    mapping = nk.pl.set_niche_colors(table, ["teacher_niche", "student_niche"])
+    mapping = nk.pl.set_niche_colors(table, keys=["teacher_niche", "student_niche"])
     for key in ("teacher_niche", "student_niche"):
         cats = list(table.obs[key].cat.categories)
         assert [mapping[c] for c in cats] == table.uns[f"{key}_colors"]
@@ -105,31 +115,53 @@ def test_set_niche_colors_shares_colours_between_keys(sdata):
         zip(table.obs["student_niche"].cat.categories, table.uns["student_niche_colors"], strict=True)
     )
     assert teacher == student
-    custom = nk.pl.set_niche_colors(table, "teacher_niche", palette={"N1": "black"})
+    custom = nk.pl.set_niche_colors(table, keys="teacher_niche", palette={"N1": "black"})
     assert custom["N1"] == "#000000" and custom["N0"] == mapping["N0"]
     with pytest.raises(ValueError, match="colours"):
-        nk.pl.set_niche_colors(table, "teacher_niche", palette=["red"])
+        nk.pl.set_niche_colors(table, keys="teacher_niche", palette=["red"])
 
 
 # ------------------------------------------------------------------------------------------------ niche map
 
 
-@pytest.mark.parametrize("renderer", ["spatialdata_plot", "matplotlib"])
-def test_niche_map_draws_same_colours_in_every_panel(sdata, tmp_path, renderer):
+@pytest.mark.parametrize("method", ["matplotlib", "datashader"])
+def test_niche_map_draws_same_colours_in_every_panel(sdata, tmp_path, method):
     out = tmp_path / "map.png"
-    axes = nk.pl.niche_map(sdata, library="s1", renderer=renderer, show=False, save=out)
+    axes = nk.pl.niche_map(sdata, library="s1", method=method, show=False, save=out)
     assert isinstance(axes, list) and len(axes) == 2
     assert out.stat().st_size > 10_000
     pal = nk.pl.niche_palette(NICHES)
     for ax in axes:
         assert _has_colour(ax, pal["N0"]) and _has_colour(ax, pal["N3"])
         assert ax.images, "the H&E is drawn under the niches"
+        assert _scalebar(ax)[0] == "50 µm"
     assert _has_colour(axes[1], pal["N2"]) and not _has_colour(axes[0], pal["N2"])  # only the student has N2
+    if method == "datashader":  # rasterised: one image for the H&E, one for the spots, no patches
+        assert len(axes[0].images) == 2 and not any(len(c.get_facecolors()) > 50 for c in axes[0].collections)
     legend = axes[0].figure.legends[0]
     assert [t.get_text() for t in legend.get_texts()] == ["N0", "N1", "N2", "N3"]
     table = sdata.tables["table"]
     assert table.uns["teacher_niche_colors"] == [pal[c] for c in table.obs["teacher_niche"].cat.categories]
     assert table.uns["student_niche_colors"] == [pal[c] for c in table.obs["student_niche"].cat.categories]
+
+
+def test_niche_map_crops_to_the_tissue(sdata):
+    # the image reaches 420 um; spots of library s1 lie within 30-390 um (+ radius 15): the panel shows them,
+    # not the empty slide around them
+    xy = sdata.tables["table"].obsm["spatial"][sdata.tables["table"].obs["library"] == "s1"]
+    ax = nk.pl.niche_map(sdata, keys="teacher_niche", library="s1", show=False)
+    (x0, x1), (y1, y0) = ax.get_xlim(), ax.get_ylim()
+    assert y0 < y1, "y points down, as in the image"
+    lo, hi = xy.min(0) - 15, xy.max(0) + 15
+    assert x0 <= lo[0] and x1 >= hi[0] and y0 <= lo[1] and y1 >= hi[1]
+    margin = 0.1 * (hi - lo).max()
+    assert x0 >= lo[0] - margin and x1 <= hi[0] + margin and y0 >= lo[1] - margin and y1 <= hi[1] + margin
+
+
+def test_niche_map_large_panels_use_datashader(sdata, monkeypatch):
+    monkeypatch.setattr(_spatial, "DATASHADER_MIN_OBS", 50)  # the fixture's 100 spots count as large
+    ax = nk.pl.niche_map(sdata, keys="teacher_niche", library="s1", show=False)
+    assert len(ax.images) == 2 and _has_colour(ax, nk.pl.niche_palette(NICHES)["N0"])
 
 
 def test_niche_map_all_libraries_split_and_he_only_tiles(sdata):
@@ -144,41 +176,86 @@ def test_niche_map_all_libraries_split_and_he_only_tiles(sdata):
     assert _has_colour(axes[titles.index("he: student_niche")], nk.pl.niche_palette(NICHES)["N1"])
 
 
+@pytest.mark.parametrize("method", ["matplotlib", "datashader"])
+def test_niche_map_square_tiles(sdata, method):
+    # H&E-only predictions come as square tiles (polygons), not circles
+    import geopandas as gpd
+    import shapely
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity
+
+    circles = sdata.shapes["he_tiles"]
+    squares = shapely.box(
+        circles.geometry.x - 20, circles.geometry.y - 20, circles.geometry.x + 20, circles.geometry.y + 20
+    )
+    tiles = gpd.GeoDataFrame(geometry=squares, index=circles.index)
+    sdata.shapes["he_tiles"] = ShapesModel.parse(tiles, transformations={"he": Identity()})
+    ax = nk.pl.niche_map(sdata, keys="student_niche", library="he", method=method, show=False)
+    pal = nk.pl.niche_palette(NICHES)
+    assert all(_has_colour(ax, pal[n]) for n in NICHES)
+    assert _scalebar(ax)[0] == "50 µm"
+
+
 def test_niche_map_groups_and_bare_anndata(sdata):
     table = sdata.tables["table"]
-    ax = nk.pl.niche_map(table, "teacher_niche", library="s2", groups="N1", show=False)
+    ax = nk.pl.niche_map(table, keys="teacher_niche", library="s2", groups="N1", show=False)
     pal = nk.pl.niche_palette(NICHES)
     assert _has_colour(ax, pal["N1"]) and not _has_colour(ax, pal["N0"])
     assert [t.get_text() for t in ax.figure.legends[0].get_texts()] == ["N1", "other"]
+    # a table that records no units: the error names the argument, which then draws in those units
+    bare = ad.AnnData(
+        obs=table.obs[["teacher_niche"]].iloc[:100].copy(), obsm={"spatial": table.obsm["spatial"][:100] * 4}
+    )
+    with pytest.raises(ValueError, match="microns_per_unit="):
+        nk.pl.niche_map(bare, keys="teacher_niche", show=False)
+    ax = nk.pl.niche_map(bare, keys="teacher_niche", microns_per_unit=0.25, show=False)
+    assert _has_colour(ax, pal["N0"]) and not ax.images
+    assert _scalebar(ax) == ("50 µm", pytest.approx(200.0))  # 50 um = 200 units of 0.25 um
 
 
-def test_niche_map_falls_back_to_matplotlib(sdata, monkeypatch):
+def test_niche_map_leaves_the_elements_untouched(sdata):
+    from spatialdata.transformations import get_transformation
+
+    def registrations():
+        elements = {**sdata.images, **sdata.shapes}
+        return {name: get_transformation(el, get_all=True) for name, el in elements.items()}
+
+    before, spots = registrations(), sdata.shapes["s1_spots"].copy()
+    nk.pl.niche_map(sdata, library=["s1", "he"], method="datashader", show=False)
+    nk.pl.niche_map(sdata, library="s2", method="matplotlib", show=False)
+    assert registrations() == before
+    assert sdata.shapes["s1_spots"].geometry.geom_equals(spots.geometry).all()
+
+
+def test_niche_map_surfaces_spatialdata_plot_errors(sdata, monkeypatch):
+    import spatialdata_plot.pl.basic as basic
+
     def broken(*args, **kwargs):
-        raise ValueError("simulated spatialdata-plot failure")
+        raise RuntimeError("simulated spatialdata-plot failure")
 
-    monkeypatch.setattr(_spatial, "_draw_spatialdata_plot", broken)
-    ax = nk.pl.niche_map(sdata, "teacher_niche", library="s1", show=False)
-    assert _has_colour(ax, nk.pl.niche_palette(NICHES)["N0"]) and ax.images
+    monkeypatch.setattr(basic, "_render_shapes", broken)
+    with pytest.raises(RuntimeError, match="simulated spatialdata-plot failure"):  # no other renderer
+        nk.pl.niche_map(sdata, keys="teacher_niche", library="s1", show=False)
 
 
 def test_niche_map_user_axes_and_show(sdata, tmp_path):
     fig, axs = plt.subplots(1, 2)
     out = nk.pl.niche_map(sdata, library="s1", ax=axs, show=False)
     assert out == list(axs)
-    assert nk.pl.niche_map(sdata, "teacher_niche", library="s1", show=True) is None
+    assert nk.pl.niche_map(sdata, keys="teacher_niche", library="s1", show=True) is None
 
 
 def test_niche_map_rejects_bad_input_and_leaves_data_untouched(sdata):
     table = sdata.tables["table"]
     before_obs, before_uns = table.obs.copy(), set(table.uns)
     with pytest.raises(KeyError, match="no_such_key"):
-        nk.pl.niche_map(sdata, ["teacher_niche", "no_such_key"], show=False)
+        nk.pl.niche_map(sdata, keys=["teacher_niche", "no_such_key"], show=False)
     with pytest.raises(KeyError, match="library"):
         nk.pl.niche_map(sdata, library="nope", show=False)
     with pytest.raises(ValueError, match="groups"):
         nk.pl.niche_map(sdata, groups=["N9"], show=False)
     with pytest.raises(ValueError, match="numeric"):
-        nk.pl.niche_map(sdata, "student_niche_entropy", show=False)
+        nk.pl.niche_map(sdata, keys="student_niche_entropy", show=False)
     with pytest.raises(KeyError, match="image"):
         nk.pl.niche_map(sdata, image_key="missing_he", show=False)
     with pytest.raises(ValueError, match="extension"):
@@ -193,15 +270,54 @@ def test_niche_map_rejects_bad_input_and_leaves_data_untouched(sdata):
     assert set(table.uns) == before_uns
 
 
+@pytest.mark.realdata
+def test_niche_map_spatialdata_io_visium_in_pixels():
+    """A spatialdata-io Visium object, as read: drawn in full-resolution pixels, scale bar in microns."""
+    from conftest import dataset_path
+    from spatialdata.transformations import get_transformation
+
+    path = dataset_path("visium_tiny")
+    spatialdata_io = pytest.importorskip("spatialdata_io")
+    sdata = spatialdata_io.visium(path, dataset_id="tiny")
+    table = sdata.tables["table"]
+    table.obs["half"] = pd.Categorical(np.where(table.obs["array_col"] < 64, "left", "right"))
+    with pytest.warns(UserWarning, match="placeholder"):  # the all-black hires image is skipped
+        ax = nk.pl.niche_map(sdata, keys="half", show=False)
+    spots = sdata.shapes["tiny"]  # identity to the coordinate system 'tiny': full-resolution pixels
+    xy, radius = np.c_[spots.geometry.x, spots.geometry.y], float(spots["radius"].iloc[0])
+    (x0, x1), (y1, y0) = ax.get_xlim(), ax.get_ylim()
+    lo, hi = xy.min(0) - radius, xy.max(0) + radius
+    assert x0 <= lo[0] and x1 >= hi[0] and y0 <= lo[1] and y1 >= hi[1]  # every spot is in view
+    margin = 0.1 * (hi - lo).max()
+    assert x0 >= lo[0] - margin and x1 <= hi[0] + margin and y0 >= lo[1] - margin and y1 <= hi[1] + margin
+    assert len(ax.images) == 1 and np.ma.getdata(ax.images[0].get_array()).std() > 0.01  # the lowres H&E
+    pal = nk.pl.niche_palette(["left", "right"])
+    assert _has_colour(ax, pal["left"]) and _has_colour(ax, pal["right"])
+    label, length = _scalebar(ax)
+    value, unit = label.split()
+    assert unit in ("µm", "mm")
+    microns_per_pixel = 55.0 / (2 * radius)  # a Visium spot is 55 um wide
+    assert length * microns_per_pixel == pytest.approx(float(value) * (1000 if unit == "mm" else 1))
+    # another coordinate system, in lowres pixels (the shapes reach it through a scale): same view, scaled
+    scale = get_transformation(spots, to_coordinate_system="tiny_downscaled_lowres").scale[0]
+    low = nk.pl.niche_map(sdata, keys="half", coordinate_system="tiny_downscaled_lowres", show=False)
+    np.testing.assert_allclose(
+        np.r_[low.get_xlim(), low.get_ylim()], np.r_[ax.get_xlim(), ax.get_ylim()] * scale
+    )
+    label_low, length_low = _scalebar(low)
+    assert label_low == label and length_low == pytest.approx(length * scale)
+    assert _has_colour(low, pal["left"]) and _has_colour(low, pal["right"])
+
+
 # ------------------------------------------------------------------------------------------------ uncertainty
 
 
 def test_uncertainty_map(sdata, tmp_path):
     out = tmp_path / "entropy.pdf"
-    axes = nk.pl.uncertainty(sdata, show_split=True, show=False, save=out, renderer="matplotlib")
+    axes = nk.pl.uncertainty(sdata, show_split=True, show=False, save=out, method="matplotlib")
     assert len(axes) == 3 and out.exists()
     assert len(axes[0].figure.axes) == 4  # three panels and a colorbar
-    assert len(np.unique(_facecolours(axes[0]).round(3), axis=0)) > 20  # a continuous scale, not categories
+    assert len(np.unique(_drawn_colours(axes[0]).round(3), axis=0)) > 20  # a continuous scale, not categories
     with pytest.raises(ValueError, match="numeric"):
         nk.pl.uncertainty(sdata, key="teacher_niche", show=False)
     with pytest.raises(ValueError, match="colormap"):

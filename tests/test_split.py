@@ -92,3 +92,71 @@ def test_bad_input_raises_and_writes_nothing(kwargs, error):
     with pytest.raises((ValueError, KeyError), match=error):
         spatial_split(t, **kwargs)
     assert "split" not in t.obs and "split" not in t.uns
+
+
+def test_buffer_covers_the_widest_read_including_augmented_views():
+    t = _table(libraries=("A",))
+    t.uns["he"] = {"params": {"patch_size_um": 100.0, "mpp_used": {"A": 0.5}}}
+    spatial_split(t)
+    # half of (patch + 4 level pixels of resampling margin on each side)
+    assert t.uns["split"]["params"]["buffer_um"] == pytest.approx(50.0 + 4 * 0.5)
+    assert "he: " in t.uns["split"]["params"]["buffer_from"]
+    t.uns["he_aug"] = {"params": {"features_key": "he", "scales": [0.93, 1.08, 1.01]}}
+    spatial_split(t)
+    assert t.uns["split"]["params"]["buffer_um"] == pytest.approx((108.0 + 4.0) / 2)
+    assert "he_aug" in t.uns["split"]["params"]["buffer_from"]
+    spatial_split(t, features_key="other", buffer_um=10)  # given: used as is
+    assert t.uns["split"]["params"]["buffer_from"] == "given"
+
+
+def test_teacher_radius_beyond_the_gap_widens_the_buffer_or_warns():
+    t = _table(libraries=("A",))
+    t.uns["teacher_niche"] = {"params": {"radius_um": 150.0}}
+    spatial_split(t, buffer_um=30)
+    params = t.uns["split"]["params"]
+    assert params["buffer_um"] == 75.0 and params["teacher_guard_applied"] == "widen"
+    assert params["buffer_from"] == "teacher radius"
+    y = t.obsm["spatial"][:, 1]
+    lab = t.obs["split"].astype(str).to_numpy()
+    # train and test cells are now at least the teacher's radius apart
+    gap = np.abs(y[lab == "train"][:, None] - y[lab == "test"][None]).min()
+    assert gap >= 150.0
+    with pytest.warns(UserWarning, match="split_key='split'"):
+        spatial_split(t, buffer_um=30, teacher_guard="within")
+    assert t.uns["split"]["params"]["buffer_um"] == 30.0
+    assert t.uns["split"]["params"]["teacher_guard_applied"] == "within"
+    # a teacher already fitted within the split's sides needs neither
+    t.uns["teacher_niche"]["params"]["split_key"] = "split"
+    spatial_split(t, buffer_um=30)
+    assert t.uns["split"]["params"]["buffer_um"] == 30.0
+    spatial_split(t, buffer_um=80, teacher_key=None)
+    assert "teacher_guard_applied" not in t.uns["split"]["params"]  # None is not stored
+    with pytest.raises(ValueError, match="teacher_guard"):
+        spatial_split(t, buffer_um=30, teacher_guard="ignore")
+
+
+def test_teacher_within_split_sides_ignores_test_expression():
+    import nichekd as nk
+    from nichekd.models import NicheTeacher
+
+    sd = nk.datasets.synthetic_tissue(1500, n_niches=3, image=False, seed=0, progress=False)
+    t = sd["table"]
+    spatial_split(t, buffer_um=20, teacher_key=None)
+    test = (t.obs["split"] == "test").to_numpy()
+    teacher = NicheTeacher(3, split_key="split", progress=False).fit(t)
+    inputs = teacher.prepare(t)
+    idx = inputs.nbrs.index
+    side = t.obs["split"].astype(str).to_numpy()
+    ok = idx >= 0
+    assert (side[np.where(ok, idx, 0)] == side[:, None])[ok].all()  # neighbourhoods stay on their side
+    t2 = t.copy()
+    rng = np.random.default_rng(0)
+    x = t2.X.toarray() if hasattr(t2.X, "toarray") else np.array(t2.X)
+    x[test] = rng.poisson(2.0, size=(test.sum(), t2.n_vars))
+    t2.X = x.astype(np.float32)
+    other = NicheTeacher(3, split_key="split", progress=False).fit(t2)
+    np.testing.assert_array_equal(teacher.predict_proba(t)[~test], other.predict_proba(t2)[~test])
+    nk.tl.teacher_niches(t, n_niches=3, split_key="split", progress=False)
+    assert t.uns["teacher_niche"]["params"]["split_key"] == "split"
+    with pytest.raises(KeyError, match="spatial_split"):
+        NicheTeacher(3, split_key="nope", progress=False).fit(t)

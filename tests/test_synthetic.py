@@ -10,7 +10,8 @@ import pytest
 from scipy import sparse
 from scipy.spatial import cKDTree
 
-from nichekd._layout import library_infos, spatial_coords
+from nichekd._elements import resolve
+from nichekd._layout import spatial_coords
 from nichekd.datasets import synthetic_tissue
 
 N = 3000
@@ -18,12 +19,14 @@ N = 3000
 
 @pytest.fixture(scope="module")
 def cells():
-    return synthetic_tissue(N, n_niches=4, n_genes=60, seed=7, progress=False)
+    return synthetic_tissue(N, n_niches=4, n_genes=60, random_state=7, progress=False)
 
 
 @pytest.fixture(scope="module")
 def spots():
-    return synthetic_tissue(N, n_niches=4, n_genes=60, mode="spot", image=False, seed=7, progress=False)
+    return synthetic_tissue(
+        N, n_niches=4, n_genes=60, mode="spot", image=False, random_state=7, progress=False
+    )
 
 
 def _image(sdata, level: int = 0) -> np.ndarray:
@@ -33,6 +36,15 @@ def _image(sdata, level: int = 0) -> np.ndarray:
     return arr.values.transpose(1, 2, 0)
 
 
+def _record(sdata) -> tuple:
+    """(image, shapes, kind, microns per unit, diameter in um, image microns per pixel) of the one library."""
+    ctx = resolve(sdata)
+    lib = ctx.library("synthetic")
+    kind = ctx.table.uns["spatial"]["synthetic"]["metadata"]["kind"]
+    mpp = ctx.pyramid("synthetic").levels[0].mpp if lib.image is not None else None
+    return lib.image, lib.region, kind, lib.microns_per_unit, lib.diameter_um, mpp
+
+
 def test_layout_cell_mode(cells):
     from spatialdata.transformations import Identity, Scale, get_transformation
 
@@ -40,14 +52,7 @@ def test_layout_cell_mode(cells):
     assert set(cells.shapes) == {"synthetic_cells"}
     table = cells.tables["table"]
     assert table.n_obs == N and table.n_vars == 60
-    info = library_infos(table)["synthetic"]
-    assert (info.image, info.shapes, info.kind, info.mpp, info.diameter_um) == (
-        "synthetic_he",
-        "synthetic_cells",
-        "cell",
-        0.5,
-        10.0,
-    )
+    assert _record(cells) == ("synthetic_he", "synthetic_cells", "cell", 1.0, 10.0, 0.5)
     for key in ("true_niche", "cell_type", "region", "library"):
         assert isinstance(table.obs[key].dtype, pd.CategoricalDtype), key
     assert list(table.obs["true_niche"].cat.categories) == [f"niche_{k}" for k in range(4)]
@@ -70,7 +75,7 @@ def test_layout_cell_mode(cells):
 
 def test_uns_records_plain_parameters(cells):
     rec = cells.tables["table"].uns["synthetic"]
-    assert rec["seed"] == 7 and rec["n_cells"] == N and rec["mode"] == "cell" and rec["n_niches"] == 4
+    assert rec["random_state"] == 7 and rec["n_cells"] == N and rec["mode"] == "cell" and rec["n_niches"] == 4
     assert rec["image_mpp"] == 0.5 and rec["image_downscaled"] is False
 
     def plain(v):
@@ -94,16 +99,18 @@ def test_counts_are_sparse_nonnegative_integers(cells):
 
 
 def test_deterministic_and_seed_dependent(cells):
-    again = synthetic_tissue(N, n_niches=4, n_genes=60, seed=7, progress=False)
+    again = synthetic_tissue(N, n_niches=4, n_genes=60, random_state=7, progress=False)
     a, b = cells.tables["table"], again.tables["table"]
     assert (a.X != b.X).nnz == 0
     assert np.array_equal(a.obsm["spatial"], b.obsm["spatial"])
     assert a.obs["true_niche"].equals(b.obs["true_niche"]) and a.obs["cell_type"].equals(b.obs["cell_type"])
     assert np.array_equal(_image(cells), _image(again))
-    other = synthetic_tissue(N, n_niches=4, n_genes=60, seed=8, image=False, progress=False).tables["table"]
+    other = synthetic_tissue(N, n_niches=4, n_genes=60, random_state=8, image=False, progress=False).tables[
+        "table"
+    ]
     assert not np.array_equal(other.obsm["spatial"][:100], a.obsm["spatial"][:100])
     # the image stream is separate: skipping the image leaves the cells and counts unchanged
-    no_image = synthetic_tissue(N, n_niches=4, n_genes=60, seed=7, image=False, progress=False)
+    no_image = synthetic_tissue(N, n_niches=4, n_genes=60, random_state=7, image=False, progress=False)
     assert (no_image.tables["table"].X != a.X).nnz == 0
     assert not no_image.images
 
@@ -140,12 +147,11 @@ def test_niches_differ_in_composition_and_expression(cells):
 
 
 def test_spots_aggregate_the_cells_beneath(spots):
-    cell_table = synthetic_tissue(N, n_niches=4, n_genes=60, image=False, seed=7, progress=False).tables[
-        "table"
-    ]
+    cell_table = synthetic_tissue(
+        N, n_niches=4, n_genes=60, image=False, random_state=7, progress=False
+    ).tables["table"]
     table = spots.tables["table"]
-    info = library_infos(table)["synthetic"]
-    assert (info.kind, info.diameter_um, info.shapes, info.image) == ("spot", 55.0, "synthetic_spots", None)
+    assert _record(spots) == (None, "synthetic_spots", "spot", 1.0, 55.0, None)
     centres = spatial_coords(table)
     # 100 um hexagonal pitch
     d, _ = cKDTree(centres).query(centres, k=2)
@@ -189,12 +195,12 @@ def test_nuclei_darker_than_stroma(cells):
 
 
 def test_image_size_is_capped():
-    sdata = synthetic_tissue(2000, n_genes=20, max_image_pixels=300_000, seed=1, progress=False)
+    sdata = synthetic_tissue(2000, n_genes=20, max_image_pixels=300_000, random_state=1, progress=False)
     rec = sdata.tables["table"].uns["synthetic"]
     img = _image(sdata)
     assert img.shape[0] * img.shape[1] <= 300_000
     assert rec["image_downscaled"] is True and rec["image_mpp"] > 0.5
-    assert library_infos(sdata.tables["table"])["synthetic"].mpp == pytest.approx(rec["image_mpp"])
+    assert resolve(sdata).pyramid("synthetic").levels[0].mpp == pytest.approx(rec["image_mpp"])
     width_um, height_um = rec["tissue_size_um"]
     assert img.shape[1] * rec["image_mpp"] >= width_um and img.shape[0] * rec["image_mpp"] >= height_um
 
@@ -203,7 +209,9 @@ def test_zarr_round_trip(spots, tmp_path):
     from spatialdata import read_zarr
     from spatialdata.transformations import get_transformation
 
-    sdata = synthetic_tissue(1000, n_genes=20, mode="spot", max_image_pixels=400_000, seed=2, progress=False)
+    sdata = synthetic_tissue(
+        1000, n_genes=20, mode="spot", max_image_pixels=400_000, random_state=2, progress=False
+    )
     sdata.write(tmp_path / "syn.zarr")
     back = read_zarr(tmp_path / "syn.zarr")
     a, b = sdata.tables["table"], back.tables["table"]
@@ -216,7 +224,8 @@ def test_zarr_round_trip(spots, tmp_path):
     assert a.uns["synthetic"].keys() == b.uns["synthetic"].keys()
     for k, v in a.uns["synthetic"].items():
         assert np.array_equal(np.asarray(v), np.asarray(b.uns["synthetic"][k])), k
-    assert library_infos(a) == library_infos(b)
+    assert _record(sdata) == _record(back)
+    np.testing.assert_array_equal(resolve(sdata).xy_um, resolve(back).xy_um)
     levels = list(sdata.images["synthetic_he"].children)
     assert levels == list(back.images["synthetic_he"].children) and len(levels) >= 2
     for level in range(len(levels)):
@@ -240,7 +249,7 @@ def test_zarr_round_trip(spots, tmp_path):
         ({"mpp": -0.5}, ValueError, "mpp"),
         ({"mpp": float("nan")}, ValueError, "mpp"),
         ({"library_id": "a b"}, ValueError, "library_id"),
-        ({"seed": True}, TypeError, "seed"),
+        ({"random_state": True}, TypeError, "random_state"),
         ({"max_image_pixels": 100}, ValueError, "max_image_pixels"),
         ({"stain_variation": -0.1}, ValueError, "stain_variation"),
         ({"stain_variation": float("nan")}, ValueError, "stain_variation"),
@@ -257,7 +266,7 @@ def test_bad_parameters_raise(kwargs, error, match):
 @pytest.mark.slow
 def test_200k_cells_in_bounded_memory():
     tracemalloc.start()
-    sdata = synthetic_tissue(200_000, image=False, seed=0, progress=False)
+    sdata = synthetic_tissue(200_000, image=False, random_state=0, progress=False)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     table = sdata.tables["table"]
@@ -303,14 +312,14 @@ def test_strip_rendering_has_no_seams(cells, monkeypatch):
     from nichekd.datasets import _he_render
 
     monkeypatch.setattr(_he_render, "STRIP_ROWS", 97)
-    other = _image(synthetic_tissue(N, n_niches=4, n_genes=60, seed=7, progress=False)).astype(int)
+    other = _image(synthetic_tissue(N, n_niches=4, n_genes=60, random_state=7, progress=False)).astype(int)
     diff = np.abs(other - _image(cells).astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
 @pytest.fixture(scope="module")
 def clean_and_nuisance():
-    args = {"n_niches": 4, "n_genes": 30, "seed": 3, "progress": False}
+    args = {"n_niches": 4, "n_genes": 30, "random_state": 3, "progress": False}
     clean = synthetic_tissue(2000, stain_variation=0.0, artifacts=0.0, **args)
     noisy = synthetic_tissue(2000, stain_variation=0.4, artifacts=1.5, **args)
     return clean, noisy
@@ -348,6 +357,6 @@ def test_nuisance_adds_stain_variation_red_cells_and_tears(clean_and_nuisance):
 
 def test_nuisance_is_deterministic(clean_and_nuisance):
     _, noisy = clean_and_nuisance
-    again = synthetic_tissue(2000, n_niches=4, n_genes=30, seed=3, progress=False, stain_variation=0.4,
+    again = synthetic_tissue(2000, n_niches=4, n_genes=30, random_state=3, progress=False, stain_variation=0.4,
                              artifacts=1.5)  # fmt: skip
     assert np.array_equal(_image(again), _image(noisy))

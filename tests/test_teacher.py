@@ -43,14 +43,16 @@ def multi_library_tissue(n_per_lib=600, n_libs=2, n_niches=4, n_types=6, n_genes
     adata.obs["true_niche"] = pd.Categorical(np.concatenate(niche).astype(str))
     adata.obs["cell_type"] = pd.Categorical([f"T{i}" for i in t])
     adata.obsm["spatial"] = np.concatenate(xy)
-    nk.pp.set_units(adata, 1.0)  # coordinates in microns
+    nk.pp.set_units(adata, microns_per_unit=1.0)  # coordinates in microns
     return adata
 
 
 @pytest.fixture(scope="module")
 def tissue():
     """One synthetic section with known niches (nk.datasets.synthetic_tissue), table only."""
-    sdata = nk.datasets.synthetic_tissue(n_cells=3000, n_niches=5, image=False, seed=0, progress=False)
+    sdata = nk.datasets.synthetic_tissue(
+        n_cells=3000, n_niches=5, image=False, random_state=0, progress=False
+    )
     return sdata["table"]
 
 
@@ -65,7 +67,7 @@ def ari(a, b) -> float:
 
 def test_aggregate_recovers_true_niches_beyond_expression_only(tissue):
     adata = tissue.copy()
-    nk.tl.teacher_niches(adata, 5, progress=False)
+    nk.tl.teacher_niches(adata, n_niches=5, progress=False)
     score = ari(adata.obs["true_niche"], adata.obs["teacher_niche"])
     # the same latent clustered without neighbourhoods finds cell types, not niches
     teacher = NicheTeacher(5)
@@ -77,7 +79,7 @@ def test_aggregate_recovers_true_niches_beyond_expression_only(tissue):
 
 def test_outputs_layout_and_naming(tissue):
     adata = tissue.copy()
-    nk.tl.teacher_niches(adata, 5, key_added="tn", progress=False)
+    nk.tl.teacher_niches(adata, n_niches=5, key_added="tn", progress=False)
     proba, logits = adata.obsm["tn_proba"], adata.obsm["tn_logits"]
     assert proba.shape == (adata.n_obs, 5) and proba.dtype == np.float32
     np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
@@ -99,16 +101,18 @@ def test_outputs_layout_and_naming(tissue):
 
 def test_same_seed_same_labels_and_copy(tissue):
     a = tissue.copy()
-    out = nk.tl.teacher_niches(a, 4, copy=True, progress=False)
+    out = nk.tl.teacher_niches(a, n_niches=4, copy=True, progress=False)
     assert "teacher_niche" not in a.obs and "teacher_niche_proba" not in a.obsm
-    again = nk.tl.teacher_niches(a, 4, copy=True, progress=False)
+    again = nk.tl.teacher_niches(a, n_niches=4, copy=True, progress=False)
     assert (out.obs["teacher_niche"] == again.obs["teacher_niche"]).all()
     np.testing.assert_array_equal(out.obsm["teacher_niche_proba"], again.obsm["teacher_niche_proba"])
 
 
 def test_spatialdata_input_and_return_model():
-    sdata = nk.datasets.synthetic_tissue(n_cells=1500, n_niches=3, image=False, seed=1, progress=False)
-    teacher = nk.tl.teacher_niches(sdata, 3, return_model=True, progress=False)
+    sdata = nk.datasets.synthetic_tissue(
+        n_cells=1500, n_niches=3, image=False, random_state=1, progress=False
+    )
+    teacher = nk.tl.teacher_niches(sdata, n_niches=3, return_model=True, progress=False)
     assert isinstance(teacher, NicheTeacher)
     table = sdata["table"]
     assert "teacher_niche" in table.obs
@@ -143,7 +147,9 @@ def test_predict_on_new_data_needs_same_genes(small):
 
 def test_transformer_learns_niches(tissue):
     adata = tissue.copy()
-    nk.tl.teacher_niches(adata, 5, method="transformer", transformer_kwargs={"n_steps": 200}, progress=False)
+    nk.tl.teacher_niches(
+        adata, n_niches=5, method="transformer", transformer_kwargs={"n_steps": 200}, progress=False
+    )
     proba = adata.obsm["teacher_niche_proba"]
     np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
     assert "teacher_niche_logits" in adata.obsm
@@ -153,18 +159,18 @@ def test_transformer_learns_niches(tissue):
 
 def test_composition_and_labels_methods(small):
     a = small.copy()
-    nk.tl.teacher_niches(a, 4, method="composition", cell_type_key="cell_type", progress=False)
+    nk.tl.teacher_niches(a, n_niches=4, method="composition", cell_type_key="cell_type", progress=False)
     assert ari(a.obs["true_niche"], a.obs["teacher_niche"]) > 0.3  # measured ~0.5; chance 0
     # per-spot fractions in obsm work like obs cell types
     onehot = pd.get_dummies(a.obs["cell_type"]).astype(float)
     onehot.index = a.obs_names
     a.obsm["cell_type_fractions"] = onehot
     b = nk.tl.teacher_niches(
-        a, 4, method="composition", cell_type_key="cell_type_fractions", copy=True, progress=False
+        a, n_niches=4, method="composition", cell_type_key="cell_type_fractions", copy=True, progress=False
     )
     assert (b.obs["teacher_niche"] == a.obs["teacher_niche"]).all()
     nk.tl.teacher_niches(
-        a, None, method="labels", labels_key="true_niche", label_smoothing=0.2, key_added="lab"
+        a, n_niches=None, method="labels", labels_key="true_niche", label_smoothing=0.2, key_added="lab"
     )
     p = a.obsm["lab_proba"]
     assert "lab_logits" not in a.obsm
@@ -178,14 +184,14 @@ def test_use_rep_skips_normalisation(small):
     a = small.copy()
     a.obsm["features"] = np.random.default_rng(0).normal(size=(a.n_obs, 8)).astype(np.float32)
     a.X = a.X * -1.0  # would fail the count checks: use_rep must not touch X
-    nk.tl.teacher_niches(a, 3, use_rep="features", progress=False)
+    nk.tl.teacher_niches(a, n_niches=3, use_rep="features", progress=False)
     assert a.obsm["teacher_niche_proba"].shape == (a.n_obs, 3)
 
 
 def test_joint_fit_and_batch_correction():
     a = multi_library_tissue(shift=1.0, seed=3)
-    plain = nk.tl.teacher_niches(a, 4, copy=True, progress=False)
-    corrected = nk.tl.teacher_niches(a, 4, batch_correct=True, copy=True, progress=False)
+    plain = nk.tl.teacher_niches(a, n_niches=4, copy=True, progress=False)
+    corrected = nk.tl.teacher_niches(a, n_niches=4, batch_correct=True, copy=True, progress=False)
     assert corrected.uns["teacher_niche"]["params"]["batch_correct"] is True
 
     def per_library(x):
@@ -244,26 +250,26 @@ def test_bad_input_raises_and_leaves_data_untouched(small, mutate, kwargs, exc, 
     before = small.copy()
     kw = {"n_niches": 3, **kwargs}
     with pytest.raises(exc, match=match):
-        nk.tl.teacher_niches(small, kw.pop("n_niches"), progress=False, **kw)
+        nk.tl.teacher_niches(small, n_niches=kw.pop("n_niches"), progress=False, **kw)
     _assert_untouched(before, small)
 
 
 def test_small_library_and_k_per_library(small):
     a = small[np.r_[0:600, 600:605]].copy()  # library s1 keeps 5 cells
     with pytest.raises(ValueError, match="fewer than 10 cells"):
-        nk.tl.teacher_niches(a, 3, progress=False)
+        nk.tl.teacher_niches(a, n_niches=3, progress=False)
     b = small[np.r_[0:600, 600:615]].copy()  # s1 has 15 cells: K=20 exceeds it
     with pytest.raises(ValueError, match="larger than library 's1' allows"):
-        nk.tl.teacher_niches(b, 20, progress=False)
+        nk.tl.teacher_niches(b, n_niches=20, progress=False)
     assert "teacher_niche" not in a.obs and "teacher_niche" not in b.obs
 
 
 def test_labels_mismatch_and_missing():
     a = multi_library_tissue(n_per_lib=100)
     with pytest.raises(ValueError, match="pass n_niches=None"):
-        nk.tl.teacher_niches(a, 7, method="labels", labels_key="true_niche")
+        nk.tl.teacher_niches(a, n_niches=7, method="labels", labels_key="true_niche")
     a.obs["ann"] = a.obs["true_niche"].astype(object)
     a.obs.iloc[0, a.obs.columns.get_loc("ann")] = None
     with pytest.raises(ValueError, match="unlabelled"):
-        nk.tl.teacher_niches(a, None, method="labels", labels_key="ann")
+        nk.tl.teacher_niches(a, n_niches=None, method="labels", labels_key="ann")
     assert "teacher_niche" not in a.obs

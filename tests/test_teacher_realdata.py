@@ -26,7 +26,7 @@ def majority_agreement(labels: np.ndarray, xy: np.ndarray, libraries: np.ndarray
 def test_st_mob_joint_teacher_is_coherent_and_shared():
     dataset_path("st_mob")
     table = nk.datasets.st_mob()["table"]
-    nk.tl.teacher_niches(table, 4, batch_correct=True, progress=False)
+    nk.tl.teacher_niches(table, n_niches=4, batch_correct=True, progress=False)
     labels = table.obs["teacher_niche"].cat.codes.to_numpy()
     xy, libs = table.obsm["spatial"], table.obs["library"].to_numpy()
     coherent = majority_agreement(labels, xy, libs, radius=300.0)  # the 8 grid neighbours (200 um pitch)

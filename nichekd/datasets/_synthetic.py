@@ -64,7 +64,7 @@ def _validate(
         raise ValueError(
             f"library_id must be a non-empty string of letters, digits, '_', '-' or '.', got {library_id!r}."
         )
-    seed = _check_int("seed", seed, 0)
+    seed = _check_int("random_state", seed, 0)
     for name, value in (("stain_variation", stain_variation), ("artifacts", artifacts)):
         if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= MAX_NUISANCE[name]:
             raise ValueError(
@@ -101,7 +101,7 @@ def synthetic_tissue(
     library_id: str = "synthetic",
     stain_variation: float = 0.0,
     artifacts: float = 0.0,
-    seed: int = 0,
+    random_state: int = 0,
     progress: bool = True,
 ):
     """Simulate a tissue section with known niches, counts and an H&E-like image.
@@ -122,7 +122,7 @@ def synthetic_tissue(
     learns to ignore them.
 
     Cells are packed at about one per 110-190 um^2 (the density varies by niche); the section size follows
-    from ``n_cells``. Every random stream is derived from ``seed``: cells, types and counts do not depend
+    from ``n_cells``. Every random stream is derived from ``random_state``: cells, types and counts do not depend
     on ``mode``, ``image`` or ``mpp``, so ``mode="spot"`` aggregates exactly the cells of ``mode="cell"``.
 
     Parameters
@@ -165,7 +165,7 @@ def synthetic_tissue(
         is out of focus (Gaussian blur of 1.5 um), 5% is haemorrhage with red blood cells, folds (doubled
         tissue, 40 um wide) and tears (7 um cracks) come at 0.4 per mm^2 each (at least one of each), and
         camera fields vignette by up to 8%. Areas and rates scale with it; ``0`` disables all of them.
-    seed
+    random_state
         Seed of every random draw: the same seed gives identical counts, coordinates and image.
     progress
         Show progress bars for large sections.
@@ -181,7 +181,7 @@ def synthetic_tissue(
     Examples
     --------
     >>> import nichekd as nk
-    >>> sdata = nk.datasets.synthetic_tissue(5_000, n_niches=4, seed=1)
+    >>> sdata = nk.datasets.synthetic_tissue(5_000, n_niches=4, random_state=1)
     >>> table = sdata.tables["table"]
     >>> table.obs["true_niche"].value_counts()  # doctest: +SKIP
     >>> spots = nk.datasets.synthetic_tissue(20_000, mode="spot", image=False)
@@ -196,7 +196,7 @@ def synthetic_tissue(
         mpp,
         max_image_pixels,
         library_id,
-        seed,
+        random_state,
         stain_variation,
         artifacts,
     )
@@ -295,7 +295,7 @@ def synthetic_tissue(
     table = sdata.tables[TABLE_KEY]
     table.uns["synthetic"] = {
         "generator_version": GENERATOR_VERSION,
-        "seed": seed,
+        "random_state": seed,
         "mode": mode,
         "n_cells": n_cells,
         "n_obs": int(table.n_obs),

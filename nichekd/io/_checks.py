@@ -165,3 +165,33 @@ def check_min_obs(n: int, source: Any, minimum: int = 1) -> None:
     """Raise if fewer than ``minimum`` observations remain."""
     if n < minimum:
         raise ValueError(f"{source} has {n} observations after filtering; at least {minimum} are needed.")
+
+
+def check_image_holds_observations(sdata: Any, table_key: str, source: str | Path) -> None:
+    """Raise unless every library of a freshly read object has a usable H&E image under its spots/cells.
+
+    The image is chosen as every nichekd function chooses it (:func:`nichekd._elements.resolve`: the finest
+    non-placeholder image of the coordinate system that holds the observations), so a reader fails here, naming
+    the files, instead of a later step failing to find an image. Objects without any image pass (e.g. Xenium
+    cells read without their H&E).
+    """
+    from .. import _elements
+
+    images = sorted(getattr(sdata, "images", {}) or {})
+    if not images:
+        return
+    ctx = _elements.resolve(sdata, table_key=table_key)
+    missing = [name for name, lib in ctx.libraries.items() if lib.image is None]
+    if not missing:
+        return
+    blank = [name for name in images if _elements._is_placeholder(sdata, name)]
+    if len(blank) == len(images):
+        raise ValueError(
+            f"Every H&E image read from {source} is blank (constant placeholder pixels): {blank}. Provide the "
+            "real tissue image (e.g. fullres_image=)."
+        )
+    raise ValueError(
+        f"The positions of library {missing[0]!r} fall outside the image(s) {images} read from {source} (or "
+        "only on blank placeholders); the positions and images do not match: wrong image, wrong scale factor "
+        "(tissue_hires_scalef / tissue_lowres_scalef), wrong alignment, or x/y swapped."
+    )

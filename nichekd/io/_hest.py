@@ -9,6 +9,7 @@ from typing import Literal
 import anndata as ad
 import numpy as np
 
+from .._elements import VISIUM_SPOT_UM
 from .._layout import build_library
 from ._checks import (
     check_counts,
@@ -21,7 +22,6 @@ from ._checks import (
 )
 
 XENIUM_CELL_UM = 10.0
-VISIUM_SPOT_UM = 55.0
 # HEST-1k metadata keys holding microns per pixel of the full-resolution image, most trusted first
 _MPP_KEYS = ("pixel_size_um_embedded", "pixel_size_um_estimated", "pixel_size_um", "mpp")
 
@@ -66,6 +66,9 @@ def read_anndata_image(
 ):
     """Pair an AnnData of counts with pixel positions and an H&E image, into the standard layout.
 
+    nichekd's own reader: spatialdata-io has no reader for an AnnData plus a separate image (its ``generic``
+    reader takes an image or shapes alone).
+
     Parameters
     ----------
     adata
@@ -83,7 +86,7 @@ def read_anndata_image(
     kind
         ``"spot"`` or ``"cell"``.
     technology
-        Recorded in ``uns['nichekd']``.
+        Recorded in ``uns['spatial'][library_id]['metadata']['technology']``.
     library_id
         Section id; defaults to the file name (or ``"library"`` for an in-memory AnnData).
     layer
@@ -164,6 +167,8 @@ def read_hest(
     xy_order: Literal["xy", "yx"] | None = None,
 ):
     """Read a HEST-1k style sample (``.h5ad`` + H&E image + metadata JSON) into the standard layout.
+
+    nichekd's own reader: spatialdata-io has no HEST-1k reader (the ``hest`` package has no spatialdata output).
 
     Positions come from ``obsm['spatial']`` as (column, row) pixels (HEST-1k), or else from
     ``obs['x_pixel']``/``obs['y_pixel']``, which in exported HEST samples (e.g. DeepSpot's) hold the image

@@ -59,6 +59,8 @@ def read_st(
 ):
     """Read one legacy Spatial Transcriptomics section into the standard layout.
 
+    nichekd's own reader: spatialdata-io has no reader for legacy ST (count TSV + spot-detector alignment).
+
     Parameters
     ----------
     counts

@@ -1,20 +1,39 @@
-"""10x Visium HD (Space Ranger binned outputs) into the standard layout.
+"""10x Visium HD (Space Ranger 3+ ``outs`` folders): a thin adapter over :func:`spatialdata_io.visium_hd`.
 
-Reads the files of one bin size directly (``binned_outputs/square_{bin:03d}um/``: the count matrix and
-``spatial/tissue_positions.parquet``, ``scalefactors_json.json``, ``tissue_{hires,lowres}_image.png``), which
-is all a bin-level analysis needs; spatialdata-io's reader also requires ``feature_slice.h5`` and the
-segmentation outputs.
+The adapter reads one bin size (8 um by default, the usual analysis resolution), fails with clear errors on
+missing files or unknown bin sizes (spatialdata-io would fall back to every bin size, or stop on an assertion),
+and adds the ``in_tissue`` filter of the raw matrix.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import numpy as np
+from ._checks import check_barcodes, find_first, require_file
+from ._visium import counts_barcodes, counts_file, finish_spaceranger, positions_barcodes, read_scalefactors
 
-from ._checks import check_image, read_image, read_json, require_file
-from ._visium import choose_image, read_10x_counts, read_positions, spaceranger_library
+# spatialdata_io.visium_hd checks bin_size_um / spot_diameter_fullres == microns_per_pixel
+_HD_SCALEFACTORS = (
+    "spot_diameter_fullres",
+    "bin_size_um",
+    "microns_per_pixel",
+    "tissue_hires_scalef",
+    "tissue_lowres_scalef",
+)
+
+
+def bin_folder(outs: Path, bin_size: int) -> Path:
+    """``outs/binned_outputs/square_{bin_size:03d}um``, or an error listing the bin sizes present."""
+    folder = outs / "binned_outputs" / f"square_{int(bin_size):03d}um"
+    if not folder.is_dir():
+        have = sorted(p.name for p in (outs / "binned_outputs").glob("square_*"))
+        raise FileNotFoundError(
+            f"No bin folder {folder}. Bin folders present: {have or 'none (is this a Visium HD outs folder?)'}; "
+            "pass bin_size= one of those sizes in microns."
+        )
+    return folder
 
 
 def read_visium_hd(
@@ -23,89 +42,87 @@ def read_visium_hd(
     bin_size: int = 8,
     library_id: str | None = None,
     counts: Literal["filtered", "raw"] = "filtered",
-    image: Literal["hires", "lowres", "auto"] = "auto",
     fullres_image: str | Path | None = None,
     in_tissue_only: bool = True,
-    mpp: float | None = None,
+    reader_kwargs: Mapping[str, Any] | None = None,
 ):
-    """Read one bin size of a 10x Visium HD Space Ranger output into the standard layout.
+    """Read one bin size of a 10x Visium HD Space Ranger output with :func:`spatialdata_io.visium_hd`.
+
+    The result is spatialdata-io's object: bins as squares ``{library}_square_{bin:03d}um`` in full-resolution
+    pixels, the images ``{library}_hires_image`` / ``_lowres_image`` (``_full_image`` when given), and the table
+    **named after the bin folder** (``"square_008um"``: pass ``table_key="square_008um"`` to nichekd
+    functions). Microns come from the bin size in the element name.
 
     Parameters
     ----------
     path
-        Space Ranger ``outs`` folder (holding ``binned_outputs/``) or one ``square_XXXum`` folder.
+        Space Ranger ``outs`` folder (``feature_slice.h5``, ``spatial/``, ``binned_outputs/``).
     bin_size
         Bin side in microns (2, 8 or 16); selects ``binned_outputs/square_{bin_size:03d}um``.
     library_id
-        Section id; defaults to the ``outs`` folder's parent name (the run name).
+        Section id naming the elements; defaults to the prefix of ``*_feature_slice.h5``, else the run name
+        (the folder holding ``outs``).
     counts
-        ``"filtered"`` or ``"raw"`` matrix (``.h5`` or mtx folder).
-    image
-        ``"hires"``, ``"lowres"`` or ``"auto"``; blank placeholders are skipped with a warning.
+        ``"filtered"`` or ``"raw"`` matrix (``.h5``).
     fullres_image
-        Optional full-resolution H&E (the microscope image given to Space Ranger); used instead of
-        hires/lowres, at the scale of ``pxl_*_in_fullres``.
+        The full-resolution H&E given to Space Ranger (by default spatialdata-io looks in
+        ``outs/microscope_image/``).
     in_tissue_only
         Keep only bins flagged ``in_tissue``.
-    mpp
-        Microns per full-resolution pixel; defaults to ``microns_per_pixel`` of the scale factors.
+    reader_kwargs
+        Further keyword arguments of :func:`spatialdata_io.visium_hd` (e.g. ``bins_as_squares=False``,
+        ``load_all_images=True``).
 
     Returns
     -------
-    SpatialData with ``{library}_he``, ``{library}_spots`` (bins as circles of diameter ``bin_size`` um) and
-    ``table``.
+    SpatialData as written by spatialdata-io.
 
     Examples
     --------
     >>> import nichekd as nk
-    >>> sdata = nk.io.read_visium_hd("outs/", bin_size=8)  # doctest: +SKIP
+    >>> sdata = nk.io.read_visium_hd("run1/outs", bin_size=8)  # doctest: +SKIP
+    >>> nk.tl.teacher_niches(sdata, n_niches=5, table_key="square_008um")  # doctest: +SKIP
     """
-    path = require_file(path, "Visium HD Space Ranger output folder")
-    folder = (
-        path if path.name.startswith("square_") else path / "binned_outputs" / f"square_{int(bin_size):03d}um"
+    import spatialdata_io
+
+    path = require_file(path, "Visium HD Space Ranger outs folder")
+    folder = bin_folder(path, bin_size)
+    feature_slice = find_first(
+        path,
+        ["feature_slice.h5", "*_feature_slice.h5"],
+        "feature slice file",
+        "Space Ranger 3+ writes it to outs/; spatialdata-io reads the layout version from it.",
     )
-    if not folder.is_dir():
-        have = sorted(p.name for p in (path / "binned_outputs").glob("square_*")) if path.is_dir() else []
-        raise FileNotFoundError(
-            f"No bin folder {folder}. Available bin sizes: {have or 'none (is this a Visium HD outs folder?)'}; "
-            "pass bin_size= one of those."
-        )
-    spatial = require_file(folder / "spatial", f"spatial/ folder of the {folder.name} bins")
-    adata, counts_src = read_10x_counts(folder, counts)
-    positions, positions_src = read_positions(spatial)
-    sf_path = spatial / "scalefactors_json.json"
-    sf = read_json(sf_path, "Visium HD scale factors")
-    if mpp is None:
-        if "microns_per_pixel" not in sf:
-            raise KeyError(f"{sf_path} has no 'microns_per_pixel'; pass mpp= (microns per full-res pixel).")
-        mpp = float(sf["microns_per_pixel"])
-    if not np.isfinite(mpp) or mpp <= 0:
-        raise ValueError(f"mpp must be a positive number of microns per pixel, got {mpp!r}.")
-    diameter = float(sf.get("bin_size_um", bin_size))
+    counts_src = counts_file(folder, counts, allow_mtx=False)
+    positions_src = require_file(
+        folder / "spatial" / "tissue_positions.parquet",
+        f"bin positions of {folder.name}",
+        "Space Ranger 3+ writes it.",
+    )
+    check_barcodes(counts_barcodes(counts_src), positions_barcodes(positions_src), counts_src, positions_src)
+    sf = read_scalefactors(
+        folder / "spatial" / "scalefactors_json.json", _HD_SCALEFACTORS, "Visium HD scale factors"
+    )
     if fullres_image is not None:
-        arr, image_src, scalef = read_image(fullres_image, "full-resolution H&E"), Path(fullres_image), 1.0
-        check_image(arr, image_src)
-    else:
-        arr, kind, image_src = choose_image(spatial, image)
-        key = f"tissue_{kind}_scalef"
-        if key not in sf:
-            raise KeyError(f"{sf_path} has no {key!r} for the {kind} image.")
-        scalef = float(sf[key])
-    if path.name.startswith("square_"):
-        default_id = path.parent.parent.parent.name if path.parent.name == "binned_outputs" else path.name
-    else:
-        default_id = path.resolve().parent.name if path.name == "outs" else path.resolve().name
-    return spaceranger_library(
-        adata,
+        fullres_image = require_file(fullres_image, "full-resolution H&E image")
+    prefixed = feature_slice.name != "feature_slice.h5"
+    run_name = path.resolve().parent.name if path.name == "outs" else path.resolve().name
+    dataset_id = library_id or (None if prefixed else run_name)
+    options = {
+        "dataset_id": dataset_id,
+        "filtered_counts_file": counts == "filtered",
+        "load_segmentations_only": False,
+        "bin_size": int(bin_size),
+        "fullres_image_file": fullres_image,
+        **dict(reader_kwargs or {}),
+    }
+    sdata = spatialdata_io.visium_hd(path, **options)
+    return finish_spaceranger(
+        sdata,
+        folder.name,
         counts_src,
-        positions,
-        positions_src,
-        arr,
-        image_src,
-        scalef,
-        mpp,
-        library=str(library_id or default_id),
-        in_tissue_only=in_tissue_only,
-        diameter_um=diameter,
+        path,
         technology="visium_hd",
+        in_tissue_only=in_tissue_only,
+        scalefactors=sf,
     )

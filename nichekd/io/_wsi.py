@@ -72,6 +72,9 @@ def read_wsi(
 ):
     """Open a whole-slide H&E image lazily as a SpatialData object in nichekd's standard layout.
 
+    nichekd's own reader: spatialdata-io has no whole-slide reader (vendor pyramids with their microns per
+    pixel, OpenSlide formats); its ``generic`` reader loads a single-resolution image without units.
+
     The result holds one multiscale image ``{library}_he`` (RGB ``uint8``, dims ``(c, y, x)``) registered to
     the coordinate system ``library`` in microns; there is no table (the slide has no spots or cells yet).
     Each pyramid level of the file is one scale (``scale0`` the finest), read tile by tile on demand.

@@ -1,34 +1,47 @@
-"""10x Xenium cells on a post-Xenium H&E into the standard layout.
+"""10x Xenium cells and a post-Xenium H&E: a thin adapter over :func:`spatialdata_io.xenium`.
 
-Reads the few files a cell-level analysis needs directly (``experiment.xenium``, ``cell_feature_matrix.h5``,
-``cells.parquet``) in Xenium Ranger's on-disk format; spatialdata-io's reader also requires the morphology
-images, boundaries and transcripts. The H&E is kept in its own pixel frame (an axis-aligned
-``Scale(mpp)``), and the cells are mapped into it through Xenium's alignment matrix, so that patches are cut
-from the H&E without resampling it.
+spatialdata-io reads the cells (circles in microns, scaled to Xenium's morphology pixels in the coordinate
+system ``"global"``) and an aligned H&E (``*he_image.ome.tif`` with its ``*he_imagealignment.csv``, registered
+to ``"global"`` through the alignment). The adapter adds what nichekd needs and spatialdata-io lacks: by default
+it reads only the cells and the H&E (no transcripts, boundaries, labels or morphology images, which nichekd does
+not use and which are large), takes an H&E stored elsewhere (``he_image=``, ``alignment=``), validates the files
+first, and keeps the section name from ``experiment.xenium`` in ``obs['library']`` (spatialdata-io's element
+names are generic).
 """
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .._layout import build_library
 from ._checks import (
     check_barcodes,
     check_counts,
-    check_image,
+    check_image_holds_observations,
     check_min_obs,
-    check_on_image,
-    read_image,
     read_json,
     require_file,
 )
+from ._visium import counts_barcodes
 
-XENIUM_PIXEL_UM = 0.2125
-XENIUM_CELL_UM = 10.0
+# what nichekd reads by default: the cells as circles (the table annotates them) and aligned H&E images
+XENIUM_DEFAULTS: dict[str, Any] = {
+    "cells_as_circles": True,
+    "cells_boundaries": False,
+    "nucleus_boundaries": False,
+    "cells_labels": False,
+    "nucleus_labels": False,
+    "transcripts": False,
+    "morphology_mip": False,
+    "morphology_focus": False,
+    "aligned_images": True,
+}
+# spatialdata-io's pyramid for images it parses (aligned images included)
+_IMAGE_MODELS_KWARGS = {"scale_factors": [2, 2, 2, 2], "chunks": (1, 4096, 4096)}
 
 
 def read_alignment(alignment: str | Path) -> np.ndarray:
@@ -51,15 +64,10 @@ def read_alignment(alignment: str | Path) -> np.ndarray:
     return matrix
 
 
-def _cells(path: Path) -> pd.DataFrame:
-    src = require_file(path / "cells.parquet", "Xenium cell table", "Xenium Ranger writes cells.parquet.")
-    df = pd.read_parquet(src)
-    missing = [c for c in ("cell_id", "x_centroid", "y_centroid") if c not in df.columns]
-    if missing:
-        raise ValueError(f"{src} lacks the columns {missing}.")
-    ids = df["cell_id"]
-    df.index = pd.Index([i.decode() if isinstance(i, bytes) else str(i) for i in ids])
-    return df.drop(columns="cell_id")
+def cell_ids(cells: Path) -> pd.Index:
+    """Cell ids of a Xenium ``cells.parquet`` (bytes decoded)."""
+    ids = pd.read_parquet(cells, columns=["cell_id"])["cell_id"]
+    return pd.Index([i.decode() if isinstance(i, bytes) else str(i) for i in ids])
 
 
 def read_xenium(
@@ -68,84 +76,84 @@ def read_xenium(
     he_image: str | Path | None = None,
     alignment: str | Path | None = None,
     library_id: str | None = None,
-    diameter_um: float | None = None,
     gex_only: bool = True,
+    reader_kwargs: Mapping[str, Any] | None = None,
 ):
-    """Read a Xenium output folder (cells) and its post-Xenium H&E into the standard layout.
+    """Read a Xenium output folder (cells) and its post-Xenium H&E with :func:`spatialdata_io.xenium`.
+
+    The result is spatialdata-io's object: cells as circles ``cell_circles`` (annotated by table ``"table"``),
+    the H&E as ``he_image``, all registered to ``"global"`` (morphology pixels, ``pixel_size`` um each); nichekd
+    functions convert to microns themselves.
 
     Parameters
     ----------
     path
-        Xenium Ranger output folder (``experiment.xenium``, ``cell_feature_matrix.h5``, ``cells.parquet``).
+        Xenium Onboard Analysis output folder (``experiment.xenium``, ``cell_feature_matrix.h5``,
+        ``cells.parquet``, ``cells.zarr.zip``). An H&E in it named ``*he_image.ome.tif``, with
+        ``*he_imagealignment.csv`` beside it, is found by spatialdata-io.
     he_image
-        The H&E image (OME-TIFF, TIFF, PNG, JPEG); without it the library has cells but no image.
+        An H&E image stored elsewhere (OME-TIFF, TIFF); read with :func:`spatialdata_io.xenium_aligned_image`
+        as ``he_image``. Without it and without one in ``path``, the cells have no image.
     alignment
-        Xenium Explorer's alignment CSV, a 3x3 affine from H&E pixels to morphology pixels
-        (``pixel_size`` um each, 0.2125). Without it the H&E is taken as already aligned at ``pixel_size``.
+        Xenium Explorer's alignment CSV of ``he_image``, a 3x3 affine from H&E pixels to morphology pixels.
+        Without it the H&E is taken as already aligned to the morphology pixels.
     library_id
-        Section id; defaults to the ``region_name`` in ``experiment.xenium``, else the folder name.
-    diameter_um
-        Cell circle diameter; defaults to the median of ``2 sqrt(cell_area / pi)``, else 10 um.
+        Section name stored in ``obs['library']``; defaults to ``region_name`` in ``experiment.xenium``, else
+        the folder name.
     gex_only
         Keep only gene expression features (drop control probes and codewords).
+    reader_kwargs
+        Keyword arguments of :func:`spatialdata_io.xenium` replacing the defaults in ``XENIUM_DEFAULTS`` (e.g.
+        ``transcripts=True``, ``cells_boundaries=True``).
 
     Returns
     -------
-    SpatialData with ``{library}_he``, ``{library}_cells`` and ``table``; positions are microns in the H&E's
-    frame (``obsm['spatial']``), Xenium's own micron positions are kept in ``obsm['spatial_xenium']``.
+    SpatialData as written by spatialdata-io, plus ``obs['library']``.
 
     Examples
     --------
     >>> import nichekd as nk
     >>> sdata = nk.io.read_xenium("outs/", he_image="he.ome.tif", alignment="he_imagealignment.csv")  # doctest: +SKIP
     """
-    import scanpy as sc
+    import spatialdata_io
 
     path = require_file(path, "Xenium output folder")
     specs = read_json(path / "experiment.xenium", "Xenium experiment file (experiment.xenium)")
-    pixel_um = float(specs.get("pixel_size", XENIUM_PIXEL_UM))
     matrix_src = require_file(path / "cell_feature_matrix.h5", "Xenium cell-feature matrix")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        adata = sc.read_10x_h5(matrix_src, gex_only=gex_only)
-    adata.var_names_make_unique()
-    check_counts(adata.X, matrix_src)
-    cells = _cells(path)
-    check_barcodes(adata.obs_names, cells.index, matrix_src, path / "cells.parquet")
-    cells = cells.loc[adata.obs_names]
-    check_min_obs(adata.n_obs, matrix_src)
-    xy_xenium = cells[["x_centroid", "y_centroid"]].to_numpy(dtype=float)
-    if diameter_um is None:
-        area = cells["cell_area"].to_numpy(dtype=float) if "cell_area" in cells else np.array([np.nan])
-        diameter_um = (
-            float(np.nanmedian(2 * np.sqrt(area / np.pi))) if np.isfinite(area).any() else XENIUM_CELL_UM
-        )
-    arr, mpp, xy_um = None, None, xy_xenium
+    cells_src = require_file(
+        path / "cells.parquet", "Xenium cell table", "Xenium Onboard Analysis writes it."
+    )
+    require_file(
+        path / "cells.zarr.zip",
+        "Xenium cell summary (cells.zarr.zip)",
+        "spatialdata-io reads the cell ids from it; Xenium Onboard Analysis writes it.",
+    )
+    check_barcodes(counts_barcodes(matrix_src), cell_ids(cells_src), matrix_src, cells_src)
     if alignment is not None and he_image is None:
         raise ValueError("alignment= was given without he_image=; pass the H&E it aligns.")
+    if alignment is not None:
+        read_alignment(alignment)  # validated here: spatialdata-io would take any table as the affine
     if he_image is not None:
-        he_image = Path(he_image)
-        matrix = read_alignment(alignment) if alignment is not None else np.eye(3)
-        arr = read_image(he_image, "H&E image")
-        check_image(arr, he_image)
-        # H&E pixel -> Xenium pixel is `matrix`; its area scale gives the H&E resolution
-        mpp = pixel_um * float(np.sqrt(abs(np.linalg.det(matrix[:2, :2]))))
-        xen_px = np.c_[xy_xenium / pixel_um, np.ones(len(xy_xenium))]
-        he_px = (np.linalg.inv(matrix) @ xen_px.T).T[:, :2]
-        check_on_image(he_px, arr.shape, he_image, tol_px=diameter_um / mpp / 2)
-        xy_um = he_px * mpp
-    for col in ("cell_area", "nucleus_area", "transcript_counts", "total_counts"):
-        if col in cells:
-            adata.obs[col] = cells[col].to_numpy()
-    adata.obsm["spatial_xenium"] = xy_xenium
+        he_image = require_file(he_image, "H&E image")
+    options = {**XENIUM_DEFAULTS, "gex_only": gex_only, **dict(reader_kwargs or {})}
+    sdata = spatialdata_io.xenium(path, **options)
+    if he_image is not None:
+        sdata.images["he_image"] = spatialdata_io.xenium_aligned_image(
+            he_image,
+            alignment,
+            image_models_kwargs=options.get("image_models_kwargs", _IMAGE_MODELS_KWARGS),
+            rgba=True,
+        )
+    table = sdata.tables["table"]
+    check_counts(table.X, matrix_src)
+    check_min_obs(table.n_obs, matrix_src)
     library = str(library_id or specs.get("region_name") or path.resolve().name)
-    return build_library(
-        adata,
-        library=library,
-        xy_um=xy_um,
-        diameter_um=diameter_um,
-        kind="cell",
-        technology="xenium",
-        image=arr,
-        mpp=mpp,
-    )
+    table.obs["library"] = pd.Categorical([library] * table.n_obs)
+    # spatialdata-io keeps the cells in microns (scaled to morphology pixels by their transform); recorded in
+    # the table because sdata.attrs (the reader's name, which says so) does not survive spatialdata.concatenate
+    table.uns.setdefault("spatial", {})[library] = {
+        "scalefactors": {"microns_per_pixel": 1.0},
+        "metadata": {"technology": "xenium"},
+    }
+    check_image_holds_observations(sdata, "table", he_image or path)
+    return sdata

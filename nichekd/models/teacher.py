@@ -20,7 +20,6 @@ the names are deterministic for a given input and seed. Saved models are a folde
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,202 +27,54 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-from scipy import sparse
-from scipy.special import logsumexp
-from tqdm.auto import tqdm
 
 from .._elements import micron_coords
 from .._layout import LIBRARY_KEY, SPATIAL_KEY, library_labels
-from .._neighbors import Neighbourhoods, estimate_radius, neighbour_mean, radius_neighbours
+from .._neighbors import Neighbourhoods, estimate_radius, radius_neighbours
+
+# the pieces live in small modules; re-exported here so `nichekd.models.teacher.<name>` keeps working
+from ._teacher_heads import (
+    CALIBRATIONS,
+    cell_type_matrix,
+    fit_gmm,
+    fit_transformer_head,
+    gmm_log_posterior,
+    label_codes,
+    labels_proba,
+    neighbour_temperature,
+    softmax,
+    transformer_head_logits,
+)
+from ._teacher_io import load_teacher, save_teacher
+from ._teacher_latent import (
+    TARGET_SUM,
+    _standardise_state,
+    check_counts,
+    fit_expression_pca,
+    log_normalise,
+    neighbourhood_features,
+    project_expression,
+    standardise,
+)
+
+__all__ = [
+    "DEFAULT_N_NEIGHBORS",
+    "METHODS",
+    "TARGET_SUM",
+    "NicheTeacher",
+    "TeacherInputs",
+    "check_counts",
+    "fit_gmm",
+    "gmm_log_posterior",
+    "log_normalise",
+    "neighbourhood_features",
+    "softmax",
+    "standardise",
+]
 
 METHODS = ("aggregate", "composition", "transformer", "labels")
 DEFAULT_N_NEIGHBORS = 10
 MIN_CELLS_PER_LIBRARY = 10
-TARGET_SUM = 1e4
-_CHUNK = 65_536
-
-
-# ----------------------------------------------------------------------------------------------- latents
-def check_counts(x: Any, where: str = "X") -> None:
-    """Raise if counts contain NaN/inf or negative values (they would silently corrupt the latent)."""
-    data = x.data if sparse.issparse(x) else np.asarray(x)
-    if not np.issubdtype(data.dtype, np.number):
-        raise ValueError(f"{where} must be numeric counts, got dtype {data.dtype}.")
-    if data.size and not np.isfinite(data).all():
-        raise ValueError(
-            f"{where} contains NaN or infinite values; fix or drop those cells/genes, or pass use_rep= with a "
-            "finite representation."
-        )
-    if data.size and (data < 0).any():
-        raise ValueError(
-            f"{where} contains negative values: raw counts are expected (log-normalised or scaled data is not "
-            "counts). Put raw counts in X, or pass use_rep= with a latent in obsm."
-        )
-
-
-def log_normalise(x: Any, target_sum: float = TARGET_SUM) -> sparse.csr_matrix:
-    """``log1p(counts / total * target_sum)`` as float32 CSR (cells with zero counts stay zero)."""
-    x = sparse.csr_matrix(x, dtype=np.float32, copy=True)
-    totals = np.asarray(x.sum(1)).ravel()
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-    x.data *= np.repeat(scale, np.diff(x.indptr)).astype(np.float32)
-    np.log1p(x.data, out=x.data)
-    return x
-
-
-def _column_mean_var(x: sparse.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-    mean = np.asarray(x.mean(0)).ravel()
-    sq = x.copy()
-    sq.data **= 2
-    var = np.asarray(sq.mean(0)).ravel() - mean**2
-    return mean, np.maximum(var, 0)
-
-
-def fit_expression_pca(
-    x: sparse.csr_matrix, n_comps: int, n_top_genes: int, max_cells: int, rng: np.random.Generator
-) -> dict[str, np.ndarray]:
-    """Select the most variable genes and fit a centred PCA on a subsample of (log-normalised) cells."""
-    from sklearn.decomposition import PCA
-
-    _, var = _column_mean_var(x)
-    genes = np.sort(np.argsort(-var, kind="stable")[: min(n_top_genes, x.shape[1])])
-    rows = (
-        np.sort(rng.choice(x.shape[0], max_cells, replace=False)) if x.shape[0] > max_cells else slice(None)
-    )
-    sub = x[rows][:, genes]
-    n_comps = int(min(n_comps, sub.shape[0] - 1, sub.shape[1] - 1))
-    if n_comps < 1:
-        raise ValueError("Too few cells or genes for a PCA latent; pass use_rep= with a precomputed latent.")
-    # covariance_eigh handles sparse input without densifying and is fast for a few thousand genes
-    pca = PCA(n_components=n_comps, svd_solver="covariance_eigh", random_state=0).fit(sub)
-    comps = pca.components_.astype(np.float32)
-    # deterministic sign: largest loading positive
-    signs = np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(1)])
-    return {"genes": genes, "mean": pca.mean_.astype(np.float32), "components": comps * signs[:, None]}
-
-
-def project_expression(x: sparse.csr_matrix, pca: dict[str, np.ndarray]) -> np.ndarray:
-    """Project log-normalised cells on the fitted components, in chunks (memory linear in cells)."""
-    comps = pca["components"].T
-    offset = pca["mean"] @ comps
-    sub = x[:, pca["genes"]]
-    out = np.empty((x.shape[0], comps.shape[1]), dtype=np.float32)
-    for s in range(0, x.shape[0], _CHUNK):
-        out[s : s + _CHUNK] = np.asarray(sub[s : s + _CHUNK] @ comps) - offset
-    return out
-
-
-def standardise(latent: np.ndarray, state: dict[str, np.ndarray], codes: np.ndarray | None) -> np.ndarray:
-    """Centre and scale by one global scalar; with ``codes``, centre/scale each library first (batch-aware).
-
-    Per-library z-scores are multiplied back by the global per-dimension spread so that dimensions keep their
-    relative weight (PCA's leading components stay leading).
-    """
-    x = latent.astype(np.float32, copy=True)
-    if codes is not None:
-        for c in np.unique(codes):
-            sel = codes == c
-            mu = x[sel].mean(0)
-            sd = x[sel].std(0)
-            sd[sd == 0] = 1.0
-            x[sel] = (x[sel] - mu) / sd * state["sd"]
-    else:
-        x -= state["mean"]
-    return x / state["scale"]
-
-
-def _standardise_state(latent: np.ndarray) -> dict[str, np.ndarray]:
-    sd = latent.std(0).astype(np.float32)
-    scale = float(np.sqrt(np.mean(sd**2))) or 1.0
-    sd[sd == 0] = 1.0
-    return {"mean": latent.mean(0).astype(np.float32), "sd": sd, "scale": np.float32(scale)}
-
-
-def neighbourhood_features(
-    latent: np.ndarray, nbrs: Neighbourhoods, n_rings: int = 1, weights: str = "gaussian"
-) -> np.ndarray:
-    """Distance-weighted neighbourhood means; with ``n_rings > 1`` the means of successive hops, concatenated.
-
-    Hop ``r`` is the neighbourhood mean of hop ``r - 1`` (CellCharter-style multi-scale context); memory stays
-    ``O(n * d * n_rings)``.
-    """
-    hops = [neighbour_mean(latent, nbrs, weights=weights)]
-    for _ in range(1, n_rings):
-        hops.append(neighbour_mean(hops[-1], nbrs, weights=weights))
-    return np.concatenate(hops, axis=1) if len(hops) > 1 else hops[0]
-
-
-# ------------------------------------------------------------------------------------------------ mixture
-def fit_gmm(
-    features: np.ndarray,
-    n_components: int,
-    *,
-    random_state: int = 0,
-    max_fit_cells: int = 50_000,
-    covariance_type: str = "full",
-):
-    """Gaussian mixture on (a random subsample of) the features, components ordered by decreasing weight."""
-    from sklearn.mixture import GaussianMixture
-    from threadpoolctl import threadpool_limits
-
-    rng = np.random.default_rng(random_state)
-    sub = features
-    if len(features) > max_fit_cells:
-        sub = features[np.sort(rng.choice(len(features), max_fit_cells, replace=False))]
-    # the mixture's matrices are tiny: threaded BLAS only adds overhead (25x slower on a busy 2-core machine)
-    with threadpool_limits(1, user_api="blas"):
-        gmm = GaussianMixture(
-            n_components,
-            covariance_type=covariance_type,
-            reg_covar=1e-4,
-            max_iter=200,
-            n_init=1,
-            random_state=random_state,
-        ).fit(sub)
-    order = np.lexsort((gmm.means_[:, 0], -gmm.weights_))  # by weight, ties by the first mean coordinate
-    return _reorder_gmm(gmm, order)
-
-
-def _reorder_gmm(gmm, order: np.ndarray):
-    gmm.weights_ = gmm.weights_[order]
-    gmm.means_ = gmm.means_[order]
-    if gmm.covariance_type in ("full", "diag"):
-        gmm.covariances_ = gmm.covariances_[order]
-        gmm.precisions_cholesky_ = gmm.precisions_cholesky_[order]
-        gmm.precisions_ = gmm.precisions_[order]
-    return gmm
-
-
-def gmm_log_posterior(gmm, features: np.ndarray, progress: bool = False) -> np.ndarray:
-    """``(n, K)`` log posterior probabilities, in chunks."""
-    from threadpoolctl import threadpool_limits
-
-    out = np.empty((len(features), gmm.n_components), dtype=np.float64)
-    starts = range(0, len(features), _CHUNK)
-    with threadpool_limits(1, user_api="blas"):
-        for s in tqdm(starts, desc="niche posteriors", disable=not progress or len(starts) < 4, leave=False):
-            w = gmm._estimate_weighted_log_prob(features[s : s + _CHUNK].astype(np.float64))
-            out[s : s + _CHUNK] = w - logsumexp(w, axis=1, keepdims=True)
-    return out
-
-
-def _gmm_from_arrays(arrays: dict[str, np.ndarray], covariance_type: str):
-    from sklearn.mixture import GaussianMixture
-
-    gmm = GaussianMixture(len(arrays["gmm_weights"]), covariance_type=covariance_type)
-    gmm.weights_ = arrays["gmm_weights"].astype(np.float64)
-    gmm.means_ = arrays["gmm_means"].astype(np.float64)
-    gmm.covariances_ = arrays["gmm_covariances"].astype(np.float64)
-    gmm.precisions_cholesky_ = arrays["gmm_precisions_cholesky"].astype(np.float64)
-    return gmm
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax as float32 rows summing to 1."""
-    p = np.exp(logits - logits.max(1, keepdims=True))
-    p /= p.sum(1, keepdims=True)
-    p = p.astype(np.float32)
-    return p / p.sum(1, keepdims=True)
 
 
 # ------------------------------------------------------------------------------------------------ teacher
@@ -265,6 +116,11 @@ class NicheTeacher:
         ``obs`` column with the section of each cell; neighbourhoods never cross sections.
     spatial_key
         ``obsm`` key of the micron coordinates.
+    split_key
+        ``obs`` column of a train/test split (``nk.pp.spatial_split``): neighbourhoods then also stay within
+        each side (train, test, buffer), and the teacher is fitted on the cells outside the test side only, so
+        no training target depends on test-strip expression. At predict time the column is used where it
+        exists (new sections without a split get library-only neighbourhoods).
     radius_um
         Neighbourhood radius in microns; default: estimated so the mean neighbour count is
         ``n_neighbors_target`` (the estimate is kept and reused on new data).
@@ -284,8 +140,15 @@ class NicheTeacher:
         Centre and scale the latent per library before aggregation (batch-aware teacher); default off.
     covariance_type
         Gaussian mixture covariance (``"full"`` or ``"diag"``).
+    reg_covar
+        Added to the mixture's covariance diagonals (scikit-learn's ``reg_covar``); raise it for degenerate
+        inputs such as low-resolution image features.
     label_smoothing
         For ``"labels"``: mass spread uniformly over the other niches.
+    calibrate
+        ``"neighbours"``: divide the logits by a temperature fitted so that a cell's probabilities predict
+        its spatial neighbours' niches (:func:`~nichekd.models._teacher_heads.neighbour_temperature`; the
+        argmax is unchanged, the posteriors stop being near one-hot). ``None``: raw log posteriors.
     max_fit_cells
         Cells used to fit the PCA and the mixture (a random subsample above this; prediction uses all).
     transformer_kwargs
@@ -315,6 +178,7 @@ class NicheTeacher:
         labels_key: str | None = None,
         library_key: str = LIBRARY_KEY,
         spatial_key: str = SPATIAL_KEY,
+        split_key: str | None = None,
         radius_um: float | None = None,
         n_neighbors_target: float = DEFAULT_N_NEIGHBORS,
         max_neighbors: int | None = None,
@@ -324,7 +188,9 @@ class NicheTeacher:
         n_top_genes: int = 2000,
         batch_correct: bool = False,
         covariance_type: str = "full",
+        reg_covar: float = 1e-4,
         label_smoothing: float = 0.0,
+        calibrate: str | None = None,
         max_fit_cells: int = 50_000,
         transformer_kwargs: dict | None = None,
         random_state: int = 0,
@@ -338,6 +204,7 @@ class NicheTeacher:
         self.labels_key = labels_key
         self.library_key = library_key
         self.spatial_key = spatial_key
+        self.split_key = split_key
         self.radius_um = radius_um
         self.n_neighbors_target = n_neighbors_target
         self.max_neighbors = max_neighbors
@@ -347,7 +214,9 @@ class NicheTeacher:
         self.n_top_genes = n_top_genes
         self.batch_correct = batch_correct
         self.covariance_type = covariance_type
+        self.reg_covar = reg_covar
         self.label_smoothing = label_smoothing
+        self.calibrate = calibrate
         self.max_fit_cells = max_fit_cells
         self.transformer_kwargs = dict(transformer_kwargs or {})
         self.random_state = random_state
@@ -359,6 +228,7 @@ class NicheTeacher:
         self.gmm_ = None
         self.transformer_ = None
         self.niche_names_: list[str] = []
+        self.temperature_: float = 1.0
         self.train_losses_: list[float] = []
 
     # ------------------------------------------------------------------ validation
@@ -371,6 +241,7 @@ class NicheTeacher:
             "labels_key",
             "library_key",
             "spatial_key",
+            "split_key",
             "radius_um",
             "n_neighbors_target",
             "max_neighbors",
@@ -380,7 +251,9 @@ class NicheTeacher:
             "n_top_genes",
             "batch_correct",
             "covariance_type",
+            "reg_covar",
             "label_smoothing",
+            "calibrate",
             "max_fit_cells",
             "transformer_kwargs",
             "random_state",
@@ -409,6 +282,10 @@ class NicheTeacher:
             raise ValueError(f"n_rings must be >= 1, got {self.n_rings}.")
         if self.weights not in ("gaussian", "uniform"):
             raise ValueError(f"weights must be 'gaussian' or 'uniform', got {self.weights!r}.")
+        if self.calibrate is not None and self.calibrate not in CALIBRATIONS:
+            raise ValueError(f"calibrate must be None or one of {CALIBRATIONS}, got {self.calibrate!r}.")
+        if not np.isfinite(self.reg_covar) or self.reg_covar < 0:
+            raise ValueError(f"reg_covar must be a non-negative number, got {self.reg_covar!r}.")
         if self.covariance_type not in ("full", "diag"):
             raise ValueError(f"covariance_type must be 'full' or 'diag', got {self.covariance_type!r}.")
 
@@ -440,76 +317,10 @@ class NicheTeacher:
 
     # ------------------------------------------------------------------ per-cell inputs
     def _cell_type_matrix(self, adata: ad.AnnData, fit: bool) -> np.ndarray:
-        key = self.cell_type_key
-        if key in adata.obsm:
-            frac = adata.obsm[key]
-            names = [str(c) for c in frac.columns] if isinstance(frac, pd.DataFrame) else None
-            arr = np.asarray(frac, dtype=np.float64)
-            if fit:
-                self.encoder_["cell_types"] = names or [str(i) for i in range(arr.shape[1])]
-            elif names is not None:
-                missing = [c for c in self.encoder_["cell_types"] if c not in names]
-                if missing:
-                    raise KeyError(f"obsm[{key!r}] lacks the fitted cell types {missing[:5]}.")
-                arr = np.asarray(frac[self.encoder_["cell_types"]], dtype=np.float64)
-            elif arr.shape[1] != len(self.encoder_["cell_types"]):
-                raise ValueError(
-                    f"obsm[{key!r}] has {arr.shape[1]} columns, the teacher was fitted on "
-                    f"{len(self.encoder_['cell_types'])}."
-                )
-            if not np.isfinite(arr).all() or (arr < 0).any():
-                raise ValueError(f"obsm[{key!r}] must hold finite, non-negative cell-type fractions.")
-            tot = arr.sum(1, keepdims=True)
-            if (tot <= 0).any():
-                raise ValueError(f"obsm[{key!r}] has rows summing to 0; drop those spots.")
-            return (arr / tot).astype(np.float32)
-        if key not in adata.obs:
-            raise KeyError(
-                f"cell_type_key={key!r} is neither an obs column nor an obsm key; available obs columns: "
-                f"{list(adata.obs.columns)[:20]}. Run nichekd.pp.cell_types to create one."
-            )
-        col = adata.obs[key]
-        if col.isna().any():
-            raise ValueError(f"obs[{key!r}] has missing cell types; fill or drop those cells.")
-        values = col.astype(str).to_numpy()
-        if fit:
-            cats = list(col.cat.categories.astype(str)) if hasattr(col, "cat") else sorted(set(values))
-            self.encoder_["cell_types"] = [c for c in cats if c in set(values)]
-        cats = self.encoder_["cell_types"]
-        lookup = {c: i for i, c in enumerate(cats)}
-        unknown = sorted(set(values) - set(lookup))
-        if unknown:
-            raise ValueError(f"obs[{key!r}] has cell types the teacher was not fitted on: {unknown[:5]}.")
-        idx = np.fromiter((lookup[v] for v in values), dtype=np.int64, count=len(values))
-        onehot = np.zeros((len(values), len(cats)), dtype=np.float32)
-        onehot[np.arange(len(values)), idx] = 1.0
-        return onehot
+        return cell_type_matrix(adata, self.cell_type_key, self.encoder_, fit)
 
     def _label_codes(self, adata: ad.AnnData, fit: bool) -> np.ndarray:
-        key = self.labels_key
-        if key not in adata.obs:
-            raise KeyError(
-                f"labels_key={key!r} is not an obs column; available: {list(adata.obs.columns)[:20]}."
-            )
-        col = adata.obs[key]
-        if col.isna().any():
-            raise ValueError(
-                f"obs[{key!r}] has {int(col.isna().sum())} unlabelled cells; drop or label them."
-            )
-        values = col.astype(str).to_numpy()
-        if fit:
-            cats = list(col.cat.categories.astype(str)) if hasattr(col, "cat") else sorted(set(values))
-            cats = [c for c in cats if c in set(values)]
-            if self.n_niches is not None and self.n_niches != len(cats):
-                raise ValueError(
-                    f"n_niches={self.n_niches} but obs[{key!r}] has {len(cats)} labels; pass n_niches=None."
-                )
-            self.encoder_["labels"] = cats
-        lookup = {c: i for i, c in enumerate(self.encoder_["labels"])}
-        unknown = sorted(set(values) - set(lookup))
-        if unknown:
-            raise ValueError(f"obs[{key!r}] has labels the teacher was not fitted on: {unknown[:5]}.")
-        return np.fromiter((lookup[v] for v in values), dtype=np.int64, count=len(values))
+        return label_codes(adata, self.labels_key, self.encoder_, fit, self.n_niches)
 
     def _latent(self, adata: ad.AnnData, fit: bool, rng: np.random.Generator) -> np.ndarray:
         if self.use_rep is not None:
@@ -587,16 +398,22 @@ class NicheTeacher:
             if self.method == "composition"
             else self._latent(adata, fit, rng)
         )
+        groups = codes
+        if self.split_key is not None and (fit or self.split_key in adata.obs):
+            if self.split_key not in adata.obs:
+                raise KeyError(f"split_key={self.split_key!r} is not an obs column; run nk.pp.spatial_split.")
+            side = pd.Categorical(adata.obs[self.split_key].astype(str)).codes.astype(np.int64)
+            groups = codes * (side.max() + 1) + side  # neighbourhoods within (library, side)
         if fit:
             self.radius_um_ = (
                 float(self.radius_um)
                 if self.radius_um is not None
                 else estimate_radius(
-                    xy, self.n_neighbors_target, groups=codes, random_state=self.random_state
+                    xy, self.n_neighbors_target, groups=groups, random_state=self.random_state
                 )
             )
         m = self.max_neighbors or int(max(32, np.ceil(3 * self.n_neighbors_target)))
-        nbrs = radius_neighbours(xy, self.radius_um_, groups=codes, max_neighbors=m)
+        nbrs = radius_neighbours(xy, self.radius_um_, groups=groups, max_neighbors=m)
         mean_count = float(nbrs.counts().mean())
         if mean_count < 0.5:
             raise ValueError(
@@ -618,11 +435,6 @@ class NicheTeacher:
         return inputs
 
     # ------------------------------------------------------------------ head
-    def _transformer_config(self, in_dim: int, n_niches: int):
-        from ._niche_transformer import TransformerConfig
-
-        return TransformerConfig(in_dim=in_dim, n_niches=n_niches, **self.transformer_kwargs)
-
     def fit_head(
         self, inputs: TeacherInputs, n_niches: int | None = None, random_state: int | None = None
     ) -> NicheTeacher:
@@ -630,6 +442,7 @@ class NicheTeacher:
         k = int(n_niches if n_niches is not None else (self.n_niches or 0))
         seed = self.random_state if random_state is None else int(random_state)
         self.gmm_ = self.transformer_ = None
+        self.temperature_ = 1.0
         if self.method == "labels":
             k = len(self.encoder_["labels"])
             self.niche_names_ = [f"N{i}" for i in range(k)]
@@ -642,34 +455,41 @@ class NicheTeacher:
                 random_state=seed,
                 max_fit_cells=self.max_fit_cells,
                 covariance_type=self.covariance_type,
+                reg_covar=self.reg_covar,
             )
         else:
-            import torch
-
-            from .._utils import resolve_device
-            from ._niche_transformer import train_niche_transformer, transformer_logits
-
-            device = resolve_device(self.device)
-            cfg = self._transformer_config(inputs.latent.shape[1], k)
-            model, self.train_losses_ = train_niche_transformer(
-                inputs.latent,
-                inputs.xy,
-                inputs.nbrs,
-                cfg,
+            self.transformer_, self.train_losses_ = fit_transformer_head(
+                inputs,
+                k,
+                self.transformer_kwargs,
                 random_state=seed,
-                device=device,
+                device=self.device,
                 progress=self.progress,
             )
-            # order clusters by decreasing mass on the fitting data (deterministic names)
-            logits = transformer_logits(model, inputs.latent, inputs.xy, inputs.nbrs, device=device)
-            mass = softmax(logits).sum(0)
-            order = np.lexsort((np.arange(k), -mass))
-            with torch.no_grad():
-                model.prototypes.weight.copy_(model.prototypes.weight[torch.as_tensor(order.copy())].clone())
-            self.transformer_ = model.cpu()
         self.n_niches = k
         self.niche_names_ = [f"N{i}" for i in range(k)]
+        if self.calibrate == "neighbours":
+            self.temperature_ = neighbour_temperature(
+                self._raw_logits(inputs), inputs.nbrs, random_state=seed
+            )
         return self
+
+    def fitting_table(self, adata: ad.AnnData) -> ad.AnnData:
+        """The cells the teacher learns from: all of them, or with ``split_key`` those outside the test side.
+
+        Why: with a split, test-strip expression must not shape the encoder, the radius, the niches or the
+        calibration, so changing it cannot change any training target.
+        """
+        if self.split_key is None:
+            return adata
+        if self.split_key not in adata.obs:
+            raise KeyError(f"split_key={self.split_key!r} is not an obs column; run nk.pp.spatial_split.")
+        keep = (adata.obs[self.split_key].astype(str) != "test").to_numpy()
+        if not keep.any():
+            raise ValueError(
+                f"Every cell is 'test' in obs[{self.split_key!r}]; nothing to fit the teacher on."
+            )
+        return adata if keep.all() else adata[keep].copy()
 
     def fit(self, adata: ad.AnnData) -> NicheTeacher:
         """Learn the encoder and the K niches from ``adata`` (all libraries jointly: one label space).
@@ -680,39 +500,34 @@ class NicheTeacher:
             Table with raw counts in ``X`` (or ``obsm[use_rep]``), micron coordinates in ``obsm['spatial']``
             and the library in ``obs[library_key]``.
         """
-        inputs = self.prepare(adata, fit=True)
+        inputs = self.prepare(self.fitting_table(adata), fit=True)
         return self.fit_head(inputs)
 
     def _check_fitted(self) -> None:
         if not self.niche_names_:
             raise RuntimeError("The teacher is not fitted; call fit(adata) first.")
 
+    def _raw_logits(self, inputs: TeacherInputs) -> np.ndarray:
+        if self.gmm_ is not None:
+            return gmm_log_posterior(self.gmm_, inputs.features, progress=self.progress).astype(np.float32)
+        return transformer_head_logits(self.transformer_, inputs, self.device)
+
     def logits_from_inputs(self, inputs: TeacherInputs) -> np.ndarray | None:
-        """``(n, K)`` logits (log posteriors for mixtures); ``None`` for ``"labels"``."""
+        """``(n, K)`` logits (log posteriors for mixtures, divided by :attr:`temperature_`); ``None`` for
+        ``"labels"``."""
         self._check_fitted()
         if self.method == "labels":
             return None
-        if self.gmm_ is not None:
-            return gmm_log_posterior(self.gmm_, inputs.features, progress=self.progress).astype(np.float32)
-        from .._utils import resolve_device
-        from ._niche_transformer import transformer_logits
-
-        device = resolve_device(self.device)
-        logits = transformer_logits(
-            self.transformer_.to(device), inputs.latent, inputs.xy, inputs.nbrs, device=device
-        )
-        self.transformer_.cpu()
+        logits = self._raw_logits(inputs)
+        if self.temperature_ != 1.0:
+            logits = (logits / np.float32(self.temperature_)).astype(np.float32)
         return logits
 
     def proba_from_inputs(self, inputs: TeacherInputs) -> np.ndarray:
         """``(n, K)`` float32 niche probabilities (rows sum to 1)."""
         if self.method == "labels":
             self._check_fitted()
-            k = len(self.niche_names_)
-            eps = self.label_smoothing
-            p = np.full((inputs.n_obs, k), eps / max(k - 1, 1) if k > 1 else 0.0, dtype=np.float32)
-            p[np.arange(inputs.n_obs), inputs.labels] = 1.0 - eps if k > 1 else 1.0
-            return p
+            return labels_proba(inputs.labels, len(self.niche_names_), self.label_smoothing)
         return softmax(self.logits_from_inputs(inputs))
 
     def predict_logits(self, adata: ad.AnnData) -> np.ndarray | None:
@@ -752,53 +567,7 @@ class NicheTeacher:
         path
             Folder to create (or overwrite the teacher files in).
         """
-        from safetensors.numpy import save_file
-
-        self._check_fitted()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        arrays: dict[str, np.ndarray] = {}
-        meta: dict[str, Any] = {
-            "config": self._config(),
-            "radius_um_": self.radius_um_,
-            "niche_names_": self.niche_names_,
-            "n_niches": self.n_niches,
-            "format": "nichekd.NicheTeacher/1",
-        }
-        enc = {}
-        for k, v in self.encoder_.items():
-            if k == "standardise":
-                arrays.update(
-                    {f"std_{kk}": np.atleast_1d(np.asarray(vv, dtype=np.float32)) for kk, vv in v.items()}
-                )
-            elif isinstance(v, np.ndarray):
-                arrays[f"enc_{k}"] = np.ascontiguousarray(v)
-            else:
-                enc[k] = v
-        meta["encoder"] = enc
-        if self.gmm_ is not None:
-            arrays.update(
-                {
-                    "gmm_weights": self.gmm_.weights_,
-                    "gmm_means": self.gmm_.means_,
-                    "gmm_covariances": self.gmm_.covariances_,
-                    "gmm_precisions_cholesky": self.gmm_.precisions_cholesky_,
-                }
-            )
-        if self.transformer_ is not None:
-            from safetensors.torch import save_file as save_torch
-
-            meta["transformer_config"] = self.transformer_.config.to_dict()
-            save_torch(
-                {k: v.contiguous() for k, v in self.transformer_.state_dict().items()},
-                str(path / "transformer.safetensors"),
-            )
-        if arrays:
-            save_file(
-                {k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path / "teacher.safetensors")
-            )
-        (path / "teacher.json").write_text(json.dumps(meta, indent=1))
-        return path
+        return save_teacher(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> NicheTeacher:
@@ -809,39 +578,7 @@ class NicheTeacher:
         path
             Folder holding ``teacher.json``.
         """
-        from safetensors.numpy import load_file
-
-        path = Path(path)
-        if not (path / "teacher.json").is_file():
-            raise FileNotFoundError(
-                f"No teacher.json in {path}; was the teacher saved with NicheTeacher.save?"
-            )
-        meta = json.loads((path / "teacher.json").read_text())
-        cfg = dict(meta["config"])
-        cfg.pop("n_niches")
-        self = cls(meta["n_niches"], **cfg)
-        self.radius_um_ = meta["radius_um_"]
-        self.niche_names_ = list(meta["niche_names_"])
-        arrays = (
-            load_file(str(path / "teacher.safetensors")) if (path / "teacher.safetensors").exists() else {}
-        )
-        self.encoder_ = dict(meta["encoder"])
-        std = {k[4:]: v for k, v in arrays.items() if k.startswith("std_")}
-        if std:
-            std["scale"] = np.float32(std["scale"][0])
-            self.encoder_["standardise"] = std
-        self.encoder_.update({k[4:]: v for k, v in arrays.items() if k.startswith("enc_")})
-        if "gmm_weights" in arrays:
-            self.gmm_ = _gmm_from_arrays(arrays, self.covariance_type)
-        if "transformer_config" in meta:
-            from safetensors.torch import load_file as load_torch
-
-            from ._niche_transformer import NicheTransformer, TransformerConfig
-
-            model = NicheTransformer(TransformerConfig(**meta["transformer_config"]))
-            model.load_state_dict(load_torch(str(path / "transformer.safetensors")))
-            self.transformer_ = model.eval()
-        return self
+        return load_teacher(cls, path)
 
     def __repr__(self) -> str:
         state = (

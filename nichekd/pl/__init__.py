@@ -2,7 +2,8 @@
 
 # one import line per module below
 from ._agreement import agreement
-from ._composition import compare_compositions, composition
+from ._annotation_probe import annotation_probe
+from ._composition import compare_compositions, composition, composition_null
 from ._k_sweep import k_sweep
 from ._niche_map import niche_map
 from ._palette import niche_palette, set_niche_colors

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
+from .._docs import inject_docs
 from .._layout import TABLE_KEY, get_table
 from ._palette import natural_key, niche_palette
 from ._utils import check_obs_key, check_save, finish, single_ax
@@ -15,11 +16,12 @@ from ._utils import check_obs_key, check_save, finish, single_ax
 NORMALIZE = ("true", "pred", None)
 
 
+@inject_docs
 def agreement(
     data,
+    *,
     teacher_key: str = "teacher_niche",
     student_key: str = "student_niche",
-    *,
     table_key: str = TABLE_KEY,
     split: str | None = None,
     split_key: str = "split",
@@ -41,27 +43,20 @@ def agreement(
     data
         SpatialData or AnnData with both columns.
     teacher_key
-        Reference niche column (rows).
+        %(teacher_key)s
     student_key
         Predicted niche column (columns).
     table_key
-        Table holding the columns.
+        %(table_key)s
     split
         Restrict to ``obs[split_key] == split`` (e.g. ``"test"``); ``None`` uses every labelled observation.
     split_key
-        Column written by :func:`nichekd.pp.spatial_split`.
+        %(split_key)s
     match
         Match predicted to teacher niches before comparing; ``False`` compares names as they are.
     normalize
         ``"true"``: each row sums to one (recall per teacher niche); ``"pred"``: each column; ``None``: counts.
-    ax
-        Axes to draw into.
-    save
-        File to write (format from the extension).
-    show
-        Show the figure; ``None`` shows it unless ``ax`` was given.
-    figsize
-        Figure size in inches.
+    %(figure)s
     title
         Axes title; default reports accuracy and ARI.
 

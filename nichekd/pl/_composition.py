@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.colors import to_hex
 
+from .._docs import inject_docs
 from .._layout import TABLE_KEY, get_table
 from ._palette import natural_key, niche_palette
 from ._utils import check_obs_key, check_save, finish, single_ax
@@ -69,10 +70,11 @@ def _colour_ticklabels(ax: Axes, names: list[str]) -> None:
             lab.set_fontweight("bold")
 
 
+@inject_docs
 def composition(
     data,
-    key: str = "teacher_niche",
     *,
+    key: str = "teacher_niche",
     cell_type_key: str = "cell_type",
     table_key: str = TABLE_KEY,
     kind: str = "bar",
@@ -94,17 +96,10 @@ def composition(
     cell_type_key
         Cell-type column.
     table_key
-        Table holding the columns.
+        %(table_key)s
     kind
         ``"bar"`` (stacked bars) or ``"heatmap"``.
-    ax
-        Axes to draw into.
-    save
-        File to write (format from the extension).
-    show
-        Show the figure; ``None`` shows it unless ``ax`` was given.
-    figsize
-        Figure size in inches.
+    %(figure)s
     title
         Axes title; default names the niche column.
 
@@ -115,7 +110,7 @@ def composition(
     Examples
     --------
     >>> import nichekd as nk
-    >>> nk.pl.composition(sdata, "teacher_niche", cell_type_key="cell_type", show=False)  # doctest: +SKIP
+    >>> nk.pl.composition(sdata, key="teacher_niche", cell_type_key="cell_type", show=False)  # doctest: +SKIP
     """
     if kind not in ("bar", "heatmap"):
         raise ValueError(f"kind must be 'bar' or 'heatmap', got {kind!r}.")
@@ -168,17 +163,18 @@ def composition(
 
 
 def _jsd(p: np.ndarray, q: np.ndarray) -> float:
-    """Jensen-Shannon divergence, base 2 (0 = identical, 1 = disjoint)."""
-    from scipy.spatial.distance import jensenshannon
+    """Jensen-Shannon divergence, base 2 (0 = identical, 1 = disjoint): nichekd's one implementation."""
+    from ..tl._composition import jensen_shannon
 
-    return float(jensenshannon(p, q, base=2) ** 2)
+    return float(jensen_shannon(np.asarray(p, dtype=float)[None], np.asarray(q, dtype=float)[None])[0, 0])
 
 
+@inject_docs
 def compare_compositions(
     data,
+    *,
     teacher_key: str = "teacher_niche",
     student_key: str = "student_niche",
-    *,
     cell_type_key: str = "cell_type",
     table_key: str = TABLE_KEY,
     split: str | None = None,
@@ -201,28 +197,21 @@ def compare_compositions(
     data
         SpatialData or AnnData with the three columns.
     teacher_key
-        Teacher niche column.
+        %(teacher_key)s
     student_key
         Student (or any predicted) niche column.
     cell_type_key
         Cell-type column.
     table_key
-        Table holding the columns.
+        %(table_key)s
     split
         Restrict to ``obs[split_key] == split`` (e.g. ``"test"``); ``None`` uses every labelled observation.
     split_key
-        Column written by :func:`nichekd.pp.spatial_split`.
+        %(split_key)s
     match
         Rename predicted niches to teacher niches by one-to-one matching (as :func:`nichekd.tl.evaluate`
         does); not needed for the student, whose niches already carry the teacher's names.
-    ax
-        Axes to draw into.
-    save
-        File to write (format from the extension).
-    show
-        Show the figure; ``None`` shows it unless ``ax`` was given.
-    figsize
-        Figure size in inches.
+    %(figure)s
     title
         Axes title; default reports the mean JSD.
 
@@ -303,4 +292,63 @@ def compare_compositions(
     ax.set_title(
         title if title is not None else f"composition, teacher vs student{where}: mean JSD {np.mean(jsd):.3f}"
     )
+    return finish(ax.figure, ax, save=save_path, show=show, user_ax=user_ax)
+
+
+@inject_docs
+def composition_null(
+    result,
+    *,
+    bins: int = 40,
+    ax: Axes | None = None,
+    save: str | Path | None = None,
+    show: bool | None = None,
+    figsize: tuple[float, float] | None = None,
+    title: str | None = None,
+) -> Axes | None:
+    """The null distribution of a composition test, with the observed statistic and the p-value.
+
+    Parameters
+    ----------
+    result
+        A :class:`~nichekd.tl._composition.CompositionComparison` from :func:`nichekd.tl.compare_compositions`
+        (``null="pairings"``: random niche pairings; ``"labels"``: permuted labels), with permutations.
+    bins
+        Histogram bins.
+    %(figure)s
+    title
+        Axes title; default names the null and the p-value.
+
+    Returns
+    -------
+    The axes, or ``None`` when the figure was shown.
+
+    Examples
+    --------
+    >>> import nichekd as nk
+    >>> res = nk.tl.compare_compositions(sdata, teacher_key="teacher_niche", student_key="student_niche", cell_type_key="cell_type", null="pairings")
+    >>> nk.pl.composition_null(res, show=False)  # doctest: +SKIP
+    """
+    null = getattr(result, "null", None)
+    if null is None or not hasattr(result, "mean_jsd"):
+        raise TypeError(
+            f"Expected the result of nichekd.tl.compare_compositions, got {type(result).__name__}."
+        )
+    null = np.asarray(null, dtype=float)
+    if not len(null):
+        raise ValueError(
+            "The comparison has no permutations; rerun compare_compositions with n_permutations > 0."
+        )
+    save_path = check_save(save)
+    user_ax = ax is not None
+    ax = single_ax(ax, figsize, (5.5, 3.2))
+    kind = getattr(result, "null_kind", "labels")
+    what = {"pairings": "random niche pairings", "labels": "permuted labels"}.get(kind, kind)
+    ax.hist(null, bins=bins, color="0.7", edgecolor="white", label=f"null: {what} (n={len(null)})")
+    ax.axvline(result.mean_jsd, color="tab:red", lw=2, label=f"observed {result.mean_jsd:.3f}")
+    ax.set_xlabel("mean JSD of paired niches" if kind == "pairings" else "matched mean JSD")
+    ax.set_ylabel("permutations")
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(frameon=False, fontsize=9)
+    ax.set_title(title if title is not None else f"composition test ({what}): p = {result.p_value:.3g}")
     return finish(ax.figure, ax, save=save_path, show=show, user_ax=user_ax)

@@ -6,7 +6,8 @@ drawing, so that every check runs before anything is written to the user's table
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import anndata as ad
 import matplotlib.pyplot as plt
@@ -15,38 +16,31 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ._spatial import (
-    RENDERERS,
+    METHODS,
     SPLITS,
     Colouring,
-    Geometry,
     Panel,
     add_scalebar,
-    check_on_image,
     choose_libraries,
     draw_panel,
     draw_split,
-    image_extent,
-    panel_geometry,
-    resolve_panels,
+    make_panel,
+    panel_source,
 )
 from ._utils import check_obs_key
 
 
 @dataclass
 class Grid:
-    """Validated panels and their geometry, ready to draw."""
+    """Validated panels (rows: libraries, columns: keys) and the SpatialData they are drawn from."""
 
     panels: list[list[Panel]]
-    geoms: list[list[Geometry]]
+    source: Any  # the user's SpatialData, or one with circles made for tables that annotate no shapes
 
     @property
-    def flat(self) -> list[tuple[Panel, Geometry]]:
-        """Panels row by row with their geometry."""
-        return [
-            (p, g)
-            for prow, grow in zip(self.panels, self.geoms, strict=True)
-            for p, g in zip(prow, grow, strict=True)
-        ]
+    def flat(self) -> list[Panel]:
+        """Panels row by row."""
+        return [p for row in self.panels for p in row]
 
 
 def prepare_grid(
@@ -55,41 +49,38 @@ def prepare_grid(
     keys: list[str],
     *,
     library,
+    table_key: str,
+    library_key: str | None,
+    coordinate_system: str | None,
+    microns_per_unit: float | None,
     image_key,
-    shapes_key: str | None,
     show_split: bool,
     split_key: str,
-    renderer: str,
+    method: str | None,
 ) -> Grid:
     """Resolve and check everything the maps need; raises before anything is drawn or written."""
-    if renderer not in RENDERERS:
-        raise ValueError(f"renderer must be one of {RENDERERS}, got {renderer!r}.")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     if show_split:
         check_obs_key(table, split_key, hint="Run nichekd.pp.spatial_split first, or pass show_split=False.")
         values = set(table.obs[split_key].dropna().astype(str))
         if not values <= set(SPLITS):
             raise ValueError(f"obs[{split_key!r}] must hold {SPLITS}, found {sorted(values - set(SPLITS))}.")
-    libraries = choose_libraries(table, library)
-    panels = resolve_panels(sdata, table, keys, libraries, image_key=image_key, shapes_key=shapes_key)
-    geoms = []
-    extents: dict[tuple[str, str], tuple] = {}
-    for row in panels:
-        grow = []
-        for panel in row:
-            geom = panel_geometry(sdata, table, panel)
-            if panel.image is not None:
-                ext = extents.setdefault(
-                    (panel.image, panel.library), image_extent(sdata, panel.image, panel.library)
-                )
-                check_on_image(geom.xy, ext, panel)
-            grow.append(geom)
-        geoms.append(grow)
-    return Grid(panels, geoms)
+    source, ctx, where = panel_source(
+        sdata, table, table_key=table_key, library_key=library_key, coordinate_system=coordinate_system,
+        microns_per_unit=microns_per_unit, image_key=image_key,
+    )  # fmt: skip
+    libraries = choose_libraries(ctx, library)
+    panels = []
+    for lib in libraries:
+        first = make_panel(source, ctx, where, lib, keys[0], image_key=image_key)
+        panels.append([first] + [replace(first, key=key) for key in keys[1:]])
+    return Grid(panels, source)
 
 
-def _panel_aspect(geom: Geometry) -> float:
-    span = np.ptp(geom.xy, axis=0) if len(geom.xy) > 1 else np.ones(2)
-    return float(np.clip(span[1] / max(span[0], 1e-9), 0.4, 2.5))
+def _panel_aspect(panel: Panel) -> float:
+    x0, x1, y0, y1 = panel.crop
+    return float(np.clip((y1 - y0) / max(x1 - x0, 1e-9), 0.4, 2.5))
 
 
 def grid_axes(
@@ -113,7 +104,7 @@ def grid_axes(
     if wrap is not None:  # one key: lay the libraries out side by side, ``wrap`` per row
         ncols = min(n, wrap)
         nrows = -(-n // ncols)
-    aspect = max(_panel_aspect(g) for row in grid.geoms for g in row)
+    aspect = max(_panel_aspect(p) for p in grid.flat)
     side = 4.0 if ncols > 1 else 5.0
     size = figsize or (side * ncols + legend_width, side * aspect * nrows + 0.4)
     fig, axs = plt.subplots(nrows, ncols, figsize=size, layout="constrained", squeeze=False)
@@ -129,7 +120,6 @@ def default_title(panel: Panel, n_libraries: int) -> str:
 
 
 def draw_grid(
-    sdata,
     table: ad.AnnData,
     grid: Grid,
     axes: list[Axes],
@@ -137,20 +127,19 @@ def draw_grid(
     *,
     show_split: bool,
     split_key: str,
-    renderer: str,
+    method: str | None,
     table_key: str,
     title: str | list[str] | None,
     scalebar: bool,
 ) -> tuple[list, list[str]]:
-    """Draw every panel; return the split legend handles and the routes used."""
+    """Draw every panel; return the split legend handles and the method of each panel."""
     flat = grid.flat
     titles = _titles(title, flat, len(grid.panels))
     split_handles: dict[str, object] = {}
-    routes = []
-    for a, (panel, geom), ttl in zip(axes, flat, titles, strict=True):
-        route, _ = draw_panel(a, sdata, table, panel, colourings[panel.key], geom=geom, renderer=renderer,
-                              table_key=table_key)  # fmt: skip
-        routes.append(route)
+    methods = []
+    for a, panel, ttl in zip(axes, flat, titles, strict=True):
+        methods.append(draw_panel(a, grid.source, table, panel, colourings[panel.key], method=method,
+                                  table_key=table_key))  # fmt: skip
         values = table.obs[panel.key].iloc[panel.rows]
         if values.isna().all():
             a.text(0.5, 0.5, f"no {panel.key}\non this section", transform=a.transAxes, ha="center", va="center",
@@ -159,24 +148,24 @@ def draw_grid(
             split = table.obs[split_key].iloc[panel.rows]
             if split.notna().any():
                 xlim, ylim = a.get_xlim(), a.get_ylim()
-                for h in draw_split(a, geom.xy, split):
+                for h in draw_split(a, panel.xy, split):
                     split_handles[h.get_label()] = h
                 a.set_xlim(xlim)
                 a.set_ylim(ylim)
         if scalebar:
-            add_scalebar(a)
+            add_scalebar(a, panel.microns_per_unit)
         if ttl is not None:
             a.set_title(ttl, fontsize=11)
     if isinstance(title, str) and len(flat) > 1:
         axes[0].figure.suptitle(title)
-    return list(split_handles.values()), routes
+    return list(split_handles.values()), methods
 
 
 def _titles(title, flat, n_libraries: int) -> list[str | None]:
     if title is None:
-        return [default_title(p, n_libraries) for p, _ in flat]
+        return [default_title(p, n_libraries) for p in flat]
     if isinstance(title, str):
-        return [title] if len(flat) == 1 else [default_title(p, n_libraries) for p, _ in flat]
+        return [title] if len(flat) == 1 else [default_title(p, n_libraries) for p in flat]
     title = list(title)
     if len(title) != len(flat):
         raise ValueError(f"title= has {len(title)} entries for {len(flat)} panels (libraries x keys).")

@@ -9,11 +9,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
+from .._docs import inject_docs
 from ._utils import check_save, finish
 
 REQUIRED = ("k", "stability_ari_mean")
 
 
+@inject_docs
 def k_sweep(
     result: pd.DataFrame,
     *,
@@ -33,14 +35,7 @@ def k_sweep(
         ``stability_ari_sd`` and ``bic``.
     chosen_k
         k to mark; default the most stable k.
-    ax
-        Axes to draw into: one, or two when the result has ``bic``.
-    save
-        File to write (format from the extension).
-    show
-        Show the figure; ``None`` shows it unless ``ax`` was given.
-    figsize
-        Figure size in inches.
+    %(figure)s
     title
         Figure title.
 

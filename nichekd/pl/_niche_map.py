@@ -9,6 +9,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
+from .._docs import inject_docs
 from .._layout import TABLE_KEY, get_table
 from ._grid import draw_grid, grid_axes, place_legend, prepare_grid
 from ._palette import NA_COLOR, _categories, natural_key, resolve_palette
@@ -18,19 +19,22 @@ from ._utils import as_categorical, as_list, check_obs_key, check_save, finish
 DEFAULT_KEYS = ("teacher_niche", "student_niche")
 
 
+@inject_docs
 def niche_map(
     sdata,
-    keys: str | Sequence[str] = DEFAULT_KEYS,
     *,
+    keys: str | Sequence[str] = DEFAULT_KEYS,
     library: str | Sequence[str] | None = None,
     table_key: str = TABLE_KEY,
+    library_key: str | None = None,
     image_key: str | bool | None = None,
-    shapes_key: str | None = None,
+    coordinate_system: str | None = None,
+    microns_per_unit: float | None = None,
     groups: str | Sequence[str] | None = None,
     palette: Mapping[str, str] | Sequence[str] | str | None = None,
     show_split: bool = False,
     split_key: str = "split",
-    renderer: str = "auto",
+    method: str | None = None,
     scalebar: bool = True,
     legend: bool = True,
     ax: Axes | Sequence[Axes] | None = None,
@@ -47,20 +51,24 @@ def niche_map(
     Parameters
     ----------
     sdata
-        SpatialData in the nichekd layout, or a bare AnnData table (drawn from ``obsm['spatial']`` without
-        the image).
+        SpatialData (from nichekd's readers, spatialdata-io or your own code), or a bare AnnData table (drawn
+        from ``obsm['spatial']`` without an image).
     keys
         Categorical ``obs`` columns, e.g. the teacher's and the student's niches. With the default, keys that
         do not exist yet are skipped (at least one must exist); named keys must all exist.
     library
         Section(s) to draw; ``None`` draws every library, one row each.
     table_key
-        Table holding the niches.
+        %(table_key)s
+    library_key
+        %(library_key)s
     image_key
-        Image element; ``None`` uses the library's H&E, ``False`` draws no image.
-    shapes_key
-        Shapes element; ``None`` uses the element the table rows annotate (spots, cells, or the tiles of
-        :func:`nichekd.tl.predict_niches` on an H&E-only slide).
+        Image element; ``None`` picks the finest image of the library's coordinate system that holds its spots
+        (constant placeholders skipped), ``False`` draws no image.
+    coordinate_system
+        %(coordinate_system)s
+    microns_per_unit
+        %(microns_per_unit)s
     groups
         Niches to colour; the others are drawn grey.
     palette
@@ -69,23 +77,16 @@ def niche_map(
     show_split
         Outline the test region (dashed) and hatch the buffer from ``obs[split_key]``.
     split_key
-        Column written by :func:`nichekd.pp.spatial_split`.
-    renderer
-        ``"auto"`` (spatialdata-plot for panels up to 2,000 observations, matplotlib above that, where
-        spatialdata-plot gets slow, or if it fails), ``"spatialdata_plot"`` or ``"matplotlib"``; both draw
-        the same picture.
+        %(split_key)s
+    method
+        spatialdata-plot's rendering of the shapes: ``"matplotlib"`` (one patch per observation),
+        ``"datashader"`` (rasterised, fast for large panels) or ``None``: datashader for panels of 10,000
+        observations or more.
     scalebar
         Draw a scale bar in microns.
     legend
         Draw one niche legend to the right of the panels.
-    ax
-        Axes to draw into: one per panel (libraries x keys, row by row).
-    save
-        File to write (format from the extension).
-    show
-        Show the figure; ``None`` shows it unless ``ax`` was given.
-    figsize
-        Figure size in inches; default about 4 inches per panel.
+    %(figure)s
     title
         One title per panel, or one string (the figure title when there are several panels).
 
@@ -96,9 +97,9 @@ def niche_map(
     Examples
     --------
     >>> import nichekd as nk
-    >>> sdata = nk.datasets.synthetic_tissue(seed=0)
+    >>> sdata = nk.datasets.synthetic_tissue(random_state=0)
     >>> nk.tl.teacher_niches(sdata)
-    >>> nk.pl.niche_map(sdata, "teacher_niche", show_split=False, show=False)  # doctest: +SKIP
+    >>> nk.pl.niche_map(sdata, keys="teacher_niche", show_split=False, show=False)  # doctest: +SKIP
     """
     table = get_table(sdata, table_key)
     key_list = as_list(keys)
@@ -125,8 +126,9 @@ def niche_map(
             raise ValueError(
                 f"groups {unknown} are not niches of {key_list}; the niches are {sorted(set(all_names), key=natural_key)}."
             )
-    grid = prepare_grid(sdata, table, key_list, library=library, image_key=image_key, shapes_key=shapes_key,
-                        show_split=show_split, split_key=split_key, renderer=renderer)  # fmt: skip
+    grid = prepare_grid(sdata, table, key_list, library=library, table_key=table_key, library_key=library_key,
+                        coordinate_system=coordinate_system, microns_per_unit=microns_per_unit,
+                        image_key=image_key, show_split=show_split, split_key=split_key, method=method)  # fmt: skip
     fig, axes, user_ax = grid_axes(grid, ax, figsize, legend_width=1.4 if legend else 0.2)
 
     # everything is checked: from here on the table may be written (categoricals, colours)
@@ -134,11 +136,11 @@ def niche_map(
         as_categorical(table, key)
         table.uns[f"{key}_colors"] = [mapping[c] for c in _categories(table, key)]
     colouring = Colouring(palette=mapping, groups=group_list, na_color=NA_COLOR)
-    split_handles, _ = draw_grid(sdata, table, grid, axes, dict.fromkeys(key_list, colouring), show_split=show_split,
-                                 split_key=split_key, renderer=renderer, table_key=table_key, title=title,
+    split_handles, _ = draw_grid(table, grid, axes, dict.fromkeys(key_list, colouring), show_split=show_split,
+                                 split_key=split_key, method=method, table_key=table_key, title=title,
                                  scalebar=scalebar)  # fmt: skip
     if legend:
-        drawn = pd.concat([table.obs[p.key].iloc[p.rows].astype(object) for p, _ in grid.flat])
+        drawn = pd.concat([table.obs[p.key].iloc[p.rows].astype(object) for p in grid.flat])
         names = sorted({str(v) for v in drawn.dropna()}, key=natural_key)
         shown = [n for n in names if group_list is None or n in group_list]
         handles = category_handles(mapping, shown)

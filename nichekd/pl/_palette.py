@@ -110,8 +110,8 @@ def resolve_palette(
 
 def set_niche_colors(
     adata: ad.AnnData,
-    keys: str | Sequence[str],
     *,
+    keys: str | Sequence[str],
     palette: Mapping[str, str] | Sequence[str] | str | None = None,
 ) -> dict[str, str]:
     """Store one shared niche palette as ``uns[f"{key}_colors"]`` for each key.
@@ -136,7 +136,7 @@ def set_niche_colors(
     Examples
     --------
     >>> import nichekd as nk
-    >>> colours = nk.pl.set_niche_colors(adata, ["teacher_niche", "student_niche"])
+    >>> colours = nk.pl.set_niche_colors(adata, keys=["teacher_niche", "student_niche"])
     >>> adata.uns["teacher_niche_colors"][:3]  # doctest: +SKIP
     """
     keys = [keys] if isinstance(keys, str) else list(keys)

@@ -1,9 +1,13 @@
-"""Drawing one library's spots, cells or tiles over its H&E, in microns.
+"""Drawing one library's spots, cells or tiles over its H&E, through spatialdata-plot.
 
-The route is spatialdata-plot (``render_images`` + ``render_shapes`` + ``show``); plain matplotlib (a pyramid
-level through ``imshow`` with its micron extent, circles or polygons as collections) is the fallback and the
-route for a bare AnnData table. Both draw into the same micron axes (y pointing down), so overlays such as
-the split outline work on either.
+Each panel is one library: its annotated shapes element, its image, its coordinate system and that system's
+microns per unit come from :func:`nichekd._elements.resolve`, so nichekd's own objects (in microns) and
+spatialdata-io's (Visium in full-resolution pixels, ...) draw the same way. A panel is drawn in its coordinate
+system's units, cropped to the tissue (the spots' extent plus a margin); the scale bar converts its length with
+``microns_per_unit``. spatialdata-plot draws the image and the shapes (``render_images`` + ``render_shapes`` +
+``show``, with datashader for large panels); nichekd adds the test-split outline, the scale bar and the fixed
+niche palette on top. A bare AnnData table is drawn the same way, its ``obsm['spatial']`` wrapped as circles.
+There is no other renderer: if spatialdata-plot fails, its error surfaces.
 """
 
 from __future__ import annotations
@@ -11,27 +15,30 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import anndata as ad
 import numpy as np
 import pandas as pd
-from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.collections import EllipseCollection, PolyCollection
 from matplotlib.colors import Normalize, to_rgba
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 
-from .._elements import resolve
-from .._layout import INSTANCE_KEY, REGION_KEY, library_labels, spatial_coords
+from .._elements import Library, SpatialContext, _image_extent, _region_key, resolve
 
-logger = logging.getLogger(__name__)
-RENDERERS = ("auto", "spatialdata_plot", "matplotlib")
+METHODS = (None, "matplotlib", "datashader")
 SPLITS = ("train", "test", "buffer")
-SDP_MAX_OBS = 2000  # above this many observations per panel "auto" draws with matplotlib
-_IMAGE_TARGET_PX = 1500  # coarsest pyramid level at least this big is sharp at notebook size
+# One panel of synthetic cells, measured (shared 2-core CPU, warm): 5,000 cells 3.5 s with matplotlib patches,
+# 3.6 s with datashader; 50,000 cells 24 s and 9 s. Datashader's first call in a session also compiles (numba,
+# ~6 s) and its raster is less crisp, so patches stay up to spatialdata-plot's own switch point.
+DATASHADER_MIN_OBS = 10_000
+CROP_MARGIN = 0.04  # share of the tissue's larger side added around it
+# column names of the light per-panel table; prefixed so they never clash with the user's column
+_REGION, _INSTANCE = "_nk_region", "_nk_instance"
+DRAW_CS = "global"  # the one coordinate system of a panel's light SpatialData (see _panel_sdata)
 
 
 @dataclass
@@ -41,8 +48,20 @@ class Panel:
     library: str
     key: str
     rows: np.ndarray  # positions in the table
-    shapes: str | None
+    shapes: str  # shapes element in ``Grid.source``
+    instances: np.ndarray  # instance ids of ``rows`` in that element
     image: str | None
+    coordinate_system: str
+    microns_per_unit: float
+    xy: np.ndarray  # centres in coordinate-system units
+    width: float  # typical spot/cell/tile width in coordinate-system units
+
+    @property
+    def crop(self) -> tuple[float, float, float, float]:
+        """``(x0, x1, y0, y1)``: the spots' extent plus a margin, in coordinate-system units."""
+        lo, hi = self.xy.min(0), self.xy.max(0)
+        pad = self.width / 2 + CROP_MARGIN * float(max(np.max(hi - lo), self.width))
+        return lo[0] - pad, hi[0] + pad, lo[1] - pad, hi[1] + pad
 
 
 def is_spatialdata(data) -> bool:
@@ -50,197 +69,148 @@ def is_spatialdata(data) -> bool:
     return not isinstance(data, ad.AnnData)
 
 
-def choose_libraries(table: ad.AnnData, library: str | list[str] | None) -> list[str]:
-    """The libraries to draw, validated."""
-    labels = library_labels(table)
-    present = [str(c) for c in labels.categories if (labels == c).any()]
+def nn_spacing(xy: np.ndarray) -> float:
+    """Median distance to the nearest other observation (the sampling pitch), in the units of ``xy``."""
+    if len(xy) < 2:
+        return 1.0
+    d, _ = cKDTree(xy).query(xy, k=2)
+    d = d[:, 1][d[:, 1] > 0]
+    return float(np.median(d)) if len(d) else 1.0
+
+
+def choose_libraries(ctx: SpatialContext, library: str | list[str] | None) -> list[str]:
+    """The libraries to draw, validated, in the table's order."""
+    present = list(ctx.libraries)
     if library is None:
         return present
     wanted = [library] if isinstance(library, str) else [str(x) for x in library]
     missing = [x for x in wanted if x not in present]
     if missing:
+        column = f"obs[{ctx.library_key!r}]" if ctx.library_key else "the table"
         raise KeyError(
-            f"No library {missing} in obs['library']; the table has {present}. Pass library= one of them."
+            f"No library {missing} in {column}; the table has {present}. Pass library= one of them."
         )
     return wanted
 
 
-def _infos(table: ad.AnnData) -> dict:
-    # TODO(issue 12, plots): panels take elements, coordinate systems and units from _elements.resolve
-    try:
-        return resolve(table, images=False).libraries
-    except (KeyError, ValueError):
-        return {}
+def _width(lib: Library, xy: np.ndarray) -> float:
+    """Spot/cell/tile width in coordinate-system units: the element's size where known, else the pitch."""
+    return lib.diameter_um / lib.microns_per_unit if lib.diameter_um else nn_spacing(xy)
 
 
-def resolve_panels(
-    sdata, table: ad.AnnData, keys: list[str], libraries: list[str], *, image_key, shapes_key: str | None
-) -> list[list[Panel]]:
-    """Rows of panels (one row per library, one panel per key), with elements checked to exist."""
+def _circles(xy: np.ndarray, diameter: float, coordinate_system: str):
+    """Circles at ``xy`` registered (identity) to ``coordinate_system``, indexed 0..n-1."""
+    from .._layout import make_shapes
+
+    return make_shapes(xy, diameter, coordinate_system, index=np.arange(len(xy)))
+
+
+def panel_source(
+    sdata,
+    table: ad.AnnData,
+    *,
+    table_key: str,
+    library_key: str | None,
+    coordinate_system: str | None,
+    microns_per_unit: float | None,
+    image_key: str | bool | None,
+) -> tuple[Any, SpatialContext, dict[str, tuple]]:
+    """The SpatialData to draw from, the resolved context and ``{library: (shapes, instances, cs, mpu)}``.
+
+    Libraries whose rows annotate no shapes element (a bare AnnData, or a table without elements) get circles
+    made from their coordinates, added to a new SpatialData; the user's object is not modified.
+    """
+    from spatialdata import SpatialData
+
     spatial = is_spatialdata(sdata)
-    infos = _infos(table)
-    if spatial and shapes_key is not None and shapes_key not in sdata.shapes:
-        raise KeyError(f"No shapes element {shapes_key!r}; the object has {sorted(sdata.shapes)}.")
     if spatial and isinstance(image_key, str) and image_key not in sdata.images:
         raise KeyError(
             f"No image {image_key!r}; the object has {sorted(sdata.images)}. Pass image_key=False to omit it."
         )
-    labels = np.asarray(library_labels(table))
-    regions = np.asarray(table.obs[REGION_KEY]).astype(str) if REGION_KEY in table.obs else None
-    grid = []
-    for lib in libraries:
-        info = infos.get(lib)
-        in_lib = labels == lib
-        image = None
-        if spatial and image_key is not False:
-            if isinstance(image_key, str):
-                image = image_key
-            else:
-                default = f"{lib}_he"
-                image = default if default in sdata.images else None
-        row = []
-        for key in keys:
-            shapes = shapes_key
-            if spatial and shapes is None:
-                if regions is None:
-                    raise KeyError(
-                        "The table has no obs['region']; pass shapes_key= naming the shapes element."
-                    )
-                has = in_lib & pd.notna(table.obs[key]).to_numpy()
-                counts = pd.Series(regions[has if has.any() else in_lib]).value_counts()
-                candidates = [r for r in counts.index if r in sdata.shapes]
-                if not candidates:
-                    raise KeyError(
-                        f"Library {lib!r}: the table rows annotate {list(counts.index)}, none of which is a shapes "
-                        f"element of the object ({sorted(sdata.shapes)}); pass shapes_key=."
-                    )
-                recorded = info.region if info is not None else None
-                shapes = recorded if recorded in candidates else candidates[0]
-            mask = in_lib if (shapes is None or regions is None) else in_lib & (regions == shapes)
-            if not mask.any():
-                raise ValueError(
-                    f"Library {lib!r} has no table rows for shapes {shapes!r}; check shapes_key=."
-                )
-            row.append(Panel(lib, key, np.flatnonzero(mask), shapes, image))
-        grid.append(row)
-    return grid
+    ctx = resolve(
+        sdata,
+        table_key=table_key,
+        library_key=library_key,
+        coordinate_system=coordinate_system,
+        microns_per_unit=microns_per_unit,
+        image_key=image_key if isinstance(image_key, str) else None,
+        images=spatial and image_key is not False,
+    )
+    _, instance_key = _region_key(table)
+    made: dict[str, Any] = {}
+    where: dict[str, tuple] = {}
+    for name, lib in ctx.libraries.items():
+        if spatial and lib.region is not None:
+            ids = table.obs[instance_key].to_numpy()[lib.rows]
+            where[name] = (lib.region, ids, lib.coordinate_system, lib.microns_per_unit)
+            continue
+        # no element: circles of the spot/cell size (or the sampling pitch) in the library's units
+        cs = lib.coordinate_system or name
+        xy = ctx.xy_um[lib.rows] / lib.microns_per_unit
+        made[f"_nk_{name}_observations"] = _circles(xy, _width(lib, xy), cs)
+        where[name] = (f"_nk_{name}_observations", np.arange(len(xy)), cs, lib.microns_per_unit)
+    if not made:
+        return sdata, ctx, where
+    images = dict(sdata.images) if spatial else {}
+    shapes = {**(dict(sdata.shapes) if spatial else {}), **made}
+    return SpatialData(images=images, shapes=shapes), ctx, where
 
 
-# ---------------------------------------------------------------------------------------------- geometry
+def make_panel(
+    source,
+    ctx: SpatialContext,
+    where: dict[str, tuple],
+    library: str,
+    key: str,
+    *,
+    image_key: str | bool | None,
+) -> Panel:
+    """One panel, with its coordinates in its coordinate system and its image checked to hold the spots."""
+    lib = ctx.library(library)
+    shapes, instances, cs, mpu = where[library]
+    xy = ctx.xy_um[lib.rows] / mpu
+    width = _width(lib, xy)
+    image = None if image_key is False else lib.image
+    panel = Panel(library, key, lib.rows, shapes, instances, image, cs, mpu, xy, width)
+    if image_key is not False and is_spatialdata(source):
+        _check_image(source, panel, explicit=isinstance(image_key, str))
+    return panel
 
 
-def _affine(element, library: str) -> np.ndarray:
+def _check_image(sdata, panel: Panel, *, explicit: bool) -> None:
+    """Raise if the spots lie on none of the images of their coordinate system: registration or units are wrong.
+
+    The automatic choice skips images that do not hold the spots; when every image of the coordinate system
+    misses them, drawing without one would hide the error.
+    """
     from spatialdata.transformations import get_transformation
 
-    transforms = get_transformation(element, get_all=True)
-    if library not in transforms:
-        raise ValueError(
-            f"The element is not registered to the coordinate system {library!r} (it has {sorted(transforms)}); "
-            "images and shapes of a library must share its coordinate system (microns)."
-        )
-    return np.asarray(transforms[library].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")))
-
-
-def _apply(m: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    return xy @ m[:2, :2].T + m[:2, 2]
-
-
-@dataclass
-class Geometry:
-    """Positions (microns) of a panel's rows: circle centres + radii, or polygons."""
-
-    xy: np.ndarray
-    radius: np.ndarray | None
-    polygons: list[np.ndarray] | None
-
-
-def nn_spacing(xy: np.ndarray) -> float:
-    """Median distance to the nearest other observation (the sampling pitch)."""
-    if len(xy) < 2:
-        return 10.0
-    d, _ = cKDTree(xy).query(xy, k=2)
-    d = d[:, 1][d[:, 1] > 0]
-    return float(np.median(d)) if len(d) else 10.0
-
-
-def panel_geometry(sdata, table: ad.AnnData, panel: Panel) -> Geometry:
-    """Where each of the panel's rows is drawn, from the shapes element (or ``obsm['spatial']``)."""
-    if panel.shapes is None:
-        xy = spatial_coords(table[panel.rows])
-        info = _infos(table).get(panel.library)
-        diameter = info.diameter_um if info is not None and info.diameter_um else nn_spacing(xy)
-        return Geometry(xy, np.full(len(xy), diameter / 2.0), None)
-    gdf = sdata.shapes[panel.shapes]
-    ids = table.obs[INSTANCE_KEY].to_numpy()[panel.rows] if INSTANCE_KEY in table.obs else panel.rows
-    missing = pd.Index(ids).difference(gdf.index)
-    if len(missing):
-        raise ValueError(
-            f"{len(missing)} table rows point to instances missing from shapes {panel.shapes!r} "
-            f"(e.g. {list(missing[:3])}); the table and the shapes element are out of sync."
-        )
-    geoms = gdf.geometry.loc[ids]
-    m = _affine(gdf, panel.library)
-    if (geoms.geom_type == "Point").all():
-        xy = _apply(m, np.column_stack([geoms.x.to_numpy(), geoms.y.to_numpy()]))
-        scale = float(np.sqrt(abs(np.linalg.det(m[:2, :2]))))
-        radius = gdf["radius"].loc[ids].to_numpy(dtype=float) * scale if "radius" in gdf else None
-        if radius is None:
-            radius = np.full(len(xy), nn_spacing(xy) / 2.0)
-        return Geometry(xy, radius, None)
-    polys = [_apply(m, np.asarray(g.exterior.coords)[:, :2]) for g in geoms]
-    centroids = _apply(m, np.column_stack([geoms.centroid.x.to_numpy(), geoms.centroid.y.to_numpy()]))
-    return Geometry(centroids, None, polys)
-
-
-def image_level(sdata, image: str, library: str) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """A pyramid level about notebook-sized as ``(y, x, c)`` uint8, and its extent ``(x0, x1, y1, y0)``."""
-    element = sdata.images[image]
-    if hasattr(element, "children") and len(element.children):  # multiscale DataTree
-        levels = [
-            next(iter(element[name].values())) for name in sorted(element.children, key=lambda s: int(s[5:]))
+    names = (
+        [panel.image]
+        if explicit
+        else [
+            n
+            for n, el in sdata.images.items()
+            if panel.coordinate_system in (get_transformation(el, get_all=True) or {})
         ]
-    else:
-        levels = [element]
-    full = levels[0]
-    chosen = levels[0]
-    for lvl in levels:
-        if max(lvl.sizes["y"], lvl.sizes["x"]) >= _IMAGE_TARGET_PX:
-            chosen = lvl
-    arr = np.asarray(chosen.transpose("y", "x", "c").values)
-    if arr.shape[-1] > 3:
-        arr = arr[..., :3]
-    m = _affine(element, library)
-    h, w = full.sizes["y"], full.sizes["x"]
-    corners = _apply(m, np.array([[0, 0], [w, 0], [0, h], [w, h]], dtype=float))
-    x0, y0 = corners.min(0)
-    x1, y1 = corners.max(0)
-    return arr, (x0, x1, y1, y0)
-
-
-def image_extent(sdata, image: str, library: str) -> tuple[float, float, float, float]:
-    """``(x0, x1, y0, y1)`` of an image in the library's microns, without reading pixels."""
-    element = sdata.images[image]
-    full = (
-        next(iter(element["scale0"].values()))
-        if hasattr(element, "children") and len(element.children)
-        else element
     )
-    m = _affine(element, library)
-    h, w = full.sizes["y"], full.sizes["x"]
-    corners = _apply(m, np.array([[0, 0], [w, 0], [0, h], [w, h]], dtype=float))
-    return corners[:, 0].min(), corners[:, 0].max(), corners[:, 1].min(), corners[:, 1].max()
-
-
-def check_on_image(xy: np.ndarray, extent: tuple[float, float, float, float], panel: Panel) -> None:
-    """Raise if most observations fall outside the image: the registration or the axes are wrong."""
-    x0, x1, y0, y1 = extent
-    inside = (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
-    if inside.mean() < 0.5:
+    if not names or (panel.image is not None and not explicit):
+        return
+    share = {}
+    for name in names:
+        (x0, y0), (x1, y1) = _image_extent(sdata, name, panel.coordinate_system)
+        xy = panel.xy
+        share[name] = float(
+            ((xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)).mean()
+        )
+    if max(share.values()) < 0.5:
+        best = max(share, key=share.get)
+        (x0, y0), (x1, y1) = _image_extent(sdata, best, panel.coordinate_system)
         raise ValueError(
-            f"Library {panel.library!r}: only {inside.mean():.0%} of the {panel.shapes or 'observations'} lie on "
-            f"image {panel.image!r} (x {x0:.0f}-{x1:.0f}, y {y0:.0f}-{y1:.0f} um). The coordinates are probably "
-            "not in microns or x/y are swapped; fix the reader's registration, or pass image_key=False to plot "
-            "without the image."
+            f"Library {panel.library!r}: only {share[best]:.0%} of the {panel.shapes} lie on image {best!r} "
+            f"(x {x0:.0f}-{x1:.0f}, y {y0:.0f}-{y1:.0f} in coordinate system {panel.coordinate_system!r}). "
+            "The shapes or the image are registered wrongly (units, offset or swapped x/y); fix the "
+            "transformations, or pass image_key=False to plot without the image."
         )
 
 
@@ -258,172 +228,160 @@ class Colouring:
     na_color: str = "#d3d3d3"
     na_alpha: float = 0.5
 
-    def rgba(self, values: pd.Series) -> np.ndarray:
-        """RGBA per observation; NaN and observations outside ``groups`` get the NA colour."""
-        na = np.array(to_rgba(self.na_color, self.na_alpha))
-        out = np.tile(na, (len(values), 1))
-        if self.palette is not None:
-            vals = values.astype(object).to_numpy()
-            keep = pd.notna(vals)
-            if self.groups is not None:
-                keep &= np.isin(vals.astype(str), self.groups)
-            lut = {k: to_rgba(v) for k, v in self.palette.items()}
-            out[keep] = [lut[str(v)] for v in vals[keep]]
-            return out
-        v = values.to_numpy(dtype=float)
-        keep = np.isfinite(v)
-        out[keep] = colormaps[self.cmap](self.norm(v[keep]))
-        return out
+    def render_kwargs(self) -> dict:
+        """The colour arguments of spatialdata-plot's ``render_shapes``."""
+        kwargs: dict[str, Any] = {"na_color": to_rgba(self.na_color, self.na_alpha)}
+        if self.palette is None:
+            return {**kwargs, "cmap": self.cmap, "norm": self.norm}
+        # with groups, spatialdata-plot wants one colour per group, in the groups' order
+        groups = self.groups
+        palette = dict(self.palette) if groups is None else [self.palette[g] for g in groups]
+        return {**kwargs, "palette": palette, "groups": groups}
 
 
 # ---------------------------------------------------------------------------------------------- drawing
 
 
-def _draw_matplotlib(ax: Axes, sdata, table: ad.AnnData, panel: Panel, colouring: Colouring, geom: Geometry):
-    if panel.image is not None:
-        arr, extent = image_level(sdata, panel.image, panel.library)
-        ax.imshow(arr, extent=extent, origin="upper", interpolation="antialiased")
-    rgba = colouring.rgba(table.obs[panel.key].iloc[panel.rows])
-    # grey (NA / other groups) first so coloured observations sit on top
-    order = np.argsort(
-        ~np.all(np.isclose(rgba, to_rgba(colouring.na_color, colouring.na_alpha)), axis=1), kind="stable"
-    )
-    if geom.polygons is not None:
-        coll = PolyCollection([geom.polygons[i] for i in order], facecolors=rgba[order], edgecolors="none")
-    else:
-        d = 2 * geom.radius[order]
-        coll = EllipseCollection(
-            d, d, np.zeros(len(d)), units="xy", offsets=geom.xy[order], offset_transform=ax.transData,
-            facecolors=rgba[order], edgecolors="none",
-        )  # fmt: skip
-    ax.add_collection(coll)
-    if panel.image is None:
-        pad = float(np.max(geom.radius)) if geom.radius is not None else nn_spacing(geom.xy)
-        (x0, y0), (x1, y1) = geom.xy.min(0) - pad, geom.xy.max(0) + pad
-        ax.set_xlim(x0, x1)
-        ax.set_ylim(y1, y0)
-    else:
-        ax.set_xlim(extent[0], extent[1])
-        ax.set_ylim(extent[2], extent[3])
-    ax.set_aspect("equal")
+def _shapes_in_cs(gdf, instances: np.ndarray, coordinate_system: str):
+    """The panel's shapes, moved into ``coordinate_system`` (registered to ``DRAW_CS`` by identity).
 
-
-def _panel_sdata(sdata, table: ad.AnnData, panel: Panel, table_key: str):
-    """A light SpatialData with only this panel's image, shapes and table rows (obs columns it needs).
-
-    spatialdata-plot 0.4 prefers a stored ``uns[f"{key}_colors"]`` over ``palette=`` and misaligns it when a
-    category is unused; a table without ``uns`` sidesteps that, and the user's objects are never touched.
+    One vectorised affine map (spatialdata's ``transform`` maps geometries one by one: 3 s for 50,000 circles).
     """
-    from spatialdata import SpatialData
+    import geopandas as gpd
+    import shapely
+    from spatialdata.models import ShapesModel
+    from spatialdata.transformations import Identity
+
+    from .._elements import _affine, _linear_scale
+
+    aff = _affine(gdf, coordinate_system)
+    part = gdf.loc[instances]
+    geometry = np.asarray(part.geometry.values)
+    if not np.allclose(aff, np.eye(3)):
+        geometry = shapely.transform(geometry, lambda c: c @ aff[:2, :2].T + aff[:2, 2])
+    data = {"radius": part["radius"].to_numpy(dtype=float) * _linear_scale(aff)} if "radius" in part else {}
+    moved = gpd.GeoDataFrame(data, geometry=geometry, index=part.index)
+    return ShapesModel.parse(moved, transformations={DRAW_CS: Identity()})
+
+
+def _panel_sdata(source, table: ad.AnnData, panel: Panel, table_key: str):
+    """A light SpatialData with only this panel's shapes, cropped image and table rows (one obs column).
+
+    Everything is registered to one coordinate system, ``DRAW_CS``: the shapes already transformed to the panel's
+    coordinate system (identity), the image with its transformation to it. spatialdata-plot 0.4's datashader path
+    re-parses the transformed shapes with their old transformations and then asks for ``"global"`` (the
+    regression of scverse/spatialdata-plot#447), so any other name fails there. spatialdata-plot also prefers a
+    stored ``uns[f"{key}_colors"]`` over ``palette=`` and misaligns it when a category is unused; a table
+    without ``uns`` sidesteps that. The user's objects are never modified.
+    """
+    from spatialdata import SpatialData, bounding_box_query
     from spatialdata.models import TableModel
+    from spatialdata.transformations import get_transformation, set_transformation
 
-    obs = table.obs.iloc[panel.rows][[REGION_KEY, INSTANCE_KEY, panel.key]].copy()
-    obs[REGION_KEY] = pd.Categorical([panel.shapes] * len(obs))
-    light = ad.AnnData(obs=obs)
-    light = TableModel.parse(light, region=[panel.shapes], region_key=REGION_KEY, instance_key=INSTANCE_KEY)
-    images = {panel.image: sdata.images[panel.image]} if panel.image is not None else {}
-    return SpatialData(
-        images=images, shapes={panel.shapes: sdata.shapes[panel.shapes]}, tables={table_key: light}
+    obs = pd.DataFrame(
+        {
+            _REGION: pd.Categorical([panel.shapes] * len(panel.rows)),
+            _INSTANCE: panel.instances,
+            panel.key: table.obs[panel.key].iloc[panel.rows].to_numpy(),
+        },
+        index=table.obs_names[panel.rows],
     )
+    light = TableModel.parse(
+        ad.AnnData(obs=obs), region=[panel.shapes], region_key=_REGION, instance_key=_INSTANCE
+    )
+    shapes = _shapes_in_cs(source.shapes[panel.shapes], panel.instances, panel.coordinate_system)
+    images = {}
+    if panel.image is not None:
+        # crop before spatialdata-plot picks a pyramid level, so the level suits the tissue, not the whole slide
+        x0, x1, y0, y1 = panel.crop
+        cropped = bounding_box_query(
+            source.images[panel.image], axes=("x", "y"), min_coordinate=[x0, y0], max_coordinate=[x1, y1],
+            target_coordinate_system=panel.coordinate_system,
+        )  # fmt: skip
+        if cropped is not None:
+            cropped = cropped.copy()  # its own attrs: the new registration stays off the user's image
+            to_cs = get_transformation(cropped, to_coordinate_system=panel.coordinate_system)
+            set_transformation(cropped, {DRAW_CS: to_cs}, set_all=True)
+            images[panel.image] = cropped
+    return SpatialData(images=images, shapes={panel.shapes: shapes}, tables={table_key: light})
 
 
-def _draw_spatialdata_plot(
-    ax: Axes, sdata, table: ad.AnnData, panel: Panel, colouring: Colouring, table_key: str
-):
+def _rgb_channels(element) -> list | None:
+    """The first three channels of an RGBA image (spatialdata-plot would otherwise blend four channels)."""
+    from .._image import _level_arrays
+
+    channels = list(_level_arrays(element)[0].coords["c"].values)
+    return channels[:3] if len(channels) == 4 else None
+
+
+def draw_panel(
+    ax: Axes,
+    source,
+    table: ad.AnnData,
+    panel: Panel,
+    colouring: Colouring,
+    *,
+    method: str | None,
+    table_key: str,
+) -> str:
+    """Draw one panel with spatialdata-plot, cropped to the tissue; return the method used."""
     import spatialdata_plot  # noqa: F401  (registers the .pl accessor)
 
-    obj = _panel_sdata(sdata, table, panel, table_key)
-    if panel.image is not None:
-        obj = obj.pl.render_images(panel.image)
-    kwargs = {"table_name": table_key, "method": "matplotlib", "colorbar": False}
-    if colouring.palette is not None:
-        # with groups, spatialdata-plot wants one colour per group, in the groups' order
-        groups = colouring.groups
-        kwargs["palette"] = (
-            dict(colouring.palette) if groups is None else [colouring.palette[g] for g in groups]
-        )
-        kwargs["groups"] = groups
-        kwargs["na_color"] = to_rgba(colouring.na_color, colouring.na_alpha)
-    else:
-        kwargs["cmap"] = colouring.cmap
-        kwargs["norm"] = colouring.norm
-        kwargs["na_color"] = to_rgba(colouring.na_color, colouring.na_alpha)
-    obj = obj.pl.render_shapes(panel.shapes, color=panel.key, **kwargs)
+    if method is None:
+        method = "datashader" if len(panel.rows) >= DATASHADER_MIN_OBS else "matplotlib"
+    obj = _panel_sdata(source, table, panel, table_key)
     sdp_logger = logging.getLogger("spatialdata_plot._logging")
     level = sdp_logger.level
     sdp_logger.setLevel(logging.ERROR)  # its notes (e.g. "only NaN values") repeat what the panel says
     try:
         with warnings.catch_warnings():
-            # version notes of spatialdata(-plot) that say nothing about the user's data
+            # version notes of spatialdata(-plot) and matplotlib that say nothing about the user's data
             warnings.filterwarnings("ignore", message=".*is not present in the SpatialData object.*")
             warnings.filterwarnings("ignore", category=UserWarning, module="spatialdata.*")
-            warnings.filterwarnings("ignore", category=PendingDeprecationWarning, module="spatialdata_plot.*")
-            obj.pl.show(coordinate_systems=panel.library, ax=ax, legend_loc=None, colorbar=False, show=False,
-                        title="")  # fmt: skip
+            warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+            if panel.image is not None and panel.image in obj.images:
+                obj = obj.pl.render_images(panel.image, channel=_rgb_channels(obj.images[panel.image]))
+            obj = obj.pl.render_shapes(
+                panel.shapes, color=panel.key, table_name=table_key, method=method, colorbar=False,
+                **colouring.render_kwargs(),
+            )  # fmt: skip
+            obj.pl.show(coordinate_systems=DRAW_CS, ax=ax, legend_loc=None, colorbar=False,
+                        show=False, title="")  # fmt: skip
     finally:
         sdp_logger.setLevel(level)
-
-
-def draw_panel(
-    ax: Axes,
-    sdata,
-    table: ad.AnnData,
-    panel: Panel,
-    colouring: Colouring,
-    *,
-    geom: Geometry,
-    renderer: str,
-    table_key: str,
-) -> tuple[str, Geometry]:
-    """Draw one panel (geometry already checked); return the route used and the geometry."""
-    route = renderer
-    if renderer == "auto":
-        # spatialdata-plot draws the same picture ~20x slower (6 s for 3,000 circles): large panels skip it
-        usable = is_spatialdata(sdata) and panel.shapes is not None and len(panel.rows) <= SDP_MAX_OBS
-        route = "spatialdata_plot" if usable else "matplotlib"
-    if route == "spatialdata_plot":
-        if not is_spatialdata(sdata) or panel.shapes is None:
-            raise ValueError(
-                "renderer='spatialdata_plot' needs a SpatialData object with shapes; use 'matplotlib'."
-            )
-        try:
-            with warnings.catch_warnings():  # spatialdata-plot's own pending deprecations
-                warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
-                _draw_spatialdata_plot(ax, sdata, table, panel, colouring, table_key)
-        except Exception as err:  # noqa: BLE001  spatialdata-plot is fragile across versions: fall back
-            if renderer != "auto":
-                raise
-            logger.warning(
-                "spatialdata-plot failed (%s: %s); drawing with matplotlib instead.", type(err).__name__, err
-            )
-            ax.cla()
-            route = "matplotlib"
-    if route == "matplotlib":
-        _draw_matplotlib(ax, sdata, table, panel, colouring, geom)
+    x0, x1, y0, y1 = panel.crop
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y1, y0)  # y points down, as in the image
+    ax.set_aspect("equal")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_xlabel("")
     ax.set_ylabel("")
-    return route, geom
+    return method
 
 
-def add_scalebar(ax: Axes) -> None:
-    """A round-number scale bar in microns, lower right."""
-    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
-
-    x0, x1 = sorted(ax.get_xlim())
-    target = (x1 - x0) / 5
-    if target <= 0:
-        return
+def scalebar_length(span_um: float) -> float:
+    """A round length (1, 2 or 5 x 10^k microns) at most a fifth of ``span_um``."""
+    target = span_um / 5
     length = 10 ** np.floor(np.log10(target))
     for step in (5, 2, 1):
         if step * length <= target:
-            length *= step
-            break
-    label = f"{length / 1000:g} mm" if length >= 1000 else f"{length:g} µm"
+            return float(step * length)
+    return float(length)
+
+
+def add_scalebar(ax: Axes, microns_per_unit: float) -> None:
+    """A round-number scale bar in microns (or mm), lower right; the axes are in coordinate-system units."""
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    x0, x1 = sorted(ax.get_xlim())
+    if x1 <= x0:
+        return
+    length_um = scalebar_length((x1 - x0) * microns_per_unit)
+    label = f"{length_um / 1000:g} mm" if length_um >= 1000 else f"{length_um:g} µm"
     bar = AnchoredSizeBar(
-        ax.transData, length, label, "lower right", pad=0.4, borderpad=0.5, sep=3, frameon=True,
-        size_vertical=(x1 - x0) / 150, color="black", fontproperties={"size": 8},
+        ax.transData, length_um / microns_per_unit, label, "lower right", pad=0.4, borderpad=0.5, sep=3,
+        frameon=True, size_vertical=(x1 - x0) / 150, color="black", fontproperties={"size": 8},
     )  # fmt: skip
     bar.patch.set_alpha(0.7)
     bar.patch.set_edgecolor("none")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.axes import Axes
 
+from .._docs import inject_docs
 from .._layout import TABLE_KEY, get_table
 from ._utils import check_save, finish, single_ax
 
@@ -36,10 +37,11 @@ def _history(data, key: str, table_key: str) -> dict[str, np.ndarray]:
     return curves
 
 
+@inject_docs
 def training(
     data,
-    key: str = "student_niche",
     *,
+    key: str = "student_niche",
     table_key: str = TABLE_KEY,
     log_scale: bool = False,
     ax: Axes | None = None,
@@ -58,17 +60,10 @@ def training(
     key
         The student's ``key_added``.
     table_key
-        Table holding ``uns[key]``.
+        %(table_key)s
     log_scale
         Logarithmic loss axis.
-    ax
-        Axes to draw into.
-    save
-        File to write (format from the extension).
-    show
-        Show the figure; ``None`` shows it unless ``ax`` was given.
-    figsize
-        Figure size in inches.
+    %(figure)s
     title
         Axes title.
 

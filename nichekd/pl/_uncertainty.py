@@ -11,26 +11,31 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 
+from .._docs import inject_docs
+from .._elements import library_labels
 from .._layout import TABLE_KEY, get_table
 from ._grid import draw_grid, grid_axes, place_legend, prepare_grid
 from ._spatial import Colouring
 from ._utils import check_obs_key, check_save, finish
 
 
+@inject_docs
 def uncertainty(
     sdata,
-    key: str = "student_niche_entropy",
     *,
+    key: str = "student_niche_entropy",
     library: str | Sequence[str] | None = None,
     table_key: str = TABLE_KEY,
+    library_key: str | None = None,
     image_key: str | bool | None = None,
-    shapes_key: str | None = None,
+    coordinate_system: str | None = None,
+    microns_per_unit: float | None = None,
     cmap: str = "magma_r",
     vmin: float | None = None,
     vmax: float | None = None,
     show_split: bool = False,
     split_key: str = "split",
-    renderer: str = "auto",
+    method: str | None = None,
     scalebar: bool = True,
     ax: Axes | Sequence[Axes] | None = None,
     save: str | Path | None = None,
@@ -43,17 +48,21 @@ def uncertainty(
     Parameters
     ----------
     sdata
-        SpatialData in the nichekd layout, or a bare AnnData table.
+        SpatialData (from nichekd's readers, spatialdata-io or your own code), or a bare AnnData table.
     key
         Numeric ``obs`` column; :func:`nichekd.tl.distill` writes ``"student_niche_entropy"``.
     library
         Section(s) to draw; ``None`` draws every library that has the value.
     table_key
-        Table holding the value.
+        %(table_key)s
+    library_key
+        %(library_key)s
     image_key
-        Image element; ``None`` uses the library's H&E, ``False`` draws no image.
-    shapes_key
-        Shapes element; ``None`` uses the element the table rows annotate.
+        Image element; ``None`` picks the library's H&E, ``False`` draws no image.
+    coordinate_system
+        %(coordinate_system)s
+    microns_per_unit
+        %(microns_per_unit)s
     cmap
         Matplotlib colormap; the default makes confident areas light and uncertain ones dark.
     vmin
@@ -63,19 +72,12 @@ def uncertainty(
     show_split
         Outline the test region and hatch the buffer from ``obs[split_key]``.
     split_key
-        Column written by :func:`nichekd.pp.spatial_split`.
-    renderer
-        ``"auto"``, ``"spatialdata_plot"`` or ``"matplotlib"`` (see :func:`nichekd.pl.niche_map`).
+        %(split_key)s
+    method
+        ``"matplotlib"``, ``"datashader"`` or ``None`` (by size; see :func:`nichekd.pl.niche_map`).
     scalebar
         Draw a scale bar in microns.
-    ax
-        Axes to draw into, one per library.
-    save
-        File to write (format from the extension).
-    show
-        Show the figure; ``None`` shows it unless ``ax`` was given.
-    figsize
-        Figure size in inches.
+    %(figure)s
     title
         One title per panel, or one string.
 
@@ -95,24 +97,23 @@ def uncertainty(
     save_path = check_save(save)
     values = np.asarray(table.obs[key], dtype=float)
     if library is None:  # sections without the value (e.g. not predicted yet) would be empty panels
-        from .._layout import library_labels
-
-        labels = np.asarray(library_labels(table))
+        _, labels = library_labels(table, library_key)
         library = [lib for lib in dict.fromkeys(labels) if np.isfinite(values[labels == lib]).any()]
     lo = (0.0 if np.nanmin(values) >= 0 else float(np.nanmin(values))) if vmin is None else float(vmin)
     hi = float(np.nanmax(values)) if vmax is None else float(vmax)
     if not hi > lo:
         hi = lo + 1.0
     grid = prepare_grid(sdata, table, [key], library=sorted(library) if isinstance(library, list) else library,
-                        image_key=image_key, shapes_key=shapes_key, show_split=show_split, split_key=split_key,
-                        renderer=renderer)  # fmt: skip
+                        table_key=table_key, library_key=library_key, coordinate_system=coordinate_system,
+                        microns_per_unit=microns_per_unit, image_key=image_key, show_split=show_split,
+                        split_key=split_key, method=method)  # fmt: skip
     fig, axes, user_ax = grid_axes(grid, ax, figsize, legend_width=1.4, wrap=3)
     norm = Normalize(lo, hi)
     colouring = Colouring(cmap=cmap, norm=norm)
     if title is None and len(axes) > 1:
-        title = [p.library for p, _ in grid.flat]
-    split_handles, _ = draw_grid(sdata, table, grid, axes, {key: colouring}, show_split=show_split,
-                                 split_key=split_key, renderer=renderer, table_key=table_key,
+        title = [p.library for p in grid.flat]
+    split_handles, _ = draw_grid(table, grid, axes, {key: colouring}, show_split=show_split,
+                                 split_key=split_key, method=method, table_key=table_key,
                                  title=title if title is not None else key, scalebar=scalebar)  # fmt: skip
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label=key, shrink=0.6, pad=0.02)
     place_legend(fig, axes, split_handles, user_ax=user_ax, title=None)

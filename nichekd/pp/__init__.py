@@ -9,4 +9,5 @@ from ..models.encoders import list_backbones
 from ._augment import augmented_features
 from ._features_dask import histology_features_dask
 from ._units import set_units
+from ._scvi import scvi_latent
 from ._bins import aggregate_bins

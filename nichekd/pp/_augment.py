@@ -15,6 +15,7 @@ import anndata as ad
 import numpy as np
 
 from .. import _layout
+from .._docs import inject_docs
 from .._utils import resolve_device, store_params
 from ..models import encoders as _enc
 from . import _features
@@ -87,6 +88,7 @@ def _library_standardize(views: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
+@inject_docs
 def augmented_features(
     sdata: Any,
     *,
@@ -137,13 +139,13 @@ def augmented_features(
         columns ``v * d : (v + 1) * d``) and ``uns[key_added]['params']`` records the settings and
         ``features_key`` (the provenance ``nk.tl.distill`` checks).
     random_state
-        Seed of the augmentations: the same seed gives the same views.
+        %(random_state)s
     overwrite
         Recompute when ``key_added`` already holds views of the same settings.
     table_key, library_key
         Table and its ``obs`` column of sections.
     copy
-        Return a modified copy of the table instead of writing in place.
+        %(copy)s
 
     Returns
     -------
@@ -152,7 +154,7 @@ def augmented_features(
     Examples
     --------
     >>> import nichekd as nk
-    >>> sdata = nk.datasets.synthetic_tissue(n_cells=500, seed=0)  # doctest: +SKIP
+    >>> sdata = nk.datasets.synthetic_tissue(n_cells=500, random_state=0)  # doctest: +SKIP
     >>> nk.pp.histology_features(sdata, backbone="stain", key_added="he")  # doctest: +SKIP
     >>> nk.pp.augmented_features(sdata, features_key="he", n_views=4)  # doctest: +SKIP
     >>> sdata.tables["table"].obsm["he_aug"].shape  # doctest: +SKIP
@@ -224,7 +226,13 @@ def augmented_features(
     if method is not None and not isinstance(reference, Mapping):
         raise ValueError(f"uns[{features_key!r}] records stain normalisation without its reference.")
     dev = resolve_device(device) if spec.kind != "handcrafted" else "cpu"
-    encoder = _enc.build_encoder(build_from, spec, device=dev, checkpoint_path=src.get("checkpoint_path"))
+    encoder = _enc.build_encoder(
+        build_from,
+        spec,
+        device=dev,
+        checkpoint_path=src.get("checkpoint_path"),
+        precision=src.get("precision", "auto"),  # the views run as the source features did
+    )
     views = []
     for v, (plan, s) in enumerate(zip(plans, scales, strict=True)):
         view_rng = np.random.default_rng([int(random_state), v])

@@ -16,8 +16,8 @@ from .._utils import store_params
 
 def aggregate_bins(
     sdata: Any,
-    bin_size_um: float = 16.0,
     *,
+    bin_size_um: float = 16.0,
     table_key: str = _layout.TABLE_KEY,
     library_key: str | None = None,
     key_added: str | None = None,
@@ -68,7 +68,7 @@ def aggregate_bins(
     >>> nk.pp.aggregate_bins(sdata, bin_size_um=16)  # doctest: +SKIP
     >>> sdata.tables["square_016um"].n_obs, list(sdata.shapes)  # doctest: +SKIP
     (4052, ['kidney_spots', 'kidney_square_016um'])
-    >>> nk.tl.teacher_niches(sdata, 5, table_key="square_016um")  # doctest: +SKIP
+    >>> nk.tl.teacher_niches(sdata, n_niches=5, table_key="square_016um")  # doctest: +SKIP
     """
     from spatialdata.models import ShapesModel, TableModel
     from spatialdata.transformations import get_transformation

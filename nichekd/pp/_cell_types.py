@@ -8,6 +8,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._docs import inject_docs
 from .._layout import TABLE_KEY, get_table
 from .._utils import store_params
 
@@ -23,6 +24,7 @@ def _knn_graph(x: np.ndarray, k: int):
     return graph.maximum(graph.T).tocsr()
 
 
+@inject_docs
 def cell_types(
     sdata: Any,
     *,
@@ -49,7 +51,7 @@ def cell_types(
     resolution
         Leiden resolution (higher: more clusters).
     table_key
-        Table to use in ``sdata``.
+        %(table_key)s
     use_rep
         ``obsm`` key of a latent to cluster instead of the expression PCA.
     n_comps
@@ -59,9 +61,9 @@ def cell_types(
     key_added
         ``obs`` column of the clusters (categorical ``C0, C1, ...``); parameters in ``uns[key_added]``.
     random_state
-        Seed of the PCA and Leiden.
+        %(random_state)s
     copy
-        Return a modified copy of the table instead of writing in place.
+        %(copy)s
 
     Returns
     -------
@@ -70,7 +72,7 @@ def cell_types(
     Examples
     --------
     >>> nk.pp.cell_types(sdata, resolution=0.8)
-    >>> nk.tl.teacher_niches(sdata, 6, method="composition", cell_type_key="cell_type")
+    >>> nk.tl.teacher_niches(sdata, n_niches=6, method="composition", cell_type_key="cell_type")
     """
     import scanpy as sc
 

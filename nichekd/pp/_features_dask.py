@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .. import _dask, _elements, _image, _layout
+from .._docs import inject_docs
 from .._utils import store_params
 from ..models import encoders as _enc
 from ._features import _standardize, histology_features
@@ -66,6 +67,7 @@ def _encode_partition(image: Any, image_name: str, part: ad.AnnData, kwargs: dic
     return np.asarray(out.obsm[key], dtype=np.float32), dict(out.uns[key]["params"])
 
 
+@inject_docs
 def histology_features_dask(
     sdata: Any,
     *,
@@ -102,9 +104,9 @@ def histology_features_dask(
     standardize
         ``"library"``: z-score each feature within each library, over all partitions together.
     progress
-        Show a progress bar over partitions.
+        %(progress)s
     copy
-        Return a modified copy of the table instead of writing in place.
+        %(copy)s
     **kwargs
         Passed to :func:`~nichekd.pp.histology_features` (``backbone``, ``patch_size_um``, ``batch_size``,
         ``device``, ``stain_normalization`` with a ``stain_reference`` dict, ...).
@@ -118,12 +120,18 @@ def histology_features_dask(
     --------
     >>> import nichekd as nk
     >>> from distributed import Client, LocalCluster
-    >>> sdata = nk.datasets.synthetic_tissue(20_000, seed=0)  # doctest: +SKIP
+    >>> sdata = nk.datasets.synthetic_tissue(20_000, random_state=0)  # doctest: +SKIP
     >>> with Client(LocalCluster(n_workers=2, threads_per_worker=1)):  # doctest: +SKIP
     ...     nk.pp.histology_features_dask(sdata, backbone="stain", partition_size=5000)
     """
+    import inspect
+
     import dask
 
+    known = set(inspect.signature(histology_features).parameters) - {"sdata", "provenance"}
+    unknown = set(kwargs) - known
+    if unknown:  # checked here, not in a worker after the cluster has started
+        raise TypeError(f"histology_features_dask() got unexpected keyword arguments {sorted(unknown)}.")
     for bad in ("shapes_key", "table", "overwrite"):
         if bad in kwargs:
             raise TypeError(

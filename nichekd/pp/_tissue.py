@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .._docs import inject_docs
 from .._image import image_pyramid
 from .._layout import image_name
 
@@ -24,6 +25,7 @@ BLACK_VALUE = 0.2
 SATURATION_RANGE = (0.05, 0.15)
 
 
+@inject_docs
 def tissue_mask(
     sdata: Any,
     *,
@@ -65,7 +67,7 @@ def tissue_mask(
     key_added
         Shapes element to write; default ``f"{library}_tissue"``.
     copy
-        If ``True`` return the polygons and leave ``sdata`` untouched; otherwise store them and return ``None``.
+        %(copy)s
 
     Returns
     -------

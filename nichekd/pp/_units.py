@@ -7,12 +7,14 @@ from typing import Any
 import numpy as np
 
 from .. import _elements, _layout
+from .._docs import inject_docs
 
 
+@inject_docs
 def set_units(
     sdata: Any,
-    microns_per_unit: float,
     *,
+    microns_per_unit: float,
     library: str | list[str] | None = None,
     coordinate_system: str | None = None,
     table_key: str = _layout.TABLE_KEY,
@@ -31,21 +33,20 @@ def set_units(
     sdata
         :class:`~spatialdata.SpatialData` (or its table).
     microns_per_unit
-        Microns per unit of ``coordinate_system`` (1.0 when the coordinates are microns).
+        %(microns_per_unit)s
     library
         Libraries to set (default: all).
     coordinate_system
-        The coordinate system ``microns_per_unit`` refers to (default: the one nichekd picks for each library,
-        the one holding its image).
+        %(coordinate_system)s
     table_key
-        Table in ``sdata``.
+        %(table_key)s
     library_key
-        ``obs`` column of sections (default: ``"library"`` if present, else one per annotated element).
+        %(library_key)s
 
     Examples
     --------
     >>> import nichekd as nk
-    >>> nk.pp.set_units(sdata, 0.2125, coordinate_system="global")  # 0.2125 um per pixel  # doctest: +SKIP
+    >>> nk.pp.set_units(sdata, microns_per_unit=0.2125, coordinate_system="global")  # 0.2125 um per pixel  # doctest: +SKIP
     """
     if not np.isfinite(microns_per_unit) or microns_per_unit <= 0:
         raise ValueError(f"microns_per_unit must be a positive number, got {microns_per_unit!r}.")

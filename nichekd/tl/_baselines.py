@@ -10,6 +10,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._docs import inject_docs
 from .._elements import micron_coords
 from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
 from .._neighbors import estimate_radius, neighbour_mean, radius_neighbours
@@ -19,6 +20,9 @@ from ._distill import resolve_features_key
 METHODS = ("leiden", "kmeans", "teacher")
 # Leiden's exact kNN graph is quadratic in cells: above this, cluster a subsample and assign the rest
 LEIDEN_MAX_CELLS = 50_000
+# a regulariser on the mixture's covariance diagonals (whitened inputs: unit variance per component), then
+# a diagonal covariance: low-resolution image features can have near-collinear neighbourhood means
+_COVARIANCES = (("full", 1e-3), ("diag", 1e-3))
 
 
 def _neighbourhood_features(
@@ -134,6 +138,7 @@ def _nearest(x: np.ndarray, centroids: np.ndarray, chunk: int = 65_536) -> np.nd
     )
 
 
+@inject_docs
 def histology_baseline(
     sdata,
     *,
@@ -144,6 +149,9 @@ def histology_baseline(
     radius_um: float | None = None,
     n_neighbors_target: float = 10.0,
     n_comps: int = 50,
+    teacher_key: str = "teacher_niche",
+    teacher_method: str | None = None,
+    n_components: int | None = 32,
     key_added: str | None = None,
     library_key: str = LIBRARY_KEY,
     table_key: str = TABLE_KEY,
@@ -159,8 +167,9 @@ def histology_baseline(
         :class:`~spatialdata.SpatialData` or its table.
     method
         ``"leiden"`` (PCA, kNN graph, Leiden with the resolution bisected to ``n_niches`` clusters),
-        ``"kmeans"`` (k-means on the PCA) or ``"teacher"`` (``nk.tl.teacher_niches`` with
-        ``use_rep=features_key``: the teacher's method on image features instead of expression).
+        ``"kmeans"`` (k-means on the PCA) or ``"teacher"``: the teacher's own method (its Gaussian mixture on
+        neighbourhood means, or its transformer) on the image features after the reduction the student gets
+        (standardised, ``n_components`` whitened principal components), with a regularised covariance.
     n_niches
         Number of niches ``K``.
     features_key
@@ -172,20 +181,26 @@ def histology_baseline(
         Neighbourhood radius in microns (default: estimated for ``n_neighbors_target`` neighbours).
     n_comps
         Principal components for ``leiden``/``kmeans``.
+    teacher_key
+        %(teacher_key)s
+    teacher_method
+        Overrides the method read from ``teacher_key`` (``"aggregate"`` or ``"transformer"``).
+    n_components
+        For ``"teacher"``: whitened principal components kept, as ``nk.tl.distill(n_components=)``.
     key_added
         ``obs`` column written (categorical); default ``f"he_{method}_niche"`` (``he_leiden_niche``, ...).
     library_key
-        ``obs`` column with the section of each cell.
+        %(library_key)s
     table_key
-        Table of ``sdata``.
+        %(table_key)s
     random_state
-        Seed.
+        %(random_state)s
     max_cells
         ``leiden`` only: above this many cells, Leiden runs on a random subsample of ``max_cells`` and the other
         cells take the cluster of the nearest cluster centroid (the exact kNN graph is quadratic in cells: a
         full Visium HD section would take hours). ``None``: every cell in the graph.
     copy
-        Return a modified copy of the table instead of writing in place.
+        %(copy)s
 
     Returns
     -------
@@ -222,30 +237,30 @@ def histology_baseline(
         "n_comps": n_comps,
         "random_state": random_state,
     }
-    extra = {}
+    xy_um = micron_coords(sdata, table_key=table_key, library_key=library_key)
     if method == "teacher":
-        from ._teacher import teacher_niches
-
-        # the teacher writes its own outputs; run it on a copy so that nothing is written on failure
-        work = adata.copy()
-        teacher_niches(
-            work,
-            n_niches,
-            method="aggregate",
-            use_rep=features_key,
-            key_added=key_added,
+        codes, info = _same_method_baseline(
+            adata,
+            xy_um,
+            feats,
+            int(n_niches),
+            teacher_key=teacher_key,
+            teacher_method=teacher_method,
+            n_components=n_components,
+            radius_um=radius_um,
+            n_neighbors_target=n_neighbors_target,
+            library_key=library_key,
             random_state=random_state,
         )
-        # renamed C0.. like the other baselines: unsupervised labels are not the teacher's niches
-        codes = work.obs[key_added].cat.codes.to_numpy()
+        params.update(info)
+        # named C0.. like the other baselines: unsupervised labels are not the teacher's niches
         labels = np.asarray([f"C{int(c)}" for c in codes], dtype=object)
-        extra["teacher_params"] = dict(work.uns.get(key_added, {}).get("params", {}))
     else:
         x = feats
         if neighbourhood:
             x, radius = _neighbourhood_features(
                 adata,
-                micron_coords(sdata, table_key=table_key, library_key=library_key),
+                xy_um,
                 feats,
                 radius_um,
                 n_neighbors_target,
@@ -271,5 +286,70 @@ def histology_baseline(
     cats = sorted(set(labels), key=lambda s: (len(s), s))
     adata.obs[key_added] = pd.Categorical(labels, categories=cats)
     params["n_found"] = len(cats)
-    store_params(adata, key_added, params, **extra)
+    store_params(adata, key_added, params)
     return adata if copy else None
+
+
+def _same_method_baseline(
+    adata: ad.AnnData,
+    xy_um: np.ndarray,
+    feats: np.ndarray,
+    n_niches: int,
+    *,
+    teacher_key: str,
+    teacher_method: str | None,
+    n_components: int | None,
+    radius_um: float | None,
+    n_neighbors_target: float,
+    library_key: str,
+    random_state: int,
+) -> tuple[np.ndarray, dict]:
+    """The teacher's method on image features reduced as the student's are; niche codes and what was run."""
+    from ..models.student import NicheStudent
+    from ..models.teacher import NicheTeacher
+
+    recorded = adata.uns.get(teacher_key, {}).get("params", {}) if teacher_key in adata.uns else {}
+    method = teacher_method or recorded.get("method", "aggregate")
+    if method not in ("aggregate", "transformer", "composition", "labels"):
+        raise ValueError(f"teacher_method must be 'aggregate' or 'transformer', got {method!r}.")
+    if method in ("composition", "labels"):
+        method = "aggregate"  # image features have no cell types or labels: the mixture on their latent
+    # the student's reduction (one implementation): standardised, whitened principal components
+    reducer = NicheStudent(2, radius_um=1.0, n_components=n_components)
+    reducer.n_features = feats.shape[1]
+    reducer._fit_normalisation(feats, np.ones(len(feats), bool), np.random.default_rng(random_state))
+    work = adata.copy()
+    work.obsm["_he_reduced"] = reducer.transform(feats)
+    common = {
+        "method": method,
+        "use_rep": "_he_reduced",
+        "library_key": library_key,
+        "radius_um": radius_um if radius_um is not None else recorded.get("radius_um"),
+        "n_neighbors_target": n_neighbors_target,
+        "random_state": random_state,
+        "progress": False,
+    }
+    last_error: Exception | None = None
+    for covariance_type, reg_covar in _COVARIANCES if method == "aggregate" else (("full", 1e-4),):
+        teacher = NicheTeacher(n_niches, covariance_type=covariance_type, reg_covar=reg_covar, **common)
+        try:
+            inputs = teacher.prepare(work, fit=True, xy_um=xy_um)
+            teacher.fit_head(inputs)
+        except ValueError as err:  # sklearn: "Fitting the mixture model failed ... ill-defined covariance"
+            if "ill-defined" not in str(err):
+                raise
+            last_error = err
+            continue
+        codes = teacher.proba_from_inputs(inputs).argmax(1)
+        info = {
+            "teacher_method": method,
+            "n_components": reducer.n_inputs,
+            "covariance_type": covariance_type if method == "aggregate" else None,
+            "reg_covar": reg_covar if method == "aggregate" else None,
+            "radius_um": teacher.radius_um_,
+        }
+        return codes, info
+    raise ValueError(
+        f"The mixture failed on these features even with a diagonal covariance ({last_error}); the features "
+        "are degenerate (constant or duplicated): check obsm[features_key]."
+    )

@@ -1,4 +1,17 @@
-"""Cell-type composition of niches, and whether two niche labelings agree in composition."""
+"""Cell-type composition of niches, and whether two niche labelings agree in composition.
+
+:func:`compare_compositions` answers one of two questions, chosen with ``null=``:
+
+- ``"labels"``: *do B's niches have structured compositions that match A's?* B's labels are permuted across
+  cells (compositions drift to the tissue average) and A and B are re-matched by JSD. Any labelling with
+  spatial or cell-type structure rejects this null, so a baseline gets the same minimal p as the student.
+- ``"pairings"`` (the paper's): *are the niches paired with each other (same name, or most shared cells) more
+  alike than niches paired at random?* The pairs are fixed without looking at compositions; the null pairs A's
+  niches with random distinct niches of B (10,000 draws) and recomputes the mean JSD. A labelling whose niches
+  do not correspond to A's (a shuffled student, random clusters) is not significant.
+
+There is one Jensen-Shannon divergence in nichekd: :func:`jensen_shannon` (base 2, in [0, 1]).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +23,12 @@ import pandas as pd
 from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 
+from .._docs import inject_docs
 from .._layout import TABLE_KEY, get_table
 
 _EPS = 1e-12
+NULLS = ("labels", "pairings")
+PAIRINGS = ("auto", "names", "overlap")
 
 
 def _categorical(adata, key: str) -> pd.Categorical:
@@ -63,8 +79,9 @@ def _normalise_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, tot, out=np.zeros_like(x), where=tot > 0)
 
 
+@inject_docs
 def niche_composition(
-    sdata: Any, niche_key: str, cell_type_key: str, *, table_key: str = TABLE_KEY, normalize: bool = True
+    sdata: Any, *, niche_key: str, cell_type_key: str, table_key: str = TABLE_KEY, normalize: bool = True
 ) -> pd.DataFrame:
     """Cell-type make-up of each niche.
 
@@ -78,7 +95,7 @@ def niche_composition(
         ``obs`` categorical of cell types, or ``obsm`` key of per-spot cell-type fractions (spot data: each spot
         contributes its fractions, e.g. ``obsm['cell_type_fractions']`` from a deconvolution).
     table_key
-        Table to use in ``sdata``.
+        %(table_key)s
     normalize
         Fractions (rows sum to 1; default) or summed counts/fractions.
 
@@ -88,7 +105,7 @@ def niche_composition(
 
     Examples
     --------
-    >>> comp = nk.tl.niche_composition(sdata, "teacher_niche", "cell_type")
+    >>> comp = nk.tl.niche_composition(sdata, niche_key="teacher_niche", cell_type_key="cell_type")
     >>> comp.loc["N0"].sort_values(ascending=False).head()
     """
     adata = get_table(sdata, table_key)
@@ -119,8 +136,8 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def match_niches(
     a: pd.DataFrame | np.ndarray | pd.Series | pd.Categorical | list,
-    b: np.ndarray | pd.Series | pd.Categorical | list | None = None,
     *,
+    b: np.ndarray | pd.Series | pd.Categorical | list | None = None,
     maximize: bool | None = None,
 ) -> pd.DataFrame:
     """One-to-one matching of two sets of niches (Hungarian algorithm).
@@ -190,7 +207,8 @@ class CompositionComparison:
     p_value
         Permutation p-value ``(1 + #{null <= observed}) / (1 + n_permutations)``.
     null
-        Matched mean JSD under each permutation of B's labels.
+        The statistic under each permutation: matched mean JSD after permuting B's labels (``null_kind``
+        ``"labels"``), or mean JSD of random niche pairings (``"pairings"``).
     jsd
         Full JSD matrix (A's niches x B's niches).
     composition_a, composition_b
@@ -204,11 +222,13 @@ class CompositionComparison:
     jsd: pd.DataFrame
     composition_a: pd.DataFrame
     composition_b: pd.DataFrame
+    null_kind: str = "labels"
+    pairing: str = "jsd"
 
     def __repr__(self) -> str:
         return (
-            f"CompositionComparison(mean_jsd={self.mean_jsd:.4f}, p_value={self.p_value:.3g}, "
-            f"pairs={len(self.pairs)}, n_permutations={len(self.null)})"
+            f"CompositionComparison(null={self.null_kind!r}, mean_jsd={self.mean_jsd:.4f}, "
+            f"p_value={self.p_value:.3g}, pairs={len(self.pairs)}, n_permutations={len(self.null)})"
         )
 
 
@@ -217,20 +237,26 @@ def _matched_mean(jsd: np.ndarray) -> float:
     return float(jsd[r, c].mean())
 
 
+@inject_docs
 def compare_compositions(
     sdata: Any,
-    key_a: str,
-    key_b: str,
-    cell_type_key: str,
     *,
+    teacher_key: str = "teacher_niche",
+    student_key: str = "student_niche",
+    cell_type_key: str = "cell_type",
     table_key: str = TABLE_KEY,
     n_permutations: int = 10_000,
     random_state: int = 0,
     batch_size: int = 256,
+    null: str = "labels",
+    pairing: str = "auto",
 ) -> CompositionComparison:
     """Do two niche labelings of the same cells have matching cell-type compositions?
 
-    Niches of A and B are matched one-to-one by minimal Jensen-Shannon divergence (base 2) of their
+    Two nulls answer two questions (see the module docstring). ``null="pairings"`` (the paper's): niches are
+    paired without looking at compositions (``pairing``: by name when B's niches carry A's names, as the
+    student's do, else by the most shared cells), the statistic is the mean JSD of the pairs, and the null
+    pairs each paired niche of A with a random distinct niche of B. ``null="labels"``: niches of A and B are matched one-to-one by minimal Jensen-Shannon divergence (base 2) of their
     cell-type compositions (Hungarian algorithm); the statistic is the mean JSD of matched pairs. The null
     distribution permutes B's labels across cells (compositions drift to the average) and recomputes the
     matched mean; ``p = (1 + #{null <= observed}) / (1 + n_permutations)``. Permutations are vectorised (one
@@ -239,19 +265,27 @@ def compare_compositions(
     Parameters
     ----------
     sdata
-        SpatialData in the nichekd layout, or its table.
-    key_a, key_b
-        ``obs`` columns with the two labelings (e.g. teacher and predicted niches, or two sections' fits).
+        %(sdata)s
+    teacher_key
+        %(teacher_key)s
+    student_key
+        ``obs`` column of the labelling compared with it (the student's niches, a baseline's clusters, ...).
     cell_type_key
         ``obs`` cell types or ``obsm`` per-spot fractions (see :func:`niche_composition`).
     table_key
-        Table to use in ``sdata``.
+        %(table_key)s
     n_permutations
         Permutations for the p-value (0 skips the test: ``p_value`` is NaN).
     random_state
-        Seed of the permutations.
+        %(random_state)s
     batch_size
         Permutations per vectorised batch (memory ``batch_size x K x T``).
+    null
+        ``"labels"`` (permute B's labels across cells) or ``"pairings"`` (random pairings of niches).
+    pairing
+        For ``null="pairings"``: ``"names"`` (same category name), ``"overlap"`` (Hungarian on shared cells,
+        as :func:`nichekd.tl.evaluate` matches baselines) or ``"auto"`` (names when every niche of B is a
+        niche of A, else overlap).
 
     Returns
     -------
@@ -259,34 +293,39 @@ def compare_compositions(
 
     Examples
     --------
-    >>> res = nk.tl.compare_compositions(sdata, "teacher_niche", "predicted_niche", "cell_type")
+    >>> res = nk.tl.compare_compositions(sdata, teacher_key="teacher_niche", student_key="predicted_niche", cell_type_key="cell_type")
     >>> res.pairs, res.mean_jsd, res.p_value
+    >>> nk.tl.compare_compositions(sdata, teacher_key="teacher_niche", student_key="student_niche", cell_type_key="cell_type", null="pairings")
     """
     adata = get_table(sdata, table_key)
     if n_permutations < 0:
         raise ValueError(f"n_permutations must be >= 0, got {n_permutations}.")
-    la, lb = _categorical(adata, key_a), _categorical(adata, key_b)
+    if null not in NULLS:
+        raise ValueError(f"null must be one of {NULLS}, got {null!r}.")
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}.")
+    la, lb = _categorical(adata, teacher_key), _categorical(adata, student_key)
     weights, types = cell_type_matrix(adata, cell_type_key)
     ca, cb = la.codes.astype(np.int64), lb.codes.astype(np.int64)
-    ka, kb, n = len(la.categories), len(lb.categories), len(ca)
+    ka, kb = len(la.categories), len(lb.categories)
     comp_a = _normalise_rows(_composition(ca, ka, weights))
     comp_b = _normalise_rows(_composition(cb, kb, weights))
     jsd = jensen_shannon(comp_a, comp_b)
-    rows, cols = linear_sum_assignment(jsd)
-    observed = float(jsd[rows, cols].mean())
-
     rng = np.random.default_rng(random_state)
-    null = np.empty(n_permutations)
-    for s in range(0, n_permutations, batch_size):
-        p = min(batch_size, n_permutations - s)
-        perm_codes = np.stack([rng.permutation(cb) for _ in range(p)])  # (p, n)
-        # one sparse indicator (p * kb, n) times the cell-type weights gives every permuted composition
-        row = (perm_codes + kb * np.arange(p)[:, None]).ravel()
-        ind = sparse.csr_matrix((np.ones(p * n), (row, np.tile(np.arange(n), p))), shape=(p * kb, n))
-        comp = _normalise_rows(np.asarray(ind @ weights).reshape(p, kb, -1))
-        d = jensen_shannon(comp_a[None], comp)  # (p, ka, kb)
-        null[s : s + p] = [_matched_mean(m) for m in d]
-    p_value = float((1 + (null <= observed).sum()) / (1 + n_permutations)) if n_permutations else float("nan")
+    if null == "pairings":
+        rows, cols, pairing = _fixed_pairs(la, lb, pairing)
+        observed = float(jsd[rows, cols].mean())
+        null_values = _pairing_null(jsd, rows, n_permutations, rng)
+    else:
+        rows, cols = linear_sum_assignment(jsd)
+        observed = float(jsd[rows, cols].mean())
+        null_values = _label_null(comp_a, cb, kb, weights, n_permutations, batch_size, rng)
+        pairing = "jsd"
+    p_value = (
+        float((1 + (null_values <= observed).sum()) / (1 + n_permutations))
+        if n_permutations
+        else float("nan")
+    )
     sizes_a, sizes_b = np.bincount(ca, minlength=ka), np.bincount(cb, minlength=kb)
     pairs = pd.DataFrame(
         {
@@ -302,10 +341,70 @@ def compare_compositions(
         pairs=pairs,
         mean_jsd=observed,
         p_value=p_value,
-        null=null,
+        null=null_values,
         jsd=pd.DataFrame(
-            jsd, index=pd.Index(la.categories, name=key_a), columns=pd.Index(lb.categories, name=key_b)
+            jsd,
+            index=pd.Index(la.categories, name=teacher_key),
+            columns=pd.Index(lb.categories, name=student_key),
         ),
         composition_a=pd.DataFrame(comp_a, index=pd.Index(la.categories, name="niche"), columns=cols_idx),
         composition_b=pd.DataFrame(comp_b, index=pd.Index(lb.categories, name="niche"), columns=cols_idx),
+        null_kind=null,
+        pairing=pairing,
     )
+
+
+def _fixed_pairs(la: pd.Categorical, lb: pd.Categorical, pairing: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """Pairs of niches (indices into A's and B's categories) chosen without looking at compositions."""
+    cats_a, cats_b = [str(c) for c in la.categories], [str(c) for c in lb.categories]
+    if pairing == "auto":
+        pairing = "names" if set(cats_b) <= set(cats_a) else "overlap"
+    if pairing == "names":
+        shared = [c for c in cats_a if c in set(cats_b)]
+        if not shared:
+            raise ValueError(
+                "pairing='names' but the two labelings share no niche name; use pairing='overlap'."
+            )
+        return (
+            np.array([cats_a.index(c) for c in shared]),
+            np.array([cats_b.index(c) for c in shared]),
+            pairing,
+        )
+    overlap = np.zeros((len(cats_a), len(cats_b)))
+    np.add.at(overlap, (la.codes, lb.codes), 1)
+    rows, cols = linear_sum_assignment(overlap, maximize=True)
+    return rows, cols, pairing
+
+
+def _pairing_null(jsd: np.ndarray, rows: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Mean JSD when each paired niche of A gets a random distinct niche of B, ``n`` times."""
+    if n == 0:
+        return np.empty(0)
+    kb = jsd.shape[1]  # pairs never outnumber B's niches (one-to-one)
+    # the first len(rows) entries of a random permutation of B's niches: random distinct partners
+    partners = np.argsort(rng.random((n, kb)), axis=1)[:, : len(rows)]
+    return jsd[rows[None, :], partners].mean(1)
+
+
+def _label_null(
+    comp_a: np.ndarray,
+    cb: np.ndarray,
+    kb: int,
+    weights: np.ndarray,
+    n_permutations: int,
+    batch_size: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Matched mean JSD after permuting B's labels across cells, ``n_permutations`` times (vectorised)."""
+    n = len(cb)
+    null = np.empty(n_permutations)
+    for s in range(0, n_permutations, batch_size):
+        p = min(batch_size, n_permutations - s)
+        perm_codes = np.stack([rng.permutation(cb) for _ in range(p)])  # (p, n)
+        # one sparse indicator (p * kb, n) times the cell-type weights gives every permuted composition
+        row = (perm_codes + kb * np.arange(p)[:, None]).ravel()
+        ind = sparse.csr_matrix((np.ones(p * n), (row, np.tile(np.arange(n), p))), shape=(p * kb, n))
+        comp = _normalise_rows(np.asarray(ind @ weights).reshape(p, kb, -1))
+        d = jensen_shannon(comp_a[None], comp)  # (p, ka, kb)
+        null[s : s + p] = [_matched_mean(m) for m in d]
+    return null

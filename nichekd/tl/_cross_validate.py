@@ -16,6 +16,7 @@ import pandas as pd
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from tqdm.auto import tqdm
 
+from .._docs import inject_docs
 from .._elements import micron_coords, microns_record
 from .._layout import LIBRARY_KEY, SPATIAL_KEY, TABLE_KEY, get_table, library_labels
 from ..pp._split import _grid_split
@@ -51,6 +52,7 @@ def _block_folds(xy: np.ndarray, libs: np.ndarray, n_blocks: int, buffer_um: flo
     return folds
 
 
+@inject_docs
 def cross_validate(
     sdata: Any,
     *,
@@ -81,12 +83,12 @@ def cross_validate(
     sdata
         :class:`~spatialdata.SpatialData` in the standard layout, or its table.
     teacher_key
-        ``obs`` column of teacher niches (logits/probabilities in ``obsm`` are used when present).
+        %(teacher_key)s
     features_key
         ``obsm`` key of the histology features; default the only one ``nk.pp.histology_features`` wrote.
         Augmented views in ``obsm[f"{features_key}_aug"]`` are used by the student as ``distill`` does.
     library_key
-        ``obs`` column of sections.
+        %(library_key)s
     folds
         ``"libraries"``: each section is held out once (needs at least 2 sections). ``"blocks"``: each block of
         an ``n_blocks`` x ``n_blocks`` grid over every section is held out once (for a single section), cells
@@ -106,11 +108,11 @@ def cross_validate(
     distill_kwargs
         Further arguments of ``nk.tl.distill`` (``epochs``, ``tta``, ``augmented_key``, ...).
     random_state
-        Seed of the student and the baselines.
+        %(random_state)s
     table_key
-        Table of ``sdata``.
+        %(table_key)s
     progress
-        Show a progress bar over folds.
+        %(progress)s
 
     Returns
     -------
@@ -122,7 +124,7 @@ def cross_validate(
     --------
     >>> import nichekd as nk
     >>> sdata = nk.datasets.st_mob()  # doctest: +SKIP
-    >>> nk.tl.teacher_niches(sdata, 5, batch_correct=True)  # doctest: +SKIP
+    >>> nk.tl.teacher_niches(sdata, n_niches=5, batch_correct=True)  # doctest: +SKIP
     >>> nk.pp.histology_features(sdata, backbone="stain", patch_size_um=300, standardize="library")  # doctest: +SKIP
     >>> scores = nk.tl.cross_validate(sdata, features_key="X_stain")  # doctest: +SKIP
     >>> scores.loc["mean"]  # doctest: +SKIP

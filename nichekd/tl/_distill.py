@@ -6,6 +6,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._docs import inject_docs
 from .._elements import micron_coords
 from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
 from .._neighbors import estimate_radius
@@ -117,6 +118,7 @@ def write_niche_predictions(
     adata.obs[f"{key_added}_entropy"] = entropy
 
 
+@inject_docs
 def distill(
     sdata,
     *,
@@ -157,12 +159,11 @@ def distill(
     sdata
         :class:`~spatialdata.SpatialData` in the standard layout, or its table.
     teacher_key
-        ``obs`` column of teacher niches; logits from ``obsm[f"{teacher_key}_logits"]``, else the log of
-        ``obsm[f"{teacher_key}_proba"]``, else smoothed one-hot labels.
+        %(teacher_key)s
     features_key
         ``obsm`` key of the histology features (``nk.pp.histology_features``); default the only such key.
     split_key
-        ``obs`` column from ``nk.pp.spatial_split``; only ``"train"`` cells train. ``None``: all cells train.
+        %(split_key)s
     temperature
         Distillation temperature ``T``.
     architecture
@@ -195,18 +196,18 @@ def distill(
         Test-time augmentation: average the predicted probabilities over the original and the augmented views
         (needs the views of the predicted cells).
     device
-        ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        %(device)s
     random_state
-        Seed; the same seed gives the same model.
+        %(random_state)s
     key_added
         Writes ``obs[key_added]`` (the teacher's niche names), ``obsm[f"{key_added}_proba"]``,
         ``obs[f"{key_added}_entropy"]`` and ``uns[key_added]`` (params and per-epoch losses).
     library_key
-        ``obs`` column with the section of each cell.
+        %(library_key)s
     table_key
-        Table of ``sdata``.
+        %(table_key)s
     progress
-        Show a progress bar.
+        %(progress)s
 
     Returns
     -------
@@ -215,7 +216,7 @@ def distill(
     Examples
     --------
     >>> import nichekd as nk
-    >>> sdata = nk.datasets.synthetic_tissue(n_cells=5000, seed=0)
+    >>> sdata = nk.datasets.synthetic_tissue(n_cells=5000, random_state=0)
     >>> nk.tl.teacher_niches(sdata, n_niches=6)
     >>> nk.pp.histology_features(sdata, key_added="he_features")
     >>> nk.pp.spatial_split(sdata)

@@ -34,7 +34,9 @@ def _composition_jsd(truth: np.ndarray, pred: np.ndarray, cell_types: ad.AnnData
     """Mean JSD of the cell-type compositions of niches matched by JSD (``compare_compositions``)."""
     work = cell_types.copy()
     work.obs["_truth"], work.obs["_pred"] = pd.Categorical(truth), pd.Categorical(pred)
-    return compare_compositions(work, "_truth", "_pred", "_cell_types", n_permutations=0).mean_jsd
+    return compare_compositions(
+        work, teacher_key="_truth", student_key="_pred", cell_type_key="_cell_types", n_permutations=0
+    ).mean_jsd
 
 
 @inject_docs
@@ -131,3 +133,62 @@ def evaluate(
             row["composition_jsd"] = _composition_jsd(y_true, y_pred, types[keep])
         rows.append(row)
     return pd.DataFrame(rows).set_index("prediction")
+
+
+@inject_docs
+def verdict(
+    scores: pd.DataFrame,
+    *,
+    student: str = "student_niche",
+    metric: str = "ari",
+    tie_margin: float = 0.02,
+) -> str:
+    """One plain sentence saying whether the student beats every baseline in a table of scores.
+
+    Tutorials print it under their table, so what they say cannot drift from what they computed: the test
+    suite compares each tutorial's stated verdict with this sentence.
+
+    Parameters
+    ----------
+    scores
+        One row per prediction, a column ``metric`` (e.g. from :func:`evaluate`; a ``"<metric>_sd"`` column,
+        from averaging over seeds, is reported too).
+    student
+        The row of the student.
+    metric
+        Column compared (higher is better).
+    tie_margin
+        Differences smaller than this are a tie.
+
+    Returns
+    -------
+    ``"Verdict: the student leads ..."``, ``"... ties ..."`` or ``"... loses ..."``, with the numbers.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> s = pd.DataFrame({"ari": [0.6, 0.4]}, index=["student_niche", "he_leiden_niche"])
+    >>> verdict(s)
+    'Verdict: the student leads on ARI: 0.600 vs 0.400 for the best baseline (he_leiden_niche), 1.50x.'
+    """
+    if metric not in scores.columns:
+        raise KeyError(f"No column {metric!r} in the scores; they have {list(scores.columns)}.")
+    if student not in scores.index:
+        raise KeyError(f"No row {student!r} in the scores; they have {list(scores.index)}.")
+    others = scores.drop(index=student)
+    if others.empty:
+        raise ValueError("The scores hold no baseline to compare the student with.")
+    best = str(others[metric].astype(float).idxmax())
+    s, b = float(scores.loc[student, metric]), float(scores.loc[best, metric])
+
+    def fmt(row: str, value: float) -> str:
+        sd = f"{metric}_sd"
+        return f"{value:.3f}" + (f" ± {float(scores.loc[row, sd]):.3f}" if sd in scores.columns else "")
+
+    name = metric.upper() if len(metric) <= 4 else metric
+    ratio = f", {s / b:.2f}x" if b > 0 else ""
+    if s - b > tie_margin:
+        return f"Verdict: the student leads on {name}: {fmt(student, s)} vs {fmt(best, b)} for the best baseline ({best}){ratio}."
+    if b - s > tie_margin:
+        return f"Verdict: the student loses on {name}: {fmt(student, s)} vs {fmt(best, b)} for {best}{ratio}."
+    return f"Verdict: the student ties on {name}: {fmt(student, s)} vs {fmt(best, b)} for {best} (within {tie_margin:g})."

@@ -11,6 +11,7 @@ import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 from tqdm.auto import tqdm
 
+from .._docs import inject_docs
 from .._elements import micron_coords
 from .._layout import LIBRARY_KEY, TABLE_KEY, get_table
 from ..models.teacher import DEFAULT_N_NEIGHBORS, NicheTeacher
@@ -26,10 +27,11 @@ K_SWEEP_COLUMNS = (
 )
 
 
+@inject_docs
 def niche_k_sweep(
     sdata: Any,
-    k_values: Iterable[int] = range(3, 11),
     *,
+    k_values: Iterable[int] = range(3, 11),
     n_seeds: int = 3,
     method: str = "aggregate",
     table_key: str = TABLE_KEY,
@@ -62,15 +64,15 @@ def niche_k_sweep(
         Teacher method (``"aggregate"``, ``"composition"`` or ``"transformer"``; see
         :func:`nichekd.tl.teacher_niches`).
     table_key
-        Table to use in ``sdata``.
+        %(table_key)s
     use_rep, cell_type_key, library_key, radius_um, n_neighbors_target, n_rings, batch_correct
         As in :func:`nichekd.tl.teacher_niches`.
     max_eval_cells
         Cells (random subset) on which labels are compared and the BIC is evaluated.
     random_state
-        First seed.
+        %(random_state)s
     progress
-        Show a progress bar.
+        %(progress)s
     **teacher_kwargs
         Further :class:`~nichekd.models.NicheTeacher` arguments (``n_comps``, ``transformer_kwargs``, ...).
 
@@ -88,7 +90,7 @@ def niche_k_sweep(
 
     Examples
     --------
-    >>> df = nk.tl.niche_k_sweep(sdata, range(3, 9), n_seeds=3)
+    >>> df = nk.tl.niche_k_sweep(sdata, k_values=range(3, 9), n_seeds=3)
     >>> df.sort_values("stability_ari_mean", ascending=False).head()
     >>> nk.pl.k_sweep(df)
     """

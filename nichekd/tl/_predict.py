@@ -8,6 +8,7 @@ from typing import Any
 import anndata as ad
 import numpy as np
 
+from .._docs import inject_docs
 from .._elements import resolve
 from .._layout import (
     LIBRARY_KEY,
@@ -112,6 +113,7 @@ def _tile_table(
     return table, tiles_sd.shapes[shapes_name(library, "tile")], (mask_key, new_mask)
 
 
+@inject_docs
 def predict_niches(
     sdata,
     model: NicheStudent | str | Path,
@@ -146,7 +148,7 @@ def predict_niches(
     shapes_key
         Predict only the table rows annotating this shapes element (default: all rows).
     table_key
-        Table with the cells/spots; created with tiles when absent.
+        %(table_key)s
     tile_size_um
         Tile spacing when tiling; default the model's patch size.
     grid
@@ -154,21 +156,21 @@ def predict_niches(
     library
         Predict one library only (default: all).
     library_key
-        ``obs`` column with the section of each cell.
+        %(library_key)s
     key_added
         Writes ``obs[key_added]`` (the teacher's niche names), ``obsm[f"{key_added}_proba"]``,
         ``obs[f"{key_added}_entropy"]`` (uncertainty) and ``uns[key_added]['params']``.
     batch_size
         Cells per forward pass.
     device
-        ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        %(device)s
 
     Examples
     --------
     >>> import nichekd as nk
     >>> model = nk.models.NicheStudent.load("student_model")  # doctest: +SKIP
     >>> he = nk.io.read_wsi("slide.svs")  # doctest: +SKIP
-    >>> nk.tl.predict_niches(he, model, tile_size_um=112)  # doctest: +SKIP
+    >>> nk.tl.predict_niches(he, model=model, tile_size_um=112)  # doctest: +SKIP
     >>> he.tables["table"].obs["student_niche"].value_counts()  # doctest: +SKIP
     """
     if not isinstance(model, NicheStudent):

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import _dask
+from .._docs import inject_docs
 from .._elements import micron_coords
 from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
 from .._utils import store_params
@@ -23,6 +24,7 @@ def _predict_partition(model: NicheStudent, feats: np.ndarray, xy: np.ndarray, g
     return proba[:n_core].astype(np.float32)
 
 
+@inject_docs
 def predict_niches_dask(
     sdata: Any,
     model: NicheStudent | str | Path,
@@ -60,9 +62,9 @@ def predict_niches_dask(
     batch_size
         Cells per forward pass.
     device
-        Torch device on the workers.
+        %(device)s
     progress
-        Show progress over partitions.
+        %(progress)s
 
     Examples
     --------

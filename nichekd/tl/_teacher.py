@@ -8,6 +8,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._docs import inject_docs
 from .._elements import micron_coords
 from .._graph import store_spatial_graph
 from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
@@ -15,22 +16,25 @@ from .._utils import store_params
 from ..models.teacher import DEFAULT_N_NEIGHBORS, NicheTeacher
 
 
+@inject_docs
 def teacher_niches(
     sdata: Any,
-    n_niches: int | None,
     *,
+    n_niches: int | None,
     table_key: str = TABLE_KEY,
     method: str = "aggregate",
     use_rep: str | None = None,
     cell_type_key: str | None = None,
     labels_key: str | None = None,
     library_key: str = LIBRARY_KEY,
+    split_key: str | None = None,
     radius_um: float | None = None,
     n_neighbors_target: float = DEFAULT_N_NEIGHBORS,
     n_rings: int = 1,
     n_comps: int = 30,
     batch_correct: bool = False,
     label_smoothing: float = 0.0,
+    calibrate: str | None = None,
     transformer_kwargs: dict | None = None,
     key_added: str = "teacher_niche",
     random_state: int = 0,
@@ -60,7 +64,7 @@ def teacher_niches(
     n_niches
         Number of niches K (``None`` for ``method="labels"``: one niche per label).
     table_key
-        Table to use in ``sdata``.
+        %(table_key)s
     method
         ``"aggregate"``, ``"composition"``, ``"transformer"`` or ``"labels"``.
     use_rep
@@ -71,7 +75,9 @@ def teacher_niches(
     labels_key
         ``obs`` column for ``method="labels"``.
     library_key
-        ``obs`` column of sections; neighbourhoods never cross them.
+        %(library_key)s
+    split_key
+        %(split_key)s
     radius_um
         Neighbourhood radius in microns; by default estimated so the mean neighbour count equals
         ``n_neighbors_target`` (the paper's rule). The radius used is stored in ``uns[key_added]``.
@@ -85,21 +91,25 @@ def teacher_niches(
         Centre/scale the latent per library before aggregation (batch-aware teacher).
     label_smoothing
         Smoothing of one-hot targets with ``method="labels"``.
+    calibrate
+        ``"neighbours"``: soften the logits by one temperature fitted so that each cell's probabilities
+        predict its spatial neighbours' niches (argmax unchanged); the temperature is stored in
+        ``uns[key_added]['params']['temperature']``. ``None``: raw log posteriors (near one-hot for mixtures).
     transformer_kwargs
         Overrides of the transformer's settings (``n_steps``, ``d_model``, ...).
     key_added
         Results go to ``obs[key_added]``, ``obsm[f"{key_added}_proba"]``, ``obsm[f"{key_added}_logits"]``
         and ``uns[key_added]``.
     random_state
-        Seed: the same seed gives the same niches.
+        %(random_state)s
     device
-        Torch device for ``"transformer"`` (``"auto"`` uses a GPU when present).
+        %(device)s
     progress
-        Show progress bars.
+        %(progress)s
     return_model
         Also return the fitted :class:`~nichekd.models.NicheTeacher` (to predict on new sections or save it).
     copy
-        Return a modified copy of the table instead of writing in place.
+        %(copy)s
 
     Returns
     -------
@@ -118,10 +128,10 @@ def teacher_niches(
     Examples
     --------
     >>> import nichekd as nk
-    >>> sdata = nk.datasets.synthetic_tissue(n_cells=5000, seed=0)
-    >>> nk.tl.teacher_niches(sdata, 6)
+    >>> sdata = nk.datasets.synthetic_tissue(n_cells=5000, random_state=0)
+    >>> nk.tl.teacher_niches(sdata, n_niches=6)
     >>> sdata["table"].obs["teacher_niche"].value_counts()
-    >>> teacher = nk.tl.teacher_niches(sdata, 6, method="transformer", return_model=True)
+    >>> teacher = nk.tl.teacher_niches(sdata, n_niches=6, method="transformer", return_model=True)
     >>> teacher.save("teacher/")
     """
     adata = get_table(sdata, table_key)
@@ -132,21 +142,27 @@ def teacher_niches(
         cell_type_key=cell_type_key,
         labels_key=labels_key,
         library_key=library_key,
+        split_key=split_key,
         radius_um=radius_um,
         n_neighbors_target=n_neighbors_target,
         n_rings=n_rings,
         n_comps=n_comps,
         batch_correct=batch_correct,
         label_smoothing=label_smoothing,
+        calibrate=calibrate,
         transformer_kwargs=transformer_kwargs,
         random_state=random_state,
         device=device,
         progress=progress,
     )
     # everything is computed before anything is written: a failure leaves the table untouched
+    # with split_key the teacher learns from the cells outside the test side only, then labels every cell
     xy_um = micron_coords(sdata, table_key=table_key, library_key=library_key)
-    inputs = teacher.prepare(adata, fit=True, xy_um=xy_um)
-    teacher.fit_head(inputs)
+    fit_table = teacher.fitting_table(adata)
+    fit_xy = xy_um if fit_table is adata else xy_um[(adata.obs[split_key].astype(str) != "test").to_numpy()]
+    fit_inputs = teacher.prepare(fit_table, fit=True, xy_um=fit_xy)
+    teacher.fit_head(fit_inputs)
+    inputs = fit_inputs if fit_table is adata else teacher.prepare(adata, xy_um=xy_um)
     logits = teacher.logits_from_inputs(inputs)
     proba = teacher.proba_from_inputs(inputs)
 
@@ -164,6 +180,7 @@ def teacher_niches(
         "cell_type_key": cell_type_key,
         "labels_key": labels_key,
         "library_key": library_key,
+        "split_key": split_key,
         "radius_um": teacher.radius_um_,
         "radius_um_given": radius_um is not None,
         "n_neighbors_target": n_neighbors_target,
@@ -172,6 +189,8 @@ def teacher_niches(
         "n_comps": n_comps if use_rep is None and method in ("aggregate", "transformer") else None,
         "batch_correct": batch_correct,
         "label_smoothing": label_smoothing if method == "labels" else None,
+        "calibrate": calibrate if method != "labels" else None,
+        "temperature": teacher.temperature_ if method != "labels" else None,
         "random_state": random_state,
         "device": device if method == "transformer" else None,
     }
@@ -179,8 +198,8 @@ def teacher_niches(
     if method == "labels":
         extra["label_names"] = dict(zip(teacher.niche_names_, teacher.encoder_["labels"], strict=True))
     store_params(target, key_added, params, **extra)
-    # the teacher's neighbourhoods as squidpy's graph, for scverse tools downstream
-    store_spatial_graph(target, xy_um, teacher.radius_um_, np.asarray(library_labels(adata, library_key)))
+    if teacher.radius_um_ is not None:  # the teacher's neighbourhoods as squidpy's graph, for scverse tools
+        store_spatial_graph(target, xy_um, teacher.radius_um_, np.asarray(library_labels(adata, library_key)))
 
     if return_model:
         return (target, teacher) if copy else teacher

@@ -11,7 +11,15 @@ from typing import Any
 import pandas as pd
 
 from . import _efficientnet, _foundation, _stain
-from ._base import BackboneSpec, Encoder, TorchEncoder, available_threads
+from ._base import (
+    PRECISIONS,
+    BackboneSpec,
+    Encoder,
+    TorchEncoder,
+    available_threads,
+    cpu_bf16_supported,
+    resolve_precision,
+)
 from ._foundation import BackboneUnavailableError
 
 PRECOMPUTED = BackboneSpec(
@@ -98,32 +106,46 @@ def resolve_spec(
 
 
 def build_encoder(
-    backbone: Any, spec: BackboneSpec, *, device: str = "cpu", checkpoint_path: str | None = None
+    backbone: Any,
+    spec: BackboneSpec,
+    *,
+    device: str = "cpu",
+    checkpoint_path: str | None = None,
+    precision: str = "auto",
+    n_threads: int | None = None,
 ) -> Encoder:
-    """Instantiate the encoder described by ``spec`` on ``device``."""
+    """Instantiate the encoder described by ``spec`` on ``device``, running in ``precision`` (see
+    :func:`resolve_precision`) on ``n_threads`` CPU threads (``None``: torch's current setting)."""
     from . import _custom
 
+    if precision not in PRECISIONS:  # before any weights are loaded
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
     if not isinstance(backbone, str):
-        return _custom.build(backbone, spec, device=device)
-    if backbone.startswith(("timm:", "hf-hub:")):
-        return _foundation.build_generic_timm(spec, device, checkpoint_path)
-    if backbone == _efficientnet.SPEC.name:
-        return _efficientnet.build(device=device, checkpoint_path=checkpoint_path)
-    if backbone == _stain.SPEC.name:
-        return _stain.build()
-    if backbone in _foundation.FOUNDATION:
-        return _foundation.build(backbone, device=device, checkpoint_path=checkpoint_path)
-    raise KeyError(f"Backbone {backbone!r} cannot be built (precomputed features are not encoded).")
+        enc = _custom.build(backbone, spec, device=device)
+    elif backbone.startswith(("timm:", "hf-hub:")):
+        enc = _foundation.build_generic_timm(spec, device, checkpoint_path)
+    elif backbone == _efficientnet.SPEC.name:
+        enc = _efficientnet.build(device=device, checkpoint_path=checkpoint_path)
+    elif backbone == _stain.SPEC.name:
+        enc = _stain.build()
+    elif backbone in _foundation.FOUNDATION:
+        enc = _foundation.build(backbone, device=device, checkpoint_path=checkpoint_path)
+    else:
+        raise KeyError(f"Backbone {backbone!r} cannot be built (precomputed features are not encoded).")
+    return enc.configure(precision=precision, n_threads=n_threads)
 
 
 __all__ = [
+    "PRECISIONS",
     "BackboneSpec",
     "BackboneUnavailableError",
     "Encoder",
     "TorchEncoder",
     "available_threads",
     "build_encoder",
+    "cpu_bf16_supported",
     "known_backbones",
     "list_backbones",
+    "resolve_precision",
     "resolve_spec",
 ]

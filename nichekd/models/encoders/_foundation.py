@@ -310,7 +310,11 @@ def build_transformers(name: str, spec: BackboneSpec, hub: str, device: str, che
         raise _access_error(name, hub, err) from err
     model.eval().to(device)
     return TorchEncoder(
-        lambda x: model(pixel_values=x).last_hidden_state, spec, device=device, pool=lambda o: o[:, 0]
+        lambda x: model(pixel_values=x).last_hidden_state,
+        spec,
+        device=device,
+        pool=lambda o: o[:, 0],
+        model=model,
     )
 
 
@@ -334,6 +338,7 @@ def build_conch(name: str, spec: BackboneSpec, hub: str, device: str, checkpoint
         spec,
         device=device,
         pool=lambda o: o,
+        model=model,
     )
 
 

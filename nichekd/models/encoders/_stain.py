@@ -62,14 +62,13 @@ def _glcm_stats(q: np.ndarray) -> np.ndarray:
     """Contrast, homogeneity, energy, correlation, entropy of the symmetric co-occurrence matrix of each
     quantised patch ``q`` (n, h, w) for unit offsets right and down."""
     n, levels = len(q), GLCM_LEVELS
-    base = (np.arange(n, dtype=np.int32) * levels * levels)[:, None, None]
-    codes = np.concatenate(
-        [
-            (base + q[:, :, :-1] * levels + q[:, :, 1:]).ravel(),
-            (base + q[:, :-1, :] * levels + q[:, 1:, :]).ravel(),
-        ]
-    )
-    p = np.bincount(codes, minlength=n * levels * levels).reshape(n, levels, levels).astype(np.float64)
+    q = q.astype(np.intp, copy=False)
+    size = n * levels * levels
+    base = (np.arange(n, dtype=np.intp) * levels * levels)[:, None, None]
+    right = q[:, :, :-1] * levels + q[:, :, 1:] + base
+    down = q[:, :-1, :] * levels + q[:, 1:, :] + base
+    p = np.bincount(right.ravel(), minlength=size) + np.bincount(down.ravel(), minlength=size)
+    p = p.reshape(n, levels, levels).astype(np.float64)
     p = p + p.transpose(0, 2, 1)
     p /= p.sum(axis=(1, 2), keepdims=True)
     i, j = np.meshgrid(np.arange(levels), np.arange(levels), indexing="ij")
@@ -84,14 +83,189 @@ def _glcm_stats(q: np.ndarray) -> np.ndarray:
     return np.stack([contrast, homogeneity, energy, correlation, entropy], axis=1)
 
 
+# Histogram percentiles: bins uniform in log1p(v / HIST_V0) over [0, HIST_V_MAX] (>= the largest possible H or E
+# value, 1.88), so they are fine where H&E values live (0-0.3) and exact zeros (background) get a bin of their own.
+HIST_BINS = 2048
+HIST_V0 = 1e-4
+HIST_V_MAX = 2.0
+_HIST_SCALE = np.log1p(HIST_V_MAX / HIST_V0)
+#: Relative bin width: a histogram percentile is within ``HIST_RTOL * (exact + HIST_V0)`` of the exact one.
+HIST_RTOL = float(np.expm1(_HIST_SCALE / HIST_BINS))
+_CHUNK = 32  # patches per work unit: a chunk's intermediates stay in cache, chunks run on separate threads
+
+
+def _deconvolve(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(n, 3, h, w)`` uint8 -> hematoxylin, eosin (``(n, h, w)``, clipped at 0, as :func:`rgb_to_hed`) and the
+    tissue mask (optical density summed over channels above :data:`TISSUE_OD`), from one log per value."""
+    log_rgb = x.astype(np.float32)
+    log_rgb /= np.float32(255.0)
+    np.maximum(log_rgb, np.float32(1e-6), out=log_rgb)
+    np.log(log_rgb, out=log_rgb)
+    # optical density clips at 1e-3 where the deconvolution clips at 1e-6: log is monotone, so clip the log
+    od_c = np.maximum(log_rgb, np.log(np.float32(1e-3)))
+    tissue = -(od_c[:, 0] + od_c[:, 1] + od_c[:, 2]) > TISSUE_OD
+    log_rgb /= np.float32(_LOG_ADJUST)
+    m = _hed_from_rgb()
+    out = []
+    for d in (0, 1):
+        v = log_rgb[:, 0] * m[0, d]
+        v += log_rgb[:, 1] * m[1, d]
+        v += log_rgb[:, 2] * m[2, d]
+        out.append(np.maximum(v, np.float32(0.0), out=v))
+    return out[0], out[1], tissue
+
+
+def _hist_percentiles(v: np.ndarray, q: tuple[float, ...]) -> np.ndarray:
+    """Percentiles ``q`` (numpy's linear interpolation) of each row of ``v`` (n, m) >= 0 from a histogram.
+
+    Each order statistic is placed inside its bin (uniformly spread over the bin's count), so the result is
+    within ``HIST_RTOL * (exact + HIST_V0)`` of ``np.percentile`` (0.49% + 5e-7 with the defaults); exact zeros
+    stay exactly zero.
+    """
+    n, m = v.shape
+    nb = HIST_BINS + 1  # bin 0: exact zeros; bin j >= 1: [edge[j-1], edge[j])
+    key = np.log1p(v * np.float32(1.0 / HIST_V0))
+    key *= np.float32(HIST_BINS / _HIST_SCALE)
+    idx = key.astype(np.intp)
+    np.minimum(idx, HIST_BINS - 1, out=idx)
+    idx += 1
+    idx[v <= 0] = 0
+    idx += (np.arange(n, dtype=np.intp) * nb)[:, None]
+    counts = np.bincount(idx.ravel(), minlength=n * nb).reshape(n, nb)
+    cum = np.cumsum(counts, axis=1)
+    pos = np.asarray(q, dtype=np.float64) / 100.0 * (m - 1)
+    lo_rank = np.floor(pos).astype(np.int64)
+    ranks = np.concatenate([lo_rank, np.minimum(lo_rank + 1, m - 1)])  # both neighbours of each position
+    # bin of rank k in row i: first bin whose cumulative count exceeds k (rows offset so one search serves all)
+    rows = np.arange(n)[:, None]
+    cum += rows * m
+    j = np.searchsorted(cum.ravel(), (ranks[None, :] + rows * m).ravel(), side="right").reshape(n, -1)
+    j -= rows * nb
+    cum -= rows * m
+    before = np.where(j > 0, cum[rows, np.maximum(j - 1, 0)], 0)
+    edges = HIST_V0 * np.expm1(np.arange(nb) * (_HIST_SCALE / HIST_BINS))  # top of bin j (0 for the zeros)
+    lower, upper = edges[np.maximum(j - 1, 0)], edges[j]
+    inside = (ranks[None, :] - before + 0.5) / np.maximum(counts[rows, j], 1)
+    stat = np.where(j > 0, lower + inside * (upper - lower), 0.0)
+    k = len(q)
+    frac = pos - lo_rank
+    return (stat[:, :k] + frac * (stat[:, k:] - stat[:, :k])).astype(np.float32)
+
+
+def _shifted_sum3(a: np.ndarray, axis: int) -> np.ndarray:
+    """Sum over a 3-wide window along ``axis`` (zero beyond the edges)."""
+    out = a.copy()
+    lo = [slice(None)] * a.ndim
+    hi = [slice(None)] * a.ndim
+    lo[axis], hi[axis] = slice(1, None), slice(None, -1)
+    out[tuple(lo)] += a[tuple(hi)]
+    out[tuple(hi)] += a[tuple(lo)]
+    return out
+
+
+def _shifted_max5(a: np.ndarray, axis: int) -> np.ndarray:
+    """Maximum over a 5-wide window along ``axis`` (edges see only the values inside)."""
+    out = a.copy()
+    for d in (1, 2):
+        lo = [slice(None)] * a.ndim
+        hi = [slice(None)] * a.ndim
+        lo[axis], hi[axis] = slice(d, None), slice(None, -d)
+        np.maximum(out[tuple(lo)], a[tuple(hi)], out=out[tuple(lo)])
+        np.maximum(out[tuple(hi)], a[tuple(lo)], out=out[tuple(hi)])
+    return out
+
+
 def _blob_density(h: np.ndarray) -> np.ndarray:
-    """Local maxima of the smoothed hematoxylin above :data:`NUCLEAR_H`, per 1000 pixels."""
+    """Local maxima of the smoothed hematoxylin above :data:`NUCLEAR_H`, per 1000 pixels.
+
+    Smoothing is a 3 x 3 mean (edge pixels average only their in-image neighbours), a maximum is a pixel equal
+    to the largest value of its 5 x 5 neighbourhood; both separable, at full resolution. The mean runs in
+    float64, where the sum of up to nine equal float32 values and its mean are exact: every pixel of a flat
+    plateau is a maximum, as in exact arithmetic.
+    """
+    hh, ww = h.shape[1:]
+    ones_h = _shifted_sum3(np.ones(hh), 0)
+    ones_w = _shifted_sum3(np.ones(ww), 0)
+    smooth = _shifted_sum3(_shifted_sum3(h.astype(np.float64), 2), 1)
+    smooth /= ones_h[:, None] * ones_w[None, :]
+    local_max = _shifted_max5(_shifted_max5(smooth, 2), 1)
+    peak = (smooth == local_max) & (smooth > NUCLEAR_H)
+    return peak.reshape(len(h), -1).sum(1) * (1000.0 / (hh * ww))
+
+
+def _features_chunk(x: np.ndarray) -> np.ndarray:
+    """Features of one chunk of ``(n, 3, h, w)`` uint8 patches (see :func:`stain_features`)."""
+    n = len(x)
+    h, e, tissue = _deconvolve(x)
+    tissue = tissue.reshape(n, -1).mean(1)
+    hf, ef = h.reshape(n, -1), e.reshape(n, -1)
+    q = (10.0, 50.0, 90.0)
+    hp, ep = _hist_percentiles(hf, q), _hist_percentiles(ef, q)
+    hm, em = hf.mean(1), ef.mean(1)
+    levels = np.clip(h * np.float32(GLCM_LEVELS / GLCM_H_MAX), 0, GLCM_LEVELS - 1).astype(np.intp)
+    grad_h = np.abs(np.diff(h, axis=1)).mean((1, 2)) + np.abs(np.diff(h, axis=2)).mean((1, 2))
+    grad_e = np.abs(np.diff(e, axis=1)).mean((1, 2)) + np.abs(np.diff(e, axis=2)).mean((1, 2))
+    rgb = x.reshape(n, 3, -1).astype(np.float32)
+    rgb *= np.float32(1.0 / 255.0)
+    cols = [
+        tissue[:, None], hm[:, None], em[:, None], hf.std(1)[:, None], ef.std(1)[:, None], hp, ep,
+        (hm / np.maximum(em, 1e-6))[:, None], (hf > NUCLEAR_H).mean(1)[:, None],
+        _blob_density(h)[:, None], _glcm_stats(levels), grad_h[:, None], grad_e[:, None],
+        rgb.mean(2), rgb.std(2),
+    ]  # fmt: skip
+    return np.concatenate(cols, axis=1).astype(np.float32)
+
+
+def stain_features(patches: np.ndarray, *, n_threads: int | None = None) -> np.ndarray:
+    """``(n, 3, h, w)`` uint8 RGB patches -> ``(n, 27)`` float32 stain/texture features (see FEATURE_NAMES).
+
+    Colour deconvolution takes one logarithm per value, percentiles come from per-patch histograms
+    and everything is vectorised over chunks of patches that run on ``n_threads`` threads (default: torch's
+    current thread count). Each patch's features depend on that patch only.
+
+    Tolerance against :func:`_stain_features_reference` (the straightforward implementation, kept for tests):
+    the six percentiles agree within ``HIST_RTOL * (exact + HIST_V0)`` (0.49% + 5e-7); the blob density counts
+    the same maxima except where the reference's float32 rounding splits an exactly flat plateau (rare on real
+    H&E: identical on 100% of 512 real patches); the means and standard deviations of R, G, B are exact to
+    1e-6 (the reference's float32 sums are off by up to 5e-5); every other feature agrees to float32 rounding
+    (relative 1e-5).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).integers(0, 256, (4, 3, 64, 64), dtype=np.uint8)
+    >>> stain_features(x).shape
+    (4, 27)
+    """
+    x = np.ascontiguousarray(patches)
+    if x.ndim != 4 or x.shape[1] != 3 or x.dtype != np.uint8:
+        raise ValueError(f"stain_features needs (n, 3, h, w) uint8 RGB patches, got {x.shape} {x.dtype}.")
+    n = len(x)
+    if n == 0:
+        return np.zeros((0, len(FEATURE_NAMES)), dtype=np.float32)
+    chunks = [x[i : i + _CHUNK] for i in range(0, n, _CHUNK)]
+    if n_threads is None:
+        import torch
+
+        n_threads = torch.get_num_threads()
+    if n_threads > 1 and len(chunks) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # numpy releases the GIL inside its loops, so chunks on threads use the cores
+        with ThreadPoolExecutor(min(n_threads, len(chunks))) as pool:
+            parts = list(pool.map(_features_chunk, chunks))
+    else:
+        parts = [_features_chunk(c) for c in chunks]
+    return np.concatenate(parts)
+
+
+def _blob_density_reference(h: np.ndarray) -> np.ndarray:
+    """Reference of :func:`_blob_density` (torch pooling); kept for tests and the benchmark only."""
     import torch
     import torch.nn.functional as F
 
     t = torch.from_numpy(h)[:, None]
     smooth = F.avg_pool2d(t, 3, stride=1, padding=1, count_include_pad=False)
-    # separable 5 x 5 maximum: two cheap 1-D passes
     local_max = F.max_pool2d(
         F.max_pool2d(smooth, (1, 5), stride=1, padding=(0, 2)), (5, 1), stride=1, padding=(2, 0)
     )
@@ -99,8 +273,9 @@ def _blob_density(h: np.ndarray) -> np.ndarray:
     return peak.flatten(1).sum(1).numpy() * (1000.0 / h[0].size)
 
 
-def stain_features(patches: np.ndarray) -> np.ndarray:
-    """``(n, 3, h, w)`` uint8 RGB patches -> ``(n, 27)`` float32 stain/texture features (see FEATURE_NAMES)."""
+def _stain_features_reference(patches: np.ndarray) -> np.ndarray:
+    """The straightforward implementation of :func:`stain_features` (exact percentiles, torch pooling): the
+    reference the fast one is tested against, and the speed baseline of the benchmark. Not for production."""
     x = np.asarray(patches)
     n = len(x)
     if n == 0:
@@ -125,7 +300,7 @@ def stain_features(patches: np.ndarray) -> np.ndarray:
     cols = [
         tissue[:, None], hm[:, None], em[:, None], h.std(1)[:, None], e.std(1)[:, None], hp, ep,
         (hm / np.maximum(em, 1e-6))[:, None], (h > NUCLEAR_H).mean(1)[:, None],
-        _blob_density(hed[:, 0])[:, None], _glcm_stats(q), (gy_h + gx_h)[:, None], (gy_e + gx_e)[:, None],
+        _blob_density_reference(hed[:, 0])[:, None], _glcm_stats(q), (gy_h + gx_h)[:, None], (gy_e + gx_e)[:, None],
         rgb.mean(2), rgb.std(2),
     ]  # fmt: skip
     return np.concatenate(cols, axis=1).astype(np.float32)
@@ -140,7 +315,7 @@ class StainEncoder(Encoder):
 
     def __call__(self, patches: np.ndarray) -> np.ndarray:
         """Features of ``(n, 3, s, s)`` uint8 patches."""
-        return stain_features(patches)
+        return stain_features(patches, n_threads=self.n_threads)
 
 
 def build(device: str = "cpu", **_: Any) -> StainEncoder:

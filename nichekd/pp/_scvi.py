@@ -1,0 +1,161 @@
+"""scVI latents of the counts: the paper's expression input to the teacher (``nichekd[scvi]`` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+
+from .._docs import inject_docs
+from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
+from .._utils import store_params
+
+
+def _import_scvi():
+    try:
+        import scvi
+    except ImportError as err:  # an optional extra
+        raise ImportError(
+            "scVI latents need scvi-tools: pip install 'nichekd[scvi]' (or pip install scvi-tools)."
+        ) from err
+    return scvi
+
+
+@inject_docs
+def scvi_latent(
+    sdata: Any,
+    *,
+    batch_key: str | None = LIBRARY_KEY,
+    layer: str | None = None,
+    n_latent: int = 10,
+    n_hidden: int = 128,
+    n_layers: int = 1,
+    max_epochs: int = 400,
+    batch_size: int = 128,
+    model_path: str | Path | None = None,
+    save_path: str | Path | None = None,
+    table_key: str = TABLE_KEY,
+    key_added: str = "X_scVI",
+    accelerator: str = "cpu",
+    random_state: int = 0,
+    progress: bool = True,
+    copy: bool = False,
+) -> ad.AnnData | None:
+    """Fit (or load) an scVI model of the raw counts and write its latent to ``obsm[key_added]``.
+
+    scVI (Lopez et al. 2018; scvi-tools) models counts as negative binomial given a low-dimensional latent
+    and, with ``batch_key``, a per-batch effect, so sections (libraries) share one latent space. The paper's
+    teacher aggregates these latents over neighbourhoods: ``nk.tl.teacher_niches(sdata, K,
+    use_rep="X_scVI")``.
+
+    Parameters
+    ----------
+    sdata
+        :class:`~spatialdata.SpatialData` or its table, raw counts in ``X`` (or ``layers[layer]``).
+    batch_key
+        ``obs`` column of batches (default: the library, so the latent is corrected across sections);
+        ``None`` for one batch.
+    layer
+        Layer holding the raw counts instead of ``X``.
+    n_latent, n_hidden, n_layers
+        Latent dimensions, hidden units and layers of the encoder/decoder (scVI's defaults).
+    max_epochs
+        Training epochs (scVI's default for small data is 400; a few suffice for a smoke test).
+    batch_size
+        Minibatch size.
+    model_path
+        Folder of a model saved by scvi-tools (``save_path`` of an earlier call): loaded instead of fitted;
+        the table must have the same genes and only batches the model knows.
+    save_path
+        Folder to save the fitted model to (overwritten).
+    table_key
+        %(table_key)s
+    key_added
+        ``obsm`` key of the latent (``"X_scVI"``, scvi-tools' convention); parameters go to ``uns[key_added]``.
+    accelerator
+        Lightning accelerator (``"cpu"``, ``"gpu"``, ``"auto"``).
+    random_state
+        %(random_state)s
+    progress
+        %(progress)s
+    copy
+        %(copy)s
+
+    Returns
+    -------
+    The table with ``copy=True``, else ``None``.
+
+    Examples
+    --------
+    >>> import nichekd as nk
+    >>> sdata = nk.datasets.st_mob()  # doctest: +SKIP
+    >>> nk.pp.scvi_latent(sdata, max_epochs=50, save_path="scvi_mob/")  # doctest: +SKIP
+    >>> nk.tl.teacher_niches(sdata, n_niches=5, use_rep="X_scVI")  # doctest: +SKIP
+    """
+    from ..models._teacher_latent import check_counts
+
+    adata = get_table(sdata, table_key)
+    if layer is not None and layer not in adata.layers:
+        raise KeyError(f"No layers[{layer!r}]; layers are {list(adata.layers)}.")
+    counts = adata.layers[layer] if layer is not None else adata.X
+    if counts is None or adata.n_vars == 0:
+        raise ValueError("The table has no counts: scVI needs raw counts in X (or layer=).")
+    check_counts(counts, f"layers[{layer!r}]" if layer is not None else "X")
+    if batch_key is not None and batch_key not in adata.obs:
+        raise KeyError(f"batch_key={batch_key!r} is not an obs column; pass batch_key=None for one batch.")
+    if max_epochs < 1 or n_latent < 1:
+        raise ValueError(f"max_epochs and n_latent must be >= 1, got {max_epochs} and {n_latent}.")
+    if model_path is not None and not Path(model_path).is_dir():
+        raise FileNotFoundError(
+            f"model_path={str(model_path)!r} is not a folder written by scvi_latent(save_path=)."
+        )
+    scvi = _import_scvi()
+    scvi.settings.seed = int(random_state)
+    # a bare table for scvi-tools (it writes its registry into uns/obs): the user's table stays untouched
+    work = ad.AnnData(X=counts.copy(), var=adata.var[[]].copy())
+    work.obs_names = adata.obs_names.copy()
+    if batch_key is not None:
+        labels = (
+            library_labels(adata, batch_key)
+            if batch_key == LIBRARY_KEY
+            else adata.obs[batch_key].astype(str).astype("category")
+        )
+        work.obs["batch"] = np.asarray(labels).astype(str)
+    scvi.model.SCVI.setup_anndata(work, batch_key="batch" if batch_key is not None else None)
+    if model_path is not None:
+        model = scvi.model.SCVI.load(str(model_path), adata=work, accelerator=accelerator)
+        history = None
+    else:
+        model = scvi.model.SCVI(work, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers)
+        model.train(
+            max_epochs=int(max_epochs),
+            batch_size=batch_size,
+            accelerator=accelerator,
+            enable_progress_bar=progress,
+        )
+        history = model.history.get("elbo_train")
+    latent = np.asarray(model.get_latent_representation(), dtype=np.float32)
+    if save_path is not None:
+        model.save(str(save_path), overwrite=True)
+    target = adata.copy() if copy else adata
+    target.obsm[key_added] = latent
+    params = {
+        "batch_key": batch_key,
+        "layer": layer,
+        "n_latent": int(latent.shape[1]),
+        "n_hidden": n_hidden,
+        "n_layers": n_layers,
+        "max_epochs": None if model_path is not None else int(max_epochs),
+        "batch_size": batch_size,
+        "model_path": None if model_path is None else str(model_path),
+        "save_path": None if save_path is None else str(save_path),
+        "random_state": random_state,
+        "scvi_tools": scvi.__version__,
+    }
+    extra = {}
+    if history is not None and len(history):
+        extra["elbo_train"] = np.asarray(history, dtype=float).ravel().tolist()
+    store_params(target, key_added, params, **extra)
+    return target if copy else None
