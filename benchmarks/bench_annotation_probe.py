@@ -79,7 +79,7 @@ def dlpfc() -> list[str]:
 
 def synthetic() -> list[str]:
     t0 = time.perf_counter()
-    sdata = nk.datasets.synthetic_tissue(6000, n_niches=5, seed=0, progress=False)
+    sdata = nk.datasets.synthetic_tissue(6000, n_niches=5, random_state=0, progress=False)
     nk.tl.teacher_niches(sdata, n_niches=5, progress=False)
     nk.pp.histology_features(sdata, backbone="stain", key_added="he", device="cpu")
     torch.set_num_threads(1)

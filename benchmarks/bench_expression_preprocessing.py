@@ -36,7 +36,7 @@ def main() -> None:
         new, old = [], []
         for seed in (0, 1, 2):
             t = nk.datasets.synthetic_tissue(
-                6000, n_niches=5, n_genes=400, image=False, seed=seed, progress=False
+                6000, n_niches=5, n_genes=400, image=False, random_state=seed, progress=False
             )
             t = t["table"]
             truth = t.obs["true_niche"].astype(str)

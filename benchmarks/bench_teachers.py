@@ -61,7 +61,7 @@ def student_vs(table, truth: str) -> float:
 def synthetic(seeds: list[int], n_cells: int, k: int) -> list[str]:
     rows, hist = [], {}
     for seed in seeds:
-        sdata = nk.datasets.synthetic_tissue(n_cells, n_niches=k, seed=seed, progress=False)
+        sdata = nk.datasets.synthetic_tissue(n_cells, n_niches=k, random_state=seed, progress=False)
         nk.pp.histology_features(sdata, backbone="stain", key_added="he", device="cpu")
         torch.set_num_threads(1)
         nk.pp.spatial_split(sdata, features_key="he")

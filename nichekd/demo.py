@@ -133,7 +133,7 @@ def run_demo(
 
     step(f"writing {store.name} and {model_dir.name}/")
     student.save(model_dir)
-    sdata.write(store, overwrite=True)
+    nk.io.write(sdata, store, overwrite=True)  # atomic: a failed write keeps the previous store
     step("done")
     return metrics
 

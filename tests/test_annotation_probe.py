@@ -13,7 +13,7 @@ import nichekd as nk
 @pytest.fixture(scope="module")
 def tissue():
     torch.set_num_threads(1)
-    sdata = nk.datasets.synthetic_tissue(4000, n_niches=5, seed=0, progress=False)
+    sdata = nk.datasets.synthetic_tissue(4000, n_niches=5, random_state=0, progress=False)
     nk.tl.teacher_niches(sdata, n_niches=5, progress=False)
     nk.pp.histology_features(sdata, backbone="stain", key_added="he", device="cpu")
     torch.set_num_threads(1)

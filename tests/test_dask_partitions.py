@@ -103,7 +103,10 @@ def test_predict_dask_equals_predict_niches(small):
     xy = np.asarray(table.obsm["spatial"])
     teacher = np.random.default_rng(0).normal(size=(table.n_obs, 3)).astype(np.float32)
     teacher += 3 * (xy[:, :1] > np.median(xy[:, 0]))  # a learnable spatial signal
-    model = NicheStudent(3, radius_um=40.0, architecture="mlp", features_key="he_features")
+    model = NicheStudent(
+        3, radius_um=40.0, architecture="mlp", features_key="he_features",
+        encoder=dict(table.uns["he_features"]["params"]),  # the provenance prediction checks
+    )  # fmt: skip
     model.fit(feats, teacher, xy, epochs=1, device="cpu", progress=False)
     nk.tl.predict_niches(small, model=model, key_added="single", device="cpu")
     predict_niches_dask(small, model, key_added="parts", partition_size=100, progress=False)

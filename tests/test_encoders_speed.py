@@ -31,7 +31,7 @@ def _mob_patches(n: int, size: int) -> np.ndarray:
 
 
 def _synthetic_patches(n: int, size: int, mpp: float) -> np.ndarray:
-    sdata = nk.datasets.synthetic_tissue(n_cells=max(n, 400), seed=3)
+    sdata = nk.datasets.synthetic_tissue(n_cells=max(n, 400), random_state=3)
     table = sdata.tables["table"]
     lib = str(np.asarray(table.obs["library"])[0])
     pyr = _image.image_pyramid(sdata, _image.find_image(sdata, lib, table=table), lib)
@@ -144,7 +144,7 @@ def test_micro_batches_and_threads_keep_fp32_features_and_the_callers_setting():
 
 
 def test_histology_features_records_precision_and_honours_an_explicit_request():
-    sdata = nk.datasets.synthetic_tissue(n_cells=400, seed=0)
+    sdata = nk.datasets.synthetic_tissue(n_cells=400, random_state=0)
     t = sdata.tables["table"]
     keep = t.obs_names[:3]
     sdata.tables["table"] = t[keep].copy()

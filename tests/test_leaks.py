@@ -32,7 +32,7 @@ def _perturb_band(sdata, y_lo: float, y_hi: float, rng: np.random.Generator) -> 
 def _train(side: str | None):
     """The whole pipeline; ``side`` = the split side whose every input is replaced by noise (None: clean)."""
     torch.set_num_threads(1)
-    sdata = nk.datasets.synthetic_tissue(1500, n_niches=K, seed=0, progress=False)
+    sdata = nk.datasets.synthetic_tissue(1500, n_niches=K, random_state=0, progress=False)
     t = sdata["table"]
     nk.pp.histology_features(sdata, backbone="stain", key_added="he", device="cpu")
     torch.set_num_threads(1)

@@ -164,10 +164,10 @@ def test_bad_input(trained, tmp_path):
     assert len(blank.tables) == 0 and len(blank.shapes) == 0
     with pytest.raises(FileNotFoundError):
         predict_niches(sdata, tmp_path / "nothing")
-    # K recorded in the config must match the weights
+    # K recorded in the config must match the weights: the definition checksum catches the edit
     cfg = (path / "config.json").read_text().replace('"n_niches": 2', '"n_niches": 3')
     (path / "config.json").write_text(
         cfg.replace('"niche_names": [\n    "pink",', '"niche_names": [\n    "x",\n    "pink",')
     )
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(ValueError, match="config.json does not match its checksum"):
         NicheStudent.load(path)

@@ -139,7 +139,7 @@ def test_teacher_within_split_sides_ignores_test_expression():
     import nichekd as nk
     from nichekd.models import NicheTeacher
 
-    sd = nk.datasets.synthetic_tissue(1500, n_niches=3, image=False, seed=0, progress=False)
+    sd = nk.datasets.synthetic_tissue(1500, n_niches=3, image=False, random_state=0, progress=False)
     t = sd["table"]
     spatial_split(t, buffer_um=20, teacher_key=None)
     test = (t.obs["split"] == "test").to_numpy()

@@ -13,7 +13,9 @@ from nichekd.models import NicheTeacher
 
 @pytest.fixture(scope="module")
 def tissue():
-    sdata = nk.datasets.synthetic_tissue(n_cells=4000, n_niches=5, image=False, seed=0, progress=False)
+    sdata = nk.datasets.synthetic_tissue(
+        n_cells=4000, n_niches=5, image=False, random_state=0, progress=False
+    )
     return sdata["table"]
 
 

@@ -260,9 +260,14 @@ def test_jpeg_png(tmp_path, levels):
     with pytest.raises(ValueError, match="mpp="):
         read_wsi(tmp_path / "he.jpg")
     assert read_wsi(tmp_path / "he.jpg", mpp=1.0).images["he_he"]["scale0"]["image"].shape == (3, 480, 720)
+    # grayscale: converted to RGB (equal channels) with a warning, the rule recorded
     Image.fromarray(levels[1][..., 0]).save(tmp_path / "gray.png")
-    with pytest.raises(ValueError, match="not 8-bit RGB"):
-        read_wsi(tmp_path / "gray.png", mpp=1.0)
+    with pytest.warns(UserWarning, match="grayscale"):
+        gray = read_wsi(tmp_path / "gray.png", mpp=1.0)
+    img = gray.images["gray_he"]["scale0"]["image"].values
+    np.testing.assert_array_equal(img[0], levels[1][..., 0])
+    np.testing.assert_array_equal(img[0], img[2])
+    assert "converted" in gray.attrs["nichekd"]["wsi"]["gray"]["intensity_rule"]
 
 
 @pytest.mark.parametrize(
@@ -270,16 +275,32 @@ def test_jpeg_png(tmp_path, levels):
     [
         (np.zeros((4, 256, 256), np.uint16), {"photometric": "minisblack", "metadata": {"axes": "CYX"}}),
         (np.zeros((3, 256, 256), np.uint16), {"photometric": "minisblack", "metadata": {"axes": "CYX"}}),
-        (np.zeros((256, 256), np.uint8), {"photometric": "minisblack"}),
-        (np.zeros((256, 256, 3), np.uint16), {"photometric": "rgb"}),
     ],
-    ids=["fluorescence-4ch-uint16", "3ch-uint16", "grayscale", "rgb-uint16"],
+    ids=["fluorescence-4ch-uint16", "3ch-uint16"],
 )
 def test_non_rgb_images_are_refused(tmp_path, data, kwargs):
     path = tmp_path / "fluo.ome.tif"
     tifffile.imwrite(path, data, **kwargs)
-    with pytest.raises(ValueError, match="not an 8-bit RGB brightfield"):
+    with pytest.raises(ValueError, match="not an RGB or grayscale brightfield"):
         read_wsi(path, mpp=0.5)
+
+
+def test_16bit_and_grayscale_tiffs_are_rescaled_and_converted(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb16 = rng.integers(0, 65536, (256, 256, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "rgb16.tif", rgb16, photometric="rgb")
+    with pytest.warns(UserWarning, match="x \\* 255 / 65535"):
+        sdata = read_wsi(tmp_path / "rgb16.tif", mpp=0.5)
+    img = sdata.images["rgb16_he"]["scale0"]["image"].values.transpose(1, 2, 0)
+    # rescaled by the 16-bit range, not clipped at 255 (which would turn the image white)
+    np.testing.assert_array_equal(img, np.round(rgb16 * (255 / 65535)).astype(np.uint8))
+    assert sdata.attrs["nichekd"]["wsi"]["rgb16"]["intensity_rule"].startswith("uint16 scaled by its range")
+    gray = rng.integers(0, 256, (256, 256), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "gray.tif", gray, photometric="minisblack")
+    with pytest.warns(UserWarning, match="grayscale"):
+        sdata = read_wsi(tmp_path / "gray.tif", mpp=0.5)
+    img = sdata.images["gray_he"]["scale0"]["image"].values
+    assert all((img[c] == gray).all() for c in range(3))
 
 
 def test_bad_files(tmp_path, levels):

@@ -5,8 +5,14 @@ Every check raises *before* a reader builds anything, with a message that names 
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
-from collections.abc import Sequence
+import struct
+import threading
+import warnings
+import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,18 +55,148 @@ def find_first(folder: str | Path, candidates: Sequence[str], what: str, hint: s
     )
 
 
-def read_json(path: str | Path, what: str) -> dict[str, Any]:
-    """A JSON file as a dict, with the file named on failure."""
-    path = require_file(path, what)
+# Parser failures that mean "this file is not in the expected format" (FileNotFoundError and PermissionError
+# already name the file and pass through unchanged).
+PARSER_ERRORS = (
+    UnicodeDecodeError, EOFError, zlib.error, pd.errors.ParserError, pd.errors.EmptyDataError,
+    json.JSONDecodeError, OSError, IndexError, ZeroDivisionError, struct.error, csv.Error, KeyError,
+    TypeError, ValueError, RuntimeError,
+)  # fmt: skip
+# Largest image read into memory (PNG/JPEG have no tiles): 250 Mpx is ~750 MB of RGB.
+MAX_IN_MEMORY_PIXELS = 250_000_000
+_PIL_LOCK = threading.Lock()
+
+
+class ReaderError(ValueError):
+    """A file could not be parsed in the format a reader expects (names the file and the format)."""
+
+
+@contextlib.contextmanager
+def parsing(path: str | Path, expected: str) -> Iterator[None]:
+    """Turn any parser failure inside the block into a :class:`ReaderError` naming ``path`` and ``expected``.
+
+    Every reader wraps its file reads in it, so that e.g. a PNG given as a count matrix, a truncated gzip, an
+    empty file or a non-HDF5 ``.h5`` give "Cannot read <file> as <format>" instead of a bare parser error.
+
+    Examples
+    --------
+    >>> with parsing("counts.tsv", "a tab-separated count matrix"):  # doctest: +SKIP
+    ...     pd.read_csv("counts.tsv", sep="\t")
+    """
     try:
-        with open(path) as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{what} {path} is not valid JSON ({err}).") from err
+        yield
+    except (FileNotFoundError, PermissionError, IsADirectoryError, ReaderError):
+        raise
+    except PARSER_ERRORS as err:
+        size = Path(path).stat().st_size if Path(path).is_file() else None
+        detail = " (the file is empty)" if size == 0 else ""
+        raise ReaderError(
+            f"Cannot read {path} as {expected}{detail}: {type(err).__name__}: {err}. Check that the file is "
+            "complete (not truncated) and is the one the reader expects."
+        ) from err
+
+
+def read_json(path: str | Path, what: str) -> dict[str, Any]:
+    """A JSON object (dict) from a file, with the file named on failure."""
+    path = require_file(path, what)
+    with parsing(path, f"{what} (a JSON object)"), open(path, encoding="utf-8") as fh:
+        out = json.load(fh)
+    if not isinstance(out, dict):
+        raise ReaderError(f"{what} {path} holds a JSON {type(out).__name__}, not an object of named fields.")
+    return out
+
+
+def positive_field(record: dict[str, Any], field: str, source: str | Path) -> float:
+    """``record[field]`` as a finite positive float, else an error naming the field and the file."""
+    if field not in record:
+        raise KeyError(f"{source} lacks the field {field!r}.")
+    try:
+        value = float(record[field])
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"{source}: {field} = {record[field]!r} is not a positive number; the scale factors are damaged. "
+            "Restore the file from the instrument's output (or pass mpp= explicitly)."
+        )
+    return value
+
+
+def check_unique_ids(ids: pd.Index, source: str | Path, what: str = "barcodes") -> None:
+    """Raise if ``ids`` repeat (a positions list with one barcode twice cannot be matched to counts)."""
+    if not ids.is_unique:
+        dup = ids[ids.duplicated()].unique()
+        raise ValueError(
+            f"{source} lists {len(dup)} {what} more than once (e.g. {list(dup[:3])}); each must appear once. "
+            "The file was concatenated or edited; use the original from the instrument's output."
+        )
+
+
+def open_pil(path: Path, what: str = "image"):
+    """Open an image with Pillow after checking its size from the header (no pixel is decoded yet).
+
+    Images above :data:`MAX_IN_MEMORY_PIXELS` are refused (PNG/JPEG cannot be read in tiles: convert them to
+    a tiled pyramidal TIFF and use :func:`nichekd.io.read_wsi`). Pillow's decompression-bomb guard stays on:
+    it is raised to this limit only while this one file is opened, under a lock, and restored afterwards.
+    """
+    from PIL import Image
+
+    with _PIL_LOCK:
+        before = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max(before or 0, MAX_IN_MEMORY_PIXELS)
+        try:
+            with parsing(path, f"{what} (PNG, JPEG or TIFF)"):
+                im = Image.open(path)
+        except Image.DecompressionBombError as err:
+            raise ValueError(
+                f"{path}: {err}. Convert it to a tiled pyramidal TIFF and read it with read_wsi."
+            ) from err
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
+    w, h = im.size
+    if w * h > MAX_IN_MEMORY_PIXELS:
+        im.close()
+        raise ValueError(
+            f"{path} is {w} x {h} px by its header ({w * h / 1e6:.0f} Mpx): too large to decode into memory "
+            f"(limit {MAX_IN_MEMORY_PIXELS / 1e6:.0f} Mpx). Convert it to a tiled pyramidal TIFF (e.g. `vips "
+            "tiffsave in.png out.tif --tile --pyramid`) and read it lazily with nk.io.read_wsi."
+        )
+    return im
+
+
+def pil_to_rgb(im: Any, source: str | Path) -> np.ndarray:
+    """``(y, x, 3)`` uint8 from an open Pillow image: 8-bit colour modes converted, 16-bit/float rescaled by
+    :func:`nichekd._layout.to_uint8`, grayscale repeated to RGB with a warning, bilevel refused."""
+    from .._layout import to_uint8
+
+    mode = im.mode
+    with parsing(source, "an image"):
+        if mode in ("RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+            return np.asarray(im.convert("RGB"))
+        if mode == "1":
+            raise ValueError(f"{source} is a bilevel (1-bit) image, a mask rather than an H&E scan.")
+        arr = np.asarray(im.convert("L") if mode in ("L", "LA") else im)
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    arr, rule = to_uint8(arr, source=str(source))
+    warnings.warn(
+        f"{source} is a grayscale {mode!r} image ({rule}): converted to RGB by repeating the channel. Stain "
+        "colour is lost, so colour-based features differ from those of a colour scan.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return np.repeat(arr[..., None], 3, axis=2)
 
 
 def read_image(path: str | Path, what: str = "image") -> Any:
-    """Read an RGB image as ``(y, x, c)``: TIFFs lazily (dask, level 0), PNG/JPEG in memory."""
+    """Read an RGB image as ``(y, x, c)`` uint8: TIFFs lazily (dask, level 0), PNG/JPEG in memory.
+
+    The size is read from the header first (huge PNG/JPEG are refused, see :func:`open_pil`); 16-bit and
+    float images are rescaled to 8 bits by :func:`nichekd._layout.to_uint8` (16-bit by its range) with a
+    warning naming the rule; grayscale images become RGB with a warning.
+    """
+    from .._layout import to_uint8
+
     path = require_file(path, what)
     suffix = "".join(path.suffixes[-2:]).lower()
     if suffix.endswith((".tif", ".tiff", ".btf")):
@@ -68,20 +204,28 @@ def read_image(path: str | Path, what: str = "image") -> Any:
         import tifffile
         import zarr
 
-        store = tifffile.imread(path, aszarr=True, level=0)
-        arr = da.from_zarr(zarr.open(store, mode="r"))
+        with parsing(path, f"{what} (TIFF)"):
+            store = tifffile.imread(path, aszarr=True, level=0)
+            arr = da.from_zarr(zarr.open(store, mode="r"))
         arr = arr.squeeze() if arr.ndim > 3 else arr
         if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[-1] not in (3, 4):
             arr = arr.transpose(1, 2, 0)
+        if arr.ndim == 2:
+            arr = da.stack([arr] * 3, axis=2)
+            warnings.warn(
+                f"{path} is grayscale: converted to RGB by repeating the channel.", UserWarning, stacklevel=2
+            )
+        if arr.dtype != np.uint8:
+            arr, rule = to_uint8(arr, source=str(path))
+            warnings.warn(f"{path} is not 8-bit: rescaled to uint8 ({rule}).", UserWarning, stacklevel=2)
         return arr
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = None  # scanned slides exceed PIL's decompression-bomb guard
+    im = open_pil(path, what)
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except OSError as err:
-        raise ValueError(f"Cannot read {what} {path} as an image ({err}); pass a PNG, JPEG or TIFF.") from err
+        with parsing(path, f"{what} (PNG or JPEG)"):
+            im.load()
+        return pil_to_rgb(im, path)
+    finally:
+        im.close()
 
 
 def _sample(image: Any) -> np.ndarray:

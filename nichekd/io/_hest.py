@@ -16,6 +16,7 @@ from ._checks import (
     check_image,
     check_min_obs,
     check_on_image,
+    parsing,
     read_image,
     read_json,
     require_file,
@@ -104,7 +105,8 @@ def read_anndata_image(
     source = adata if not isinstance(adata, ad.AnnData) else "the AnnData"
     if not isinstance(adata, ad.AnnData):
         path = require_file(adata, "AnnData file (.h5ad)")
-        adata = ad.read_h5ad(path)
+        with parsing(path, "an AnnData file (.h5ad, HDF5)"):
+            adata = ad.read_h5ad(path)
         library_id = library_id or path.name.split(".")[0]
     image = require_file(image, "H&E image")
     if mpp is None or not np.isfinite(mpp) or mpp <= 0:
@@ -213,7 +215,8 @@ def read_hest(
         diameter_um = XENIUM_CELL_UM if is_cells else VISIUM_SPOT_UM
     if mpp is None:
         mpp = hest_mpp(meta, metadata or h5ad)
-    adata = ad.read_h5ad(h5ad)
+    with parsing(h5ad, "a HEST AnnData file (.h5ad, HDF5)"):
+        adata = ad.read_h5ad(h5ad)
     if "spatial" in adata.obsm:
         key, order = "spatial", "xy"
     elif {"x_pixel", "y_pixel"} <= set(adata.obs.columns):

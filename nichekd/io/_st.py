@@ -17,6 +17,7 @@ from ._checks import (
     check_image,
     check_min_obs,
     check_on_image,
+    parsing,
     read_image,
     require_file,
 )
@@ -35,7 +36,8 @@ def grid_pitch_px(xy_px: np.ndarray) -> float:
 
 
 def _read_alignment(spots: Path) -> pd.DataFrame:
-    df = pd.read_csv(spots, sep="\t")
+    with parsing(spots, "a tab-separated ST spot alignment table"):
+        df = pd.read_csv(spots, sep="\t")
     missing = [c for c in _ALIGNMENT_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(
@@ -92,7 +94,8 @@ def read_st(
     image = require_file(image, "H&E image")
     if mpp is not None and (not np.isfinite(mpp) or mpp <= 0):
         raise ValueError(f"mpp must be a positive number of microns per pixel, got {mpp!r}.")
-    table = pd.read_csv(counts, sep="\t", index_col=0)
+    with parsing(counts, "a tab-separated ST count matrix (spots x genes, optionally gzipped)"):
+        table = pd.read_csv(counts, sep="\t", index_col=0)
     table.index = table.index.astype(str)
     if not table.index.is_unique:
         raise ValueError(f"The count matrix {counts} has duplicate spot ids.")

@@ -21,7 +21,10 @@ from ._checks import (
     check_counts,
     check_image_holds_observations,
     check_min_obs,
+    check_unique_ids,
     find_first,
+    parsing,
+    positive_field,
     read_json,
     require_file,
 )
@@ -55,22 +58,26 @@ def counts_barcodes(src: Path) -> pd.Index:
     if src.suffix == ".h5":
         import h5py
 
-        with h5py.File(src, "r") as f:
+        with parsing(src, "a 10x feature-barcode matrix (HDF5 .h5)"), h5py.File(src, "r") as f:
             if "matrix/barcodes" not in f:
                 raise ValueError(f"{src} is not a 10x feature-barcode matrix (no matrix/barcodes dataset).")
             raw = f["matrix/barcodes"][:]
         return pd.Index([b.decode() if isinstance(b, bytes) else str(b) for b in raw])
     barcodes = require_file(src.parent / "barcodes.tsv.gz", "barcodes of the mtx count matrix")
-    with gzip.open(barcodes, "rt") as fh:
+    with parsing(barcodes, "gzipped barcodes of a Space Ranger mtx folder"), gzip.open(barcodes, "rt") as fh:
         return pd.Index([line.split("\t")[0].strip() for line in fh if line.strip()])
 
 
 def positions_barcodes(src: Path) -> pd.Index:
     """Barcodes of a Space Ranger positions file (parquet, or CSV with or without a header)."""
-    if src.suffix == ".parquet":
-        return pd.Index(pd.read_parquet(src, columns=["barcode"])["barcode"].astype(str))
-    first = pd.read_csv(src, header=None, usecols=[0], dtype=str)[0]
-    return pd.Index(first[first != "barcode"])
+    with parsing(src, "a Space Ranger spot positions table (parquet or CSV)"):
+        if src.suffix == ".parquet":
+            ids = pd.Index(pd.read_parquet(src, columns=["barcode"])["barcode"].astype(str))
+        else:
+            first = pd.read_csv(src, header=None, usecols=[0], dtype=str)[0]
+            ids = pd.Index(first[first != "barcode"])
+    check_unique_ids(ids, src)  # one barcode twice cannot be matched to the counts
+    return ids
 
 
 def read_scalefactors(src: Path, keys: tuple[str, ...], what: str) -> dict[str, Any]:
@@ -79,6 +86,8 @@ def read_scalefactors(src: Path, keys: tuple[str, ...], what: str) -> dict[str, 
     missing = [k for k in keys if k not in sf]
     if missing:
         raise KeyError(f"{src} lacks {missing}; Space Ranger writes them (the reader needs {list(keys)}).")
+    for key in keys:  # e.g. spot_diameter_fullres = 0 would divide by zero downstream
+        sf[key] = positive_field(sf, key, src)
     return sf
 
 

@@ -173,6 +173,7 @@ def read_wsi(
                 "level_offset": level,
                 "level_downsamples": [float(levels[0].shape[0] / lv.shape[0]) for lv in levels],
                 "file_pyramid": bool(slide.has_pyramid),
+                "intensity_rule": slide.extra.get("rescale", "uint8 kept"),
             }
         }
     }
@@ -293,25 +294,46 @@ def _tiff_resolution_mpp(page: Any) -> tuple[tuple[float, float] | None, str]:
 # backends
 
 
-def _rgb_levels(levels: list[Any], axes: str, dtype: Any, fmt: str, path: Path) -> list[Any]:
-    """Check that the series is 8-bit RGB(A) and return ``(y, x, 3)`` arrays."""
+def _rgb_levels(levels: list[Any], axes: str, dtype: Any, fmt: str, path: Path) -> tuple[list[Any], str]:
+    """``(y, x, 3)`` uint8 arrays of an RGB(A) or grayscale series, and the intensity rule applied.
+
+    16-bit and float series are rescaled lazily by :func:`nichekd._layout.to_uint8` (16-bit by its range);
+    grayscale (one channel) is repeated to RGB with a warning; several channels that are not RGB
+    (fluorescence, multiplexed) are refused.
+    """
+    import dask.array as da
+
+    from .._layout import to_uint8
+
     desc = f"{path.name} ({fmt}, axes {axes!r}, shape {tuple(levels[0].shape)}, {np.dtype(dtype)})"
-    if "S" in axes and axes.replace("S", "") == "YX" and levels[0].shape[axes.index("S")] in (3, 4):
-        rgb = True
-    else:
-        rgb = False
-    if not rgb or np.dtype(dtype) != np.uint8:
+    gray = axes == "YX"
+    rgb = "S" in axes and axes.replace("S", "") == "YX" and levels[0].shape[axes.index("S")] in (3, 4)
+    if not (rgb or gray):
         raise ValueError(
-            f"{desc} is not an 8-bit RGB brightfield image. nichekd predicts niches from H&E scans; "
-            "fluorescence, multiplexed or grayscale images (several uint16 channels, one channel) are not "
-            "supported. If this is an H&E scan stored another way, convert it to 8-bit RGB first."
+            f"{desc} is not an RGB or grayscale brightfield image. nichekd predicts niches from H&E scans; "
+            "fluorescence or multiplexed images (several channels) are not supported. If this is an H&E scan "
+            "stored another way, convert it to 8-bit RGB first."
         )
-    out = []
+    if gray:
+        warnings.warn(
+            f"{desc} is grayscale: converted to RGB by repeating the channel. Stain colour is lost, so "
+            "colour-based features differ from those of a colour scan.",
+            UserWarning,
+            stacklevel=4,
+        )
+    out, rule = [], "uint8 kept"
     for arr in levels:
-        if axes.index("S") == 0:  # planar RGB
+        if gray:
+            arr = da.stack([arr, arr, arr], axis=2)
+        elif axes.index("S") == 0:  # planar RGB
             arr = arr.transpose(1, 2, 0)
-        out.append(arr[..., :3])
-    return out
+        arr = arr[..., :3]
+        if arr.dtype != np.uint8:
+            arr, rule = to_uint8(arr, source=path.name)
+        out.append(arr)
+    if rule != "uint8 kept":
+        warnings.warn(f"{desc} is not 8-bit: rescaled to uint8 ({rule}).", UserWarning, stacklevel=4)
+    return out, rule
 
 
 def _tile_chunks(tile: tuple[int, int] | None, chunks: int, shape: tuple[int, ...]) -> tuple[int, int]:
@@ -353,7 +375,7 @@ def _open_tifffile(path: Path, chunks: int) -> _Slide:
         cy, cx = _tile_chunks(tile, chunks, tuple(arr.shape[axes.index(a)] for a in "YX"))
         chunk = tuple({"Y": cy, "X": cx}.get(a, -1) for a in axes)
         dask_levels.append(da.from_zarr(arr, chunks=chunk))
-    levels = _rgb_levels(dask_levels, axes, series.dtype, fmt, path)
+    levels, rule = _rgb_levels(dask_levels, axes, series.dtype, fmt, path)
     _probe(levels, path)
 
     mpp, source = None, "no resolution metadata"
@@ -370,7 +392,7 @@ def _open_tifffile(path: Path, chunks: int) -> _Slide:
         mpp, source = _tiff_resolution_mpp(page)
     if mpp is not None and not _plausible(mpp):
         source, mpp = f"{source} gives {mpp}, outside {MPP_RANGE}", None
-    return _Slide(levels, mpp, source, fmt, has_pyramid=len(levels) > 1, extra={"tif": tif})
+    return _Slide(levels, mpp, source, fmt, has_pyramid=len(levels) > 1, extra={"tif": tif, "rescale": rule})
 
 
 def _reduced_pages(tif: Any, series: Any) -> list[Any]:
@@ -461,21 +483,24 @@ def _open_openslide(path: Path, chunks: int) -> _Slide:
 
 def _open_pil(path: Path, chunks: int) -> _Slide:
     import dask.array as da
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
+    from ._checks import open_pil, pil_to_rgb
+
+    # the size comes from the header first: huge PNG/JPEG are refused, Pillow's guard is never switched off
+    img = open_pil(path, "slide image")
+    mode = img.mode
     try:
-        with Image.open(path) as img:
-            mode, info = img.mode, dict(img.info)
-            if mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
-                raise ValueError(
-                    f"{path.name} is a {mode!r} image, not 8-bit RGB; nichekd needs a brightfield H&E scan "
-                    "(grayscale, 16-bit and fluorescence images are not supported)."
-                )
-            arr = np.asarray(img.convert("RGB"))
+        info = dict(img.info)
+        img.load()
+        arr = pil_to_rgb(img, path.name)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(
             f"{path.name} could not be decoded ({exc}); the file is corrupt or truncated."
         ) from exc
+    finally:
+        img.close()
+    rule = "uint8 kept" if mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") else f"{mode} converted to 8-bit RGB"
     mpp, source = None, "JPEG/PNG without resolution metadata"
     if "dpi" in info:
         dpi = np.asarray(info["dpi"], dtype=float).ravel()
@@ -486,7 +511,8 @@ def _open_pil(path: Path, chunks: int) -> _Slide:
             else:
                 source = f"image dpi {dpi.tolist()} is a screen/print default, not a scan scale"
     level = da.from_array(arr, chunks=(min(chunks, arr.shape[0]), min(chunks, arr.shape[1]), 3))
-    return _Slide([level], mpp, source, "jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "png", False)
+    fmt = "jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "png"
+    return _Slide([level], mpp, source, fmt, False, extra={"rescale": rule})
 
 
 def _probe(levels: list[Any], path: Path) -> None:

@@ -19,10 +19,12 @@ import numpy as np
 import pandas as pd
 
 from ._checks import (
+    ReaderError,
     check_barcodes,
     check_counts,
     check_image_holds_observations,
     check_min_obs,
+    parsing,
     read_json,
     require_file,
 )
@@ -48,8 +50,12 @@ def read_alignment(alignment: str | Path) -> np.ndarray:
     """The 3x3 affine of a Xenium ``*_imagealignment.csv``: H&E pixels (x, y) -> morphology pixels (x, y)."""
     alignment = require_file(alignment, "H&E alignment matrix (3x3 CSV from Xenium Explorer)")
     try:
-        matrix = pd.read_csv(alignment, header=None).to_numpy(dtype=float)
+        with parsing(alignment, "a 3x3 alignment matrix (CSV)"):
+            table = pd.read_csv(alignment, header=None)
+        matrix = table.to_numpy(dtype=float)
     except ValueError as err:
+        if isinstance(err, ReaderError):
+            raise
         raise ValueError(f"The alignment file {alignment} is not a numeric 3x3 CSV ({err}).") from err
     if matrix.shape != (3, 3) or not np.isfinite(matrix).all():
         raise ValueError(
@@ -66,7 +72,8 @@ def read_alignment(alignment: str | Path) -> np.ndarray:
 
 def cell_ids(cells: Path) -> pd.Index:
     """Cell ids of a Xenium ``cells.parquet`` (bytes decoded)."""
-    ids = pd.read_parquet(cells, columns=["cell_id"])["cell_id"]
+    with parsing(cells, "a Xenium cell table (parquet)"):
+        ids = pd.read_parquet(cells, columns=["cell_id"])["cell_id"]
     return pd.Index([i.decode() if isinstance(i, bytes) else str(i) for i in ids])
 
 

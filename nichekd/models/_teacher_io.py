@@ -11,11 +11,16 @@ from typing import Any
 
 import numpy as np
 
+from ._integrity import arrays_digest, definition_digest, json_safe
 from ._teacher_heads import _gmm_from_arrays
 
 
 def save_teacher(self: Any, path: str | Path) -> Path:
     """Write the fitted teacher ``self`` to folder ``path`` (``teacher.json`` + safetensors, no pickle).
+
+    ``teacher.json`` carries sha256 checksums of the defining fields and of every array, verified by
+    :func:`load_teacher`; every file is written under a temporary name and renamed into place only when all are
+    complete, so an interrupted save leaves the previous teacher readable.
 
     Parameters
     ----------
@@ -36,7 +41,7 @@ def save_teacher(self: Any, path: str | Path) -> Path:
         "niche_names_": self.niche_names_,
         "n_niches": self.n_niches,
         "temperature_": float(self.temperature_),
-        "format": "nichekd.NicheTeacher/1",
+        "format": "nichekd.NicheTeacher/2",
     }
     enc = {}
     for k, v in self.encoder_.items():
@@ -58,22 +63,29 @@ def save_teacher(self: Any, path: str | Path) -> Path:
                 "gmm_precisions_cholesky": self.gmm_.precisions_cholesky_,
             }
         )
+    torch_state = {}
     if self.transformer_ is not None:
         from safetensors.torch import save_file as save_torch
 
         meta["transformer_config"] = self.transformer_.config.to_dict()
-        save_torch(
-            {k: v.contiguous() for k, v in self.transformer_.state_dict().items()},
-            str(path / "transformer.safetensors"),
-        )
+        torch_state = {k: v.contiguous() for k, v in self.transformer_.state_dict().items()}
+        save_torch(torch_state, str(path / ".transformer.safetensors.tmp"))
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     if arrays:
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path / "teacher.safetensors"))
-    (path / "teacher.json").write_text(json.dumps(meta, indent=1))
+        save_file(arrays, str(path / ".teacher.safetensors.tmp"))
+    meta["checksum"] = {
+        "definition": definition_digest(meta),
+        "weights": arrays_digest({**arrays, **{f"transformer.{k}": v for k, v in torch_state.items()}}),
+    }
+    (path / ".teacher.json.tmp").write_text(json.dumps(json_safe(meta), indent=1))
+    for name in ("transformer.safetensors", "teacher.safetensors", "teacher.json"):
+        if (path / f".{name}.tmp").exists():
+            (path / f".{name}.tmp").replace(path / name)
     return path
 
 
 def load_teacher(cls: type, path: str | Path) -> Any:
-    """Read a teacher of class ``cls`` written by :func:`save_teacher`.
+    """Read a teacher of class ``cls`` written by :func:`save_teacher`, verifying its checksums.
 
     Parameters
     ----------
@@ -82,33 +94,80 @@ def load_teacher(cls: type, path: str | Path) -> Any:
     path
         Folder holding ``teacher.json``.
     """
+    from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
     path = Path(path)
-    if not (path / "teacher.json").is_file():
+    meta_file = path / "teacher.json"
+    if not meta_file.is_file():
         raise FileNotFoundError(f"No teacher.json in {path}; was the teacher saved with NicheTeacher.save?")
-    meta = json.loads((path / "teacher.json").read_text())
-    cfg = dict(meta["config"])
-    cfg.pop("n_niches")
-    self = cls(meta["n_niches"], **cfg)
-    self.radius_um_ = meta["radius_um_"]
-    self.niche_names_ = list(meta["niche_names_"])
-    self.temperature_ = float(meta.get("temperature_", 1.0))  # absent in files from before calibration
-    arrays = load_file(str(path / "teacher.safetensors")) if (path / "teacher.safetensors").exists() else {}
-    self.encoder_ = dict(meta["encoder"])
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{meta_file} is not valid JSON ({err}); the teacher's config is damaged.") from err
+
+    def read(name: str, loader) -> dict:
+        file = path / name
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} is missing; the teacher was saved with it ({meta_file}).")
+        try:
+            return loader(str(file))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(
+                f"{file} cannot be read as safetensors ({err}); it is truncated or corrupt."
+            ) from err
+
+    arrays = read("teacher.safetensors", load_file) if (path / "teacher.safetensors").exists() else {}
+    torch_state = None
+    if isinstance(meta, dict) and "transformer_config" in meta:
+        from safetensors.torch import load_file as load_torch
+
+        torch_state = read("transformer.safetensors", load_torch)
+    checksum = meta.get("checksum") if isinstance(meta, dict) else None
+    if checksum is not None:  # teachers saved before checksums existed have none
+        if checksum.get("definition") != definition_digest(meta):
+            raise ValueError(
+                f"{meta_file} does not match its checksum: a defining field (niche names, radius, method, "
+                "settings) was changed after saving. Restore the saved file."
+            )
+        state = {f"transformer.{k}": v for k, v in (torch_state or {}).items()}
+        if checksum.get("weights") != arrays_digest({**arrays, **state}):
+            raise ValueError(
+                f"The arrays in {path} (teacher.safetensors / transformer.safetensors) do not match the "
+                f"checksum in {meta_file}: they are corrupted or belong to another teacher."
+            )
+    try:
+        cfg = dict(meta["config"])
+        cfg.pop("n_niches")
+        self = cls(meta["n_niches"], **cfg)
+        self.radius_um_ = meta["radius_um_"]
+        self.niche_names_ = list(meta["niche_names_"])
+        self.temperature_ = float(meta.get("temperature_", 1.0))  # absent in files from before calibration
+        self.encoder_ = dict(meta["encoder"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{meta_file} is not a valid teacher config ({type(err).__name__}: {err}).") from err
     std = {k[4:]: v for k, v in arrays.items() if k.startswith("std_")}
     if std:
+        for k, v in std.items():
+            if not np.isfinite(v).all() or (k in ("sd", "scale") and (v <= 0).any()):
+                raise ValueError(
+                    f"{path / 'teacher.safetensors'}: standardisation {k!r} is not finite or not positive; "
+                    "the teacher is damaged."
+                )
         std["scale"] = np.float32(std["scale"][0])
         self.encoder_["standardise"] = std
     self.encoder_.update({k[4:]: v for k, v in arrays.items() if k.startswith("enc_")})
     if "gmm_weights" in arrays:
         self.gmm_ = _gmm_from_arrays(arrays, self.covariance_type)
-    if "transformer_config" in meta:
-        from safetensors.torch import load_file as load_torch
-
+    if torch_state is not None:
         from ._niche_transformer import NicheTransformer, TransformerConfig
 
         model = NicheTransformer(TransformerConfig(**meta["transformer_config"]))
-        model.load_state_dict(load_torch(str(path / "transformer.safetensors")))
+        try:
+            model.load_state_dict(torch_state)
+        except RuntimeError as err:
+            raise ValueError(
+                f"{path / 'transformer.safetensors'} does not match {meta_file}: {str(err).splitlines()[0]}"
+            ) from err
         self.transformer_ = model.eval()
     return self

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,20 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import _validate as _val
 from .._neighbors import Neighbourhoods, radius_neighbours
 from .._utils import resolve_device, seed_everything, versions
+from ._integrity import arrays_digest, definition_digest, json_safe
 from ._position import RelativePositionEncoding
 
 ARCHITECTURES = ("transformer", "mlp")
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# config fields that define what the model computes: covered by the definition checksum
+DEFINING_FIELDS = ("n_niches", "niche_names", "radius_um", "architecture", "max_neighbors", "temperature",
+                   "d_model", "n_layers", "n_heads", "hidden", "dropout", "n_components", "n_features",
+                   "encoder", "features_key", "train_mean_neighbors")  # fmt: skip
 PCA_MAX_CELLS = 20_000
 MIN_STEPS_PER_EPOCH = 32
 MIN_BATCH = 32
@@ -115,21 +122,6 @@ def _deterministic():
         yield
     finally:
         torch.use_deterministic_algorithms(before, warn_only=warn_before)
-
-
-def _json_safe(value: Any) -> Any:
-    """Plain JSON types (numpy scalars/arrays become Python numbers/lists)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    return str(value)
 
 
 class NicheStudent:
@@ -227,6 +219,8 @@ class NicheStudent:
         self.history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
         self.best_epoch: int | None = None
         self.module: nn.Module | None = None
+        # mean neighbour count of the training cells: predict_niches tiles H&E-only slides to match it
+        self.train_mean_neighbors: float | None = None
 
     # -- construction ------------------------------------------------------------------------------------
     def _build(self) -> nn.Module:
@@ -385,6 +379,11 @@ class NicheStudent:
         --------
         >>> model = NicheStudent(3, radius_um=60.0).fit(feats, teacher, xy, epochs=2)  # doctest: +SKIP
         """
+        _val.check_int("epochs", epochs)
+        _val.check_int("batch_size", batch_size)
+        _val.check_int("patience", patience)
+        _val.check_positive("lr", lr)
+        _val.check_nonnegative("weight_decay", weight_decay)
         xy = np.asarray(xy, dtype=np.float64)
         x = self._check_features(features, xy)
         t = np.asarray(teacher_logits, dtype=np.float32)
@@ -408,6 +407,7 @@ class NicheStudent:
         rng = seed_everything(random_state)
         self._fit_normalisation(x, train, rng)
         nbrs = self.neighbourhoods(xy, groups)
+        self.train_mean_neighbors = float(nbrs.counts()[train].mean())
         feats = torch.from_numpy(self.transform(x))
         views = self._check_views(views, x)
         view_inputs = (
@@ -570,7 +570,7 @@ class NicheStudent:
     # -- persistence -------------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """Everything but the weights, as plain JSON types."""
-        return _json_safe(
+        return json_safe(
             {
                 "format_version": FORMAT_VERSION,
                 "n_niches": self.n_niches,
@@ -588,14 +588,27 @@ class NicheStudent:
                 "features_key": self.features_key,
                 "n_features": self.n_features,
                 "n_components": self.n_components,
+                "train_mean_neighbors": self.train_mean_neighbors,
                 "history": self.history,
                 "best_epoch": self.best_epoch,
                 "versions": versions(),
             }
         )
 
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"module.{k}": v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
+        tensors["feature_mean"] = torch.from_numpy(np.ascontiguousarray(self.feature_mean))
+        tensors["feature_std"] = torch.from_numpy(np.ascontiguousarray(self.feature_std))
+        if self.projection is not None:
+            tensors["projection"] = torch.from_numpy(np.ascontiguousarray(self.projection))
+        return tensors
+
     def save(self, path: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (weights + feature normalisation) to folder ``path``.
+
+        The config carries sha256 checksums of the weights and of the defining fields (niche names, radius,
+        architecture, encoder settings, ...), verified by :meth:`load`. Both files are written to temporary
+        names first and renamed into place, so an interrupted save never leaves a half-written model.
 
         Examples
         --------
@@ -607,68 +620,125 @@ class NicheStudent:
             raise RuntimeError("Nothing to save: the student is not fitted.")
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        tensors = {f"module.{k}": v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
-        tensors["feature_mean"] = torch.from_numpy(self.feature_mean)
-        tensors["feature_std"] = torch.from_numpy(self.feature_std)
-        if self.projection is not None:
-            tensors["projection"] = torch.from_numpy(self.projection)
-        save_file(tensors, str(path / WEIGHTS_FILE))
-        (path / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2))
+        tensors = self._tensors()
+        cfg = self.config()
+        cfg["checksum"] = {"weights": arrays_digest(tensors), "definition": _definition_digest(cfg)}
+        tmp_w, tmp_c = path / f".{WEIGHTS_FILE}.tmp", path / f".{CONFIG_FILE}.tmp"
+        save_file(tensors, str(tmp_w))
+        tmp_c.write_text(json.dumps(cfg, indent=2))
+        tmp_w.replace(path / WEIGHTS_FILE)
+        tmp_c.replace(path / CONFIG_FILE)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> NicheStudent:
         """Read a saved student; only JSON and safetensors are read (no code runs from the files).
 
+        Raises naming the file and the problem when a file is missing, truncated or not valid JSON /
+        safetensors, when a checksum does not match (weights corrupted, or niche names, radius, architecture or
+        encoder settings edited after saving) and when the feature normalisation is not finite or has a zero
+        standard deviation.
+
         Examples
         --------
         >>> model = NicheStudent.load("student_model")  # doctest: +SKIP
         """
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"No saved model folder at {path}; save a model with NicheStudent.save(path)."
+            )
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (path / name).is_file():
                 raise FileNotFoundError(
                     f"{path / name} is missing; save a model with NicheStudent.save(path)."
                 )
-        cfg = json.loads((path / CONFIG_FILE).read_text())
-        if cfg.get("format_version") != FORMAT_VERSION:
+        cfg_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{cfg_file} is not valid JSON ({err}); the model config is damaged.") from err
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{cfg_file} holds a {type(cfg).__name__}, not a model config.")
+        if cfg.get("format_version") not in (1, FORMAT_VERSION):
             raise ValueError(
-                f"Unsupported model format {cfg.get('format_version')!r} (expected {FORMAT_VERSION})."
+                f"Unsupported model format {cfg.get('format_version')!r} in {cfg_file} (expected {FORMAT_VERSION})."
             )
-        model = cls(
-            cfg["n_niches"],
-            radius_um=cfg["radius_um"],
-            niche_names=cfg["niche_names"],
-            architecture=cfg["architecture"],
-            max_neighbors=cfg["max_neighbors"],
-            temperature=cfg["temperature"],
-            d_model=cfg["d_model"],
-            n_layers=cfg["n_layers"],
-            n_heads=cfg["n_heads"],
-            hidden=cfg["hidden"],
-            dropout=cfg["dropout"],
-            n_components=cfg.get("n_components"),
-            encoder=cfg.get("encoder"),
-            features_key=cfg.get("features_key"),
-        )
-        model.n_features = int(cfg["n_features"])
+        try:
+            tensors = load_file(str(weights_file))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(
+                f"{weights_file} cannot be read as safetensors ({err}); the file is truncated or corrupt."
+            ) from err
+        checksum = cfg.get("checksum")
+        if cfg["format_version"] >= 2:
+            if not isinstance(checksum, dict):
+                raise ValueError(f"{cfg_file} has no checksum record; the config was edited or damaged.")
+            if checksum.get("definition") != _definition_digest(cfg):
+                raise ValueError(
+                    f"{cfg_file} does not match its checksum: a defining field (niche names, radius, "
+                    "architecture, encoder settings, ...) was changed after saving. Restore the saved file."
+                )
+            if checksum.get("weights") != arrays_digest(tensors):
+                raise ValueError(
+                    f"{weights_file} does not match the checksum in {cfg_file}: the weights are corrupted or "
+                    "belong to another model. Restore the saved files."
+                )
+        else:
+            warnings.warn(
+                f"{cfg_file} is a format-1 model without checksums: its integrity cannot be verified. Save it "
+                "again with this version to add them.",
+                UserWarning,
+                stacklevel=2,
+            )
+        try:
+            model = cls(
+                cfg["n_niches"],
+                radius_um=cfg["radius_um"],
+                niche_names=cfg["niche_names"],
+                architecture=cfg["architecture"],
+                max_neighbors=cfg["max_neighbors"],
+                temperature=cfg["temperature"],
+                d_model=cfg["d_model"],
+                n_layers=cfg["n_layers"],
+                n_heads=cfg["n_heads"],
+                hidden=cfg["hidden"],
+                dropout=cfg["dropout"],
+                n_components=cfg.get("n_components"),
+                encoder=cfg.get("encoder"),
+                features_key=cfg.get("features_key"),
+            )
+            model.n_features = int(cfg["n_features"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(
+                f"{cfg_file} is not a valid model config ({type(err).__name__}: {err})."
+            ) from err
         model.history = cfg.get("history", {"train_loss": [], "val_loss": []})
         model.best_epoch = cfg.get("best_epoch")
-        tensors = load_file(str(path / WEIGHTS_FILE))
+        model.train_mean_neighbors = cfg.get("train_mean_neighbors")
+        for name in ("feature_mean", "feature_std"):
+            if name not in tensors:
+                raise ValueError(
+                    f"{weights_file} has no {name!r} tensor; it was not written by NicheStudent.save."
+                )
         model.feature_mean = tensors.pop("feature_mean").numpy()
         model.feature_std = tensors.pop("feature_std").numpy()
         projection = tensors.pop("projection", None)
         model.projection = None if projection is None else projection.numpy()
+        _check_normalisation(model, weights_file)
         module = model._build()
         try:
             module.load_state_dict({k.removeprefix("module."): v for k, v in tensors.items()}, strict=True)
         except RuntimeError as err:
             raise ValueError(
-                f"The weights in {path / WEIGHTS_FILE} do not match {path / CONFIG_FILE} (K, feature width or "
+                f"The weights in {weights_file} do not match {cfg_file} (K, feature width or "
                 f"architecture differ): {str(err).splitlines()[0]}"
             ) from err
+        if not all(torch.isfinite(p).all() for p in module.state_dict().values()):
+            raise ValueError(f"{weights_file} holds NaN or infinite weights; the model is damaged.")
         model.module = module.eval()
         return model
 
@@ -678,3 +748,29 @@ class NicheStudent:
             f"NicheStudent(K={self.n_niches}, architecture={self.architecture!r}, "
             f"radius_um={self.radius_um:.1f}, {state})"
         )
+
+
+def _check_normalisation(model: NicheStudent, source: Path) -> None:
+    """Feature mean/std/projection: right width, finite, std > 0."""
+    d = model.n_features
+    for name, arr in (("feature_mean", model.feature_mean), ("feature_std", model.feature_std)):
+        if arr.shape != (d,):
+            raise ValueError(f"{source}: {name} has shape {arr.shape}, expected ({d},) for {d} features.")
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{source}: {name} has NaN or infinite values; the model is damaged.")
+    if (model.feature_std <= 0).any():
+        raise ValueError(
+            f"{source}: feature_std is zero or negative for {int((model.feature_std <= 0).sum())} features; "
+            "standardising by it would divide by zero. The model is damaged; restore or retrain it."
+        )
+    if model.projection is not None and (
+        model.projection.ndim != 2
+        or model.projection.shape[0] != d
+        or not np.isfinite(model.projection).all()
+    ):
+        raise ValueError(f"{source}: projection has shape {model.projection.shape} or non-finite values.")
+
+
+def _definition_digest(cfg: dict[str, Any]) -> str:
+    """sha256 of the defining config fields (:data:`DEFINING_FIELDS`)."""
+    return definition_digest({k: cfg.get(k) for k in DEFINING_FIELDS})

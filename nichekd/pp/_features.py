@@ -22,7 +22,7 @@ _SETTINGS = ("backbone", "weights", "checkpoint_path", "patch_size_um", "input_s
 # Keys recorded in params for provenance only; accepted (and ignored) on replay.
 _PROVENANCE = ("weights", "output_dim", "mpp_used", "pyramid_level", "embedding", "kind", "device_used",
                "versions", "date", "table_key", "library_key", "normalization", "precision_used",
-               "threads_used", "grid_nodes")  # fmt: skip
+               "threads_used", "unset", "grid_nodes")  # fmt: skip
 
 
 def _centres(sdata, table: ad.AnnData, lib, shapes_key: str) -> np.ndarray:

@@ -136,8 +136,8 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def match_niches(
     a: pd.DataFrame | np.ndarray | pd.Series | pd.Categorical | list,
-    *,
     b: np.ndarray | pd.Series | pd.Categorical | list | None = None,
+    *,
     maximize: bool | None = None,
 ) -> pd.DataFrame:
     """One-to-one matching of two sets of niches (Hungarian algorithm).

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .. import _validate as _val
 from .._docs import inject_docs
 from .._elements import micron_coords
 from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
@@ -46,6 +49,7 @@ def teacher_targets(adata: ad.AnnData, teacher_key: str) -> tuple[np.ndarray, li
                     f"obsm[{key!r}] has shape {arr.shape} but obs[{teacher_key!r}] has {k} niches "
                     f"({adata.n_obs} cells); they must come from the same teacher run."
                 )
+            _check_fresh(arr, labels, key, teacher_key)
             if transform == "log":
                 arr = np.log(np.clip(arr, 1e-8, None))
             return arr.astype(np.float32), names, key
@@ -55,6 +59,24 @@ def teacher_targets(adata: ad.AnnData, teacher_key: str) -> tuple[np.ndarray, li
     onehot[np.flatnonzero(valid), codes[valid]] += 1.0 - LABEL_SMOOTHING
     onehot[~valid] = np.nan  # unlabelled cells cannot be trained on
     return np.log(onehot).astype(np.float32), names, f"obs[{teacher_key!r}] (one-hot)"
+
+
+def _check_fresh(arr: np.ndarray, labels: pd.Series, key: str, teacher_key: str) -> None:
+    """Refuse logits/probabilities whose argmax disagrees with the labels they belong to (stale arrays)."""
+    codes = np.asarray(labels.cat.codes)
+    ok = (codes >= 0) & np.isfinite(arr).all(1)
+    if not ok.any():
+        return
+    a, c = arr[ok], codes[ok]
+    # ties are not disagreements: the label's value must equal the row maximum
+    at_label = a[np.arange(len(a)), c]
+    stale = at_label < a.max(1) - 1e-6 * np.maximum(np.abs(a.max(1)), 1.0)
+    if stale.any():
+        raise ValueError(
+            f"obsm[{key!r}] disagrees with obs[{teacher_key!r}] on {int(stale.sum())} of {int(ok.sum())} cells "
+            "(its argmax is another niche): the labels were changed after the teacher ran, so the array is stale. "
+            f"Delete obsm[{key!r}] to train on the labels, or re-run nk.tl.teacher_niches."
+        )
 
 
 def resolve_features_key(adata: ad.AnnData, features_key: str | None) -> str:
@@ -100,22 +122,125 @@ def prediction_entropy(proba: np.ndarray) -> np.ndarray:
     return -(p * np.log(p)).sum(1)
 
 
+def _held_rows(adata: ad.AnnData, key_added: str) -> np.ndarray:
+    """Rows where ``obs[key_added]`` already holds a prediction (a niche or finite probabilities)."""
+    held = np.zeros(adata.n_obs, bool)
+    if key_added in adata.obs:
+        held |= adata.obs[key_added].notna().to_numpy()
+    proba_key = f"{key_added}_proba"
+    if proba_key in adata.obsm:
+        p = np.asarray(adata.obsm[proba_key], dtype=float)
+        if p.ndim == 2 and len(p) == adata.n_obs:
+            held |= np.isfinite(p).any(1)
+    return held
+
+
+def check_niche_write(
+    adata: ad.AnnData, key_added: str, names: list[str], rows: np.ndarray | None = None, *, overwrite: bool
+) -> None:
+    """Raise if writing predictions for ``rows`` (default all) under ``key_added`` would erase results.
+
+    Rows that already hold a prediction are refused unless ``overwrite``; predictions of other rows are kept,
+    so they must come from a model with the same niche names.
+    """
+    n = adata.n_obs
+    mask = np.zeros(n, bool)
+    mask[np.arange(n) if rows is None else np.asarray(rows)] = True
+    held = _held_rows(adata, key_added)
+    clash = held & mask
+    if clash.any() and not overwrite:
+        raise ValueError(
+            f"obs[{key_added!r}] already holds predictions for {int(clash.sum())} of the {int(mask.sum())} "
+            f"observations this run would write (from {_writer(adata, key_added)}). Pass overwrite=True to "
+            "replace them (other rows are kept), or key_added= another key to keep both."
+        )
+    others = held & ~mask
+    if others.any():
+        old = _existing_names(adata, key_added)
+        if old != [str(n_) for n_ in names]:
+            what = (
+                f"other niche names ({old})" if old is not None else "values that are not niche predictions"
+            )
+            raise ValueError(
+                f"obs[{key_added!r}] holds {what} for {int(others.sum())} other observations, and this model "
+                f"predicts {list(names)}; one column cannot mix them. Pass key_added= another key."
+            )
+
+
+def _writer(adata: ad.AnnData, key_added: str) -> str:
+    entry = adata.uns.get(key_added)
+    if isinstance(entry, dict) and isinstance(entry.get("params"), dict):
+        p = entry["params"]
+        what = "distill" if "teacher_key" in p else "predict_niches" if "model" in p else "another function"
+        return f"{what}, {p.get('date', 'date unknown')}"
+    return "another run"
+
+
+def _existing_names(adata: ad.AnnData, key_added: str) -> list[str] | None:
+    col = adata.obs.get(key_added)
+    if col is None:
+        return None
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return [str(c) for c in col.cat.categories]
+    return None
+
+
 def write_niche_predictions(
-    adata: ad.AnnData, key_added: str, proba: np.ndarray, names: list[str], rows: np.ndarray | None = None
+    adata: ad.AnnData,
+    key_added: str,
+    proba: np.ndarray,
+    names: list[str],
+    rows: np.ndarray | None = None,
+    *,
+    overwrite: bool = True,
 ) -> None:
     """Write ``obs[key_added]`` (argmax niche), ``obsm[f"{key_added}_proba"]`` (float32) and
-    ``obs[f"{key_added}_entropy"]``; observations outside ``rows`` get a missing niche and NaN."""
+    ``obs[f"{key_added}_entropy"]`` for ``rows`` (default all).
+
+    Observations outside ``rows`` keep what they hold (another run's predictions), else get a missing niche
+    and NaN. Raises (before writing) as :func:`check_niche_write` does.
+    """
+    check_niche_write(adata, key_added, names, rows, overwrite=overwrite)
     n = adata.n_obs
-    rows = np.arange(n) if rows is None else rows
+    rows = np.arange(n) if rows is None else np.asarray(rows)
     full = np.full((n, len(names)), np.nan, dtype=np.float32)
-    full[rows] = proba
     labels = np.full(n, None, dtype=object)
-    labels[rows] = np.asarray(names, dtype=object)[proba.argmax(1)]
     entropy = np.full(n, np.nan, dtype=np.float32)
+    held = _held_rows(adata, key_added)
+    held[rows] = False
+    if held.any():  # keep the other rows' predictions (same niche names, checked above)
+        proba_key, ent_key = f"{key_added}_proba", f"{key_added}_entropy"
+        if proba_key in adata.obsm and np.shape(adata.obsm[proba_key]) == full.shape:
+            full[held] = np.asarray(adata.obsm[proba_key], dtype=np.float32)[held]
+        labels[held] = adata.obs[key_added].astype(object).to_numpy()[held]
+        if ent_key in adata.obs:
+            entropy[held] = adata.obs[ent_key].to_numpy(dtype=np.float32)[held]
+    full[rows] = proba
+    labels[rows] = np.asarray(names, dtype=object)[np.asarray(proba).argmax(1)]
     entropy[rows] = prediction_entropy(proba)
     adata.obs[key_added] = pd.Categorical(labels, categories=list(names))
     adata.obsm[f"{key_added}_proba"] = full
     adata.obs[f"{key_added}_entropy"] = entropy
+
+
+def _check_distill_args(a: dict) -> None:
+    """Every numeric option of :func:`distill`, checked before anything is read."""
+    _val.check_positive("temperature", a["temperature"])
+    _val.check_choice("architecture", a["architecture"], ("transformer", "mlp"))
+    if a["radius_um"] is not None:
+        _val.check_positive("radius_um", a["radius_um"], unit="microns")
+    if a["n_neighbors_target"] is not None:
+        _val.check_positive("n_neighbors_target", a["n_neighbors_target"])
+    if a["max_neighbors"] is not None:
+        _val.check_int("max_neighbors", a["max_neighbors"])
+    for name in ("epochs", "batch_size", "patience", "d_model", "n_layers"):
+        _val.check_int(name, a[name])
+    if a["n_components"] is not None:
+        _val.check_int("n_components", a["n_components"])
+    _val.check_positive("lr", a["lr"])
+    _val.check_fraction("val_fraction", a["val_fraction"])  # 1.0 would leave nothing to train on
+    _val.check_fraction("dropout", a["dropout"])
+    _val.check_nonnegative("weight_decay", a["weight_decay"])
 
 
 @inject_docs
@@ -222,6 +347,7 @@ def distill(
     >>> nk.pp.spatial_split(sdata)
     >>> model = nk.tl.distill(sdata, features_key="he_features", architecture="mlp")
     """
+    _check_distill_args(locals())
     adata = get_table(sdata, table_key)
     logits, names, source = teacher_targets(adata, teacher_key)
     features_key = resolve_features_key(adata, features_key)
@@ -287,6 +413,13 @@ def distill(
     val = validation_band(
         xy, np.flatnonzero(trainable), libs, val_fraction, np.random.default_rng(random_state)
     )
+    if val_fraction > 0 and not val.any():
+        warnings.warn(
+            f"val_fraction={val_fraction} leaves no validation cell (too few training cells per section): "
+            "training runs all epochs without early stopping.",
+            UserWarning,
+            stacklevel=2,
+        )
     train = trainable & ~val
     # neighbourhoods stay inside one section and one split part (validation is its own part)
     part = np.where(val, "val", split)

@@ -8,13 +8,22 @@ from typing import Any
 import numpy as np
 
 from .. import _dask
+from .. import _validate as _val
 from .._docs import inject_docs
 from .._elements import micron_coords
 from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
-from .._utils import store_params
+from .._utils import store_run
 from ..models.student import NicheStudent
-from ._distill import write_niche_predictions
-from ._predict import _replay, check_encoder, encoder_settings
+from ._distill import check_niche_write, write_niche_predictions
+from ._predict import (
+    _replay,
+    check_encoder,
+    check_prediction_args,
+    encoder_settings,
+    features_record,
+    mean_neighbours,
+    warn_sparse_neighbours,
+)
 
 
 def _predict_partition(model: NicheStudent, feats: np.ndarray, xy: np.ndarray, groups: np.ndarray,
@@ -36,6 +45,8 @@ def predict_niches_dask(
     batch_size: int = 2048,
     device: str = "cpu",
     progress: bool = True,
+    overwrite: bool = False,
+    trust_features: bool = False,
 ) -> None:
     """:func:`nichekd.tl.predict_niches` for the cells of a table, in spatial partitions scheduled by dask.
 
@@ -58,13 +69,18 @@ def predict_niches_dask(
         Table and its ``obs`` column of libraries (neighbourhoods never cross libraries).
     key_added
         Writes ``obs[key_added]``, ``obsm[f"{key_added}_proba"]``, ``obs[f"{key_added}_entropy"]`` and
-        ``uns[key_added]['params']``, as ``predict_niches`` does.
+        a run record in ``uns[key_added]['runs']``, as ``predict_niches`` does.
     batch_size
         Cells per forward pass.
     device
         %(device)s
     progress
         %(progress)s
+    overwrite
+        Replace predictions already held under ``key_added`` (refused otherwise, before any work).
+    trust_features
+        Accept ``obsm[features_key]`` without a ``histology_features`` record (you vouch for it), as in
+        ``predict_niches``.
 
     Examples
     --------
@@ -75,6 +91,8 @@ def predict_niches_dask(
     """
     import dask
 
+    check_prediction_args(batch_size)
+    _val.check_int("partition_size", partition_size)
     if not isinstance(model, NicheStudent):
         model = NicheStudent.load(model)
     if not model.is_fitted:
@@ -83,12 +101,14 @@ def predict_niches_dask(
     if adata.n_obs == 0:
         raise ValueError("The table has no observations.")
     features_key = model.features_key or "he_features"
+    check_niche_write(adata, key_added, model.niche_names, overwrite=overwrite)
     xy = micron_coords(sdata, table_key=table_key, library_key=library_key)
     libs = np.asarray(library_labels(adata, library_key)).astype(str)
     new_features = None
     if features_key in adata.obsm:
-        params = adata.uns.get(features_key, {}).get("params", {}) if features_key in adata.uns else {}
-        check_encoder(model, dict(params), features_key)
+        check_encoder(
+            model, features_record(adata, features_key), features_key, trust_features=trust_features
+        )
         feats = np.asarray(adata.obsm[features_key], dtype=np.float32)
     else:
         if not encoder_settings(model.encoder):
@@ -112,6 +132,8 @@ def predict_niches_dask(
     if not np.isfinite(feats).all():
         raise ValueError(f"Some cells have NaN features in obsm[{features_key!r}] (e.g. off the image).")
 
+    count = mean_neighbours(model, xy, libs)
+    warn_sparse_neighbours(model, count, "predict_niches_dask")
     parts = _dask.spatial_partitions(xy, libs, partition_size)
     shared_model = dask.delayed(model, pure=True, traverse=False)
     tasks = []
@@ -130,11 +152,16 @@ def predict_niches_dask(
     if new_features is not None:
         adata.obsm[features_key] = feats
         adata.uns[features_key] = new_features.uns[features_key]
-    write_niche_predictions(adata, key_added, proba, model.niche_names)
-    store_params(
+    write_niche_predictions(adata, key_added, proba, model.niche_names, overwrite=overwrite)
+    store_run(
         adata,
         key_added,
         {
+            "function": "predict_niches_dask",
+            "mean_neighbours": count,
+            "train_mean_neighbors": model.train_mean_neighbors,
+            "overwrite": overwrite,
+            "trust_features": trust_features,
             "model": repr(model),
             "niche_names": model.niche_names,
             "radius_um": model.radius_um,
