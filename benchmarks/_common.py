@@ -6,6 +6,9 @@ Peak memory is measured two ways, both per run:
   stage through ``/proc/self/clear_refs`` (Linux), so each stage reports its own peak;
 - per run, by the parent: ``ru_maxrss`` of the child from ``os.wait4`` (every size runs in its own process, so
   peaks never carry over from one size to the next).
+
+Each stage also records its CPU seconds (all threads of the process): on a shared machine wall time includes
+waiting for the CPU, CPU time does not.
 """
 
 from __future__ import annotations
@@ -134,11 +137,16 @@ class Stages:
             self.before()
         reset_peak()
         start_rss = rss_mb()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         yield
         wall = time.perf_counter() - t0
-        self.records[name] = {"seconds": wall, "peak_mb": peak_mb(), "start_mb": start_rss}
-        print(f"[stage] {name}: {wall:.1f} s, peak {self.records[name]['peak_mb']:.0f} MB", flush=True)
+        # CPU seconds of all this process's threads: on a shared machine, what the stage cost, not its wait
+        cpu = time.process_time() - c0
+        self.records[name] = {"seconds": wall, "cpu_s": cpu, "peak_mb": peak_mb(), "start_mb": start_rss}
+        print(
+            f"[stage] {name}: {wall:.1f} s (CPU {cpu:.1f} s), peak {self.records[name]['peak_mb']:.0f} MB",
+            flush=True,
+        )
 
 
 # -- subprocess runs -----------------------------------------------------------------------------------------
@@ -156,7 +164,9 @@ def run_worker(args: Sequence[str], log_path: Path, timeout_s: float | None = No
     The child's output goes to ``log_path``; its whole-process peak resident memory comes from ``os.wait4``.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # this checkout's nichekd first (not an installed copy from another checkout)
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen([PYTHON, *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)

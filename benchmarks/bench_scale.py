@@ -7,7 +7,9 @@ can be run separately (the 1M run takes long: start it on its own in the backgro
 Stages: ``generate`` (the simulator, not part of the pipeline), ``teacher`` (``aggregate``, K=5),
 ``features`` (stain encoder on every cell's patch), ``features_cached`` (the same call again: reused),
 ``split``, ``distill_mlp``, ``distill_transformer`` (a fixed number of epochs, so the time is per-sample work
-times epochs at every size), ``predict`` (the transformer student on the cached features).
+times epochs at every size), ``predict`` (the transformer student on the cached features), ``baseline_kmeans``
+and ``baseline_leiden`` (on the same features), ``evaluate`` (student and baselines against the teacher),
+``write_zarr`` (``sdata.write`` of the whole object). The report gives growth exponents of time and memory.
 """
 
 from __future__ import annotations
@@ -23,14 +25,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
-PIPELINE = ("teacher", "features", "split", "distill_mlp", "distill_transformer", "predict")
+PIPELINE = ("teacher", "features", "split", "distill_mlp", "distill_transformer", "predict", "baseline_kmeans",
+            "baseline_leiden", "evaluate", "write_zarr")  # fmt: skip
 # the image is rendered at the stain encoder's own resolution at every size (1 um/px; 1M cells is ~150 Mpx)
 IMAGE_MPP, MAX_IMAGE_PIXELS = 1.0, 200_000_000
 
 
-def worker(n_cells: int, epochs: int, seed: int, threads: int) -> None:
+def worker(n_cells: int, epochs: int, seed: int, threads: int, store: Path) -> None:
     """Run the pipeline once at ``n_cells`` and emit per-stage numbers (after every stage, so a run that is
     stopped keeps what it measured)."""
+    import shutil
+
     import numpy as np
     import torch
 
@@ -74,6 +79,16 @@ def worker(n_cells: int, epochs: int, seed: int, threads: int) -> None:
             model = nk.tl.distill(sdata, architecture="transformer", key_added="student_tf", **common)
         with stage("predict"):
             nk.tl.predict_niches(sdata, model=model, key_added="predicted", device="cpu")
+        for method in ("kmeans", "leiden"):
+            with stage(f"baseline_{method}"):
+                nk.tl.histology_baseline(sdata, method=method, n_niches=5, features_key="he_features",
+                                         random_state=seed)  # fmt: skip
+        with stage("evaluate"):
+            scores = nk.tl.evaluate(sdata, predictions=["student_tf", "he_kmeans_niche", "he_leiden_niche"])
+        out["test_ari"] = {k: float(v) for k, v in scores["ari"].items()}
+        with stage("write_zarr"):
+            shutil.rmtree(store, ignore_errors=True)
+            sdata.write(store)
         test = (table.obs["split"] == "test").to_numpy()
         truth = table.obs["teacher_niche"].astype(str).to_numpy()
         out["test_accuracy"] = {
@@ -83,6 +98,7 @@ def worker(n_cells: int, epochs: int, seed: int, threads: int) -> None:
     except Exception as err:  # record how far it got; the parent still reports the stages that ran
         out["error"] = f"{type(err).__name__}: {err}"
         traceback.print_exc()
+    shutil.rmtree(store, ignore_errors=True)
     out["stages"] = stage.records
     _common.emit(out)
 
@@ -95,7 +111,7 @@ def run(sizes, epochs: int = 1, seed: int = 0, threads: int = 1, timeout_s: floa
         print(f"scale: {n} cells (log {log})", flush=True)
         res = _common.run_worker(
             [str(Path(__file__).resolve()), "--worker", "--n", str(n), "--epochs", str(epochs), "--seed",
-             str(seed), "--threads", str(threads)],
+             str(seed), "--threads", str(threads), "--store", str(_common.WORK_DIR / f"scale_{n}.zarr")],
             log,
             timeout_s=timeout_s,
         )  # fmt: skip
@@ -168,7 +184,7 @@ def report(data: dict | None) -> list[str]:
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {slope:.2f} |".replace("nan", "n/a"))
     totals = [pipeline_seconds(r) for r in runs]
     lines.append(
-        "| **pipeline (teacher to predict)** | "
+        "| **pipeline (teacher to zarr write)** | "
         + " | ".join(f"**{_common.fmt_seconds(t)}**" for t in totals)
         + f" | {_common.loglog_slope([r['n_cells'] for r in runs], totals):.2f} |".replace("nan", "n/a")
     )
@@ -180,7 +196,9 @@ def report(data: dict | None) -> list[str]:
             else f"running / >= {r['process']['peak_rss_mb'] / 1024:.2f} GB"
             for r in runs
         )
-        + " | |"
+        + f" | memory {_common.loglog_slope([r['n_cells'] for r in runs], [r['process']['peak_rss_mb'] for r in runs]):.2f} |".replace(
+            "nan", "n/a"
+        )
     )
     lines.append("")
     for r in runs:
@@ -189,6 +207,10 @@ def report(data: dict | None) -> list[str]:
             extra.append(f"image {r['image_px'][1]} x {r['image_px'][0]} px")
         if "features" in r.get("stages", {}):
             extra.append(f"features {r['n_cells'] / r['stages']['features']['seconds']:.0f} patches/s")
+        if r.get("test_ari"):
+            extra.append(
+                "test ARI vs teacher: " + ", ".join(f"{k} {v:.3f}" for k, v in r["test_ari"].items())
+            )
         if r.get("test_accuracy"):
             extra.append(
                 "test accuracy vs teacher: "
@@ -215,10 +237,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=None, help="seconds per size")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-        worker(args.n, args.epochs, args.seed, args.threads)
+        worker(args.n, args.epochs, args.seed, args.threads, args.store)
         return
     data = run(args.sizes, epochs=args.epochs, seed=args.seed, threads=args.threads, timeout_s=args.timeout)
     print("\n".join(report(data)))

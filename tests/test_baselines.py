@@ -41,6 +41,25 @@ def test_leiden_is_bisected_to_k_clusters():
     assert _ari(t, "he_leiden_niche") > 0.3
 
 
+def test_leiden_on_a_subsample_agrees_with_the_full_graph():
+    # large sections: Leiden on max_cells, the rest by nearest centroid; close to Leiden on every cell
+    t = toy_tissue(n=1200).tables["table"]
+    histology_baseline(
+        t, method="leiden", n_niches=4, features_key="feats", neighbourhood=True, key_added="all"
+    )
+    histology_baseline(
+        t,
+        method="leiden",
+        n_niches=4,
+        features_key="feats",
+        neighbourhood=True,
+        key_added="sub",
+        max_cells=400,
+    )
+    assert t.uns["sub"]["params"]["max_cells"] == 400 and t.obs["sub"].nunique() == 4
+    assert adjusted_rand_score(t.obs["all"].astype(str), t.obs["sub"].astype(str)) > 0.6
+
+
 def test_teacher_method_on_image_features():
     pytest.importorskip("nichekd.tl._teacher")
     t = toy_tissue(n=800).tables["table"]

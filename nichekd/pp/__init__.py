@@ -10,3 +10,4 @@ from ._augment import augmented_features
 from ._features_dask import histology_features_dask
 from ._units import set_units
 from ._scvi import scvi_latent
+from ._bins import aggregate_bins

@@ -14,14 +14,15 @@ from .. import _elements, _image, _layout
 from .._docs import inject_docs
 from .._utils import resolve_device, store_params
 from ..models import encoders as _enc
+from . import _grid
 
 # Settings that define the features: a cached result is reused only if all of them match.
 _SETTINGS = ("backbone", "weights", "checkpoint_path", "patch_size_um", "input_size", "mpp", "mean", "std",
-             "features_key", "stain_normalization", "standardize", "image_key", "shapes_key")  # fmt: skip
+             "features_key", "stain_normalization", "standardize", "image_key", "shapes_key", "grid_um")  # fmt: skip
 # Keys recorded in params for provenance only; accepted (and ignored) on replay.
 _PROVENANCE = ("weights", "output_dim", "mpp_used", "pyramid_level", "embedding", "kind", "device_used",
                "versions", "date", "table_key", "library_key", "normalization", "precision_used",
-               "threads_used", "unset")  # fmt: skip
+               "threads_used", "unset", "grid_nodes")  # fmt: skip
 
 
 def _centres(sdata, table: ad.AnnData, lib, shapes_key: str) -> np.ndarray:
@@ -97,6 +98,7 @@ def histology_features(
     stain_normalization: str | None = None,
     stain_reference: Mapping[str, Any] | list[str] | None = None,
     standardize: str | None = None,
+    grid_um: float | None = None,
     precision: str = "auto",
     n_threads: int | None = None,
     copy: bool = False,
@@ -153,6 +155,12 @@ def histology_features(
         patches define them (default: all libraries).
     standardize
         ``"library"``: z-score every feature within each library; ``None``: raw features.
+    grid_um
+        Encode one patch per node of a square grid of this spacing (microns) over the observations and give
+        each observation the bilinear interpolation of the 4 nodes around it, instead of one patch per
+        observation. For Visium HD bins far smaller than a patch: ``grid_um=32`` on 8 um bins makes about 16x
+        fewer encoder passes (see ``benchmarks/RESULTS.md`` for the agreement with per-bin features).
+        ``None``: one patch per observation.
     precision
         Arithmetic of neural encoders: ``"auto"`` (bf16 autocast on CPUs with native bf16, i.e. AVX512-BF16 or
         AMX, and fp32 on other CPUs; bf16, else fp16, autocast on CUDA), ``"fp32"``, ``"bf16"`` or ``"fp16"``
@@ -203,6 +211,8 @@ def histology_features(
         raise ValueError(f"standardize must be None or 'library', got {standardize!r}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if grid_um is not None and (not np.isfinite(grid_um) or grid_um <= 0):
+        raise ValueError(f"grid_um must be a positive number of microns or None, got {grid_um!r}.")
     if precision not in _enc.PRECISIONS:
         raise ValueError(f"precision must be one of {_enc.PRECISIONS}, got {precision!r}.")
     if n_threads is not None and n_threads < 1:
@@ -224,6 +234,7 @@ def histology_features(
         "mean": list(spec.mean), "std": list(spec.std), "features_key": features_key,
         "stain_normalization": stain_normalization, "standardize": standardize,
         "image_key": image_key if isinstance(image_key, str | type(None)) else dict(image_key), "shapes_key": shapes_key,
+        "grid_um": None if grid_um is None else float(grid_um),
     }  # fmt: skip
     # registered backbones imply their preprocessing; custom and timm ones must replay it explicitly
     fixed = isinstance(backbone, str) and not name.startswith(("timm:", "hf-hub:"))
@@ -249,7 +260,7 @@ def histology_features(
             "replace them, or key_added= to keep both."
         )
 
-    reference = None
+    reference, readout = None, None
     if name != "precomputed":
         dev = resolve_device(device) if spec.kind != "handcrafted" else "cpu"
         if stain_normalization is not None:
@@ -262,10 +273,14 @@ def histology_features(
             precision=precision,
             n_threads=n_threads,
         )
+        # with a grid, the patches are the grid nodes' and each observation reads out its 4 nodes
+        work_plan, n_work = per_lib, table.n_obs
+        if grid_um is not None:
+            work_plan, readout, n_work = _grid.grid_plan(per_lib, float(grid_um))
         feats = _encode(
             encoder,
-            per_lib,
-            table.n_obs,
+            work_plan,
+            n_work,
             spec,
             patch_size_um,
             batch_size,
@@ -273,6 +288,8 @@ def histology_features(
             stain_normalization,
             reference,
         )
+        if readout is not None:
+            feats = _grid.read_out(feats, readout, table.n_obs)
     if standardize == "library":
         feats = _standardize(feats, labels)
 
@@ -290,6 +307,7 @@ def histology_features(
         "precision": precision,
         "precision_used": None if name == "precomputed" else encoder.precision,
         "threads_used": None if name == "precomputed" else int(encoder.n_threads or _torch_threads()),
+        "grid_nodes": None if readout is None else int(n_work),
     }  # fmt: skip
     store_params(target, key_added, params)
     return target if copy else None

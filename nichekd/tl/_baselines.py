@@ -18,6 +18,8 @@ from .._utils import store_params
 from ._distill import resolve_features_key
 
 METHODS = ("leiden", "kmeans", "teacher")
+# Leiden's exact kNN graph is quadratic in cells: above this, cluster a subsample and assign the rest
+LEIDEN_MAX_CELLS = 50_000
 # a regulariser on the mixture's covariance diagonals (whitened inputs: unit variance per component), then
 # a diagonal covariance: low-resolution image features can have near-collinear neighbourhood means
 _COVARIANCES = (("full", 1e-3), ("diag", 1e-3))
@@ -49,11 +51,19 @@ def _pca(x: np.ndarray, n_comps: int, random_state: int) -> np.ndarray:
 
 
 def leiden_n_clusters(
-    rep: np.ndarray, n_clusters: int, *, n_neighbors: int = 15, random_state: int = 0, max_steps: int = 20
+    rep: np.ndarray,
+    n_clusters: int,
+    *,
+    n_neighbors: int = 15,
+    random_state: int = 0,
+    max_steps: int = 20,
+    max_cells: int | None = None,
 ) -> tuple[np.ndarray, float]:
     """Leiden on a kNN graph of ``rep`` (``sc.pp.neighbors``, Gaussian kernel), bisecting the resolution until there are ``n_clusters`` clusters.
 
-    Returns the labels and the resolution; the closest count is kept when no resolution hits it exactly.
+    Returns the labels and the resolution; the closest count is kept when no resolution hits it exactly. With
+    more than ``max_cells`` rows, Leiden runs on a random subsample of ``max_cells`` and every other row takes
+    the cluster of the nearest cluster centroid (the exact kNN graph grows with the square of the rows).
 
     Examples
     --------
@@ -61,6 +71,16 @@ def leiden_n_clusters(
     """
     import scanpy as sc
 
+    if max_cells is not None and len(rep) > max_cells:
+        pick = np.sort(np.random.default_rng(random_state).choice(len(rep), int(max_cells), replace=False))
+        sub, resolution = leiden_n_clusters(
+            rep[pick], n_clusters, n_neighbors=n_neighbors, random_state=random_state, max_steps=max_steps
+        )
+        names, codes = np.unique(sub, return_inverse=True)
+        centroids = np.stack([rep[pick][codes == k].mean(0) for k in range(len(names))])
+        labels = names[_nearest(rep, centroids)]
+        labels[pick] = sub
+        return labels, resolution
     tmp = ad.AnnData(np.zeros((len(rep), 0), dtype=np.float32))
     tmp.obsm["X_rep"] = rep
     # exact sklearn kNN + Gaussian kernel: same graph quality, and no minute-long numba compilation (UMAP)
@@ -110,6 +130,14 @@ def leiden_n_clusters(
     return best[1], float(best[2])
 
 
+def _nearest(x: np.ndarray, centroids: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """Index of the nearest centroid of every row (chunked: memory stays ``chunk x k``)."""
+    c2 = (centroids**2).sum(1)
+    return np.concatenate(
+        [np.argmin(c2 - 2 * x[s : s + chunk] @ centroids.T, axis=1) for s in range(0, len(x), chunk)]
+    )
+
+
 @inject_docs
 def histology_baseline(
     sdata,
@@ -128,6 +156,7 @@ def histology_baseline(
     library_key: str = LIBRARY_KEY,
     table_key: str = TABLE_KEY,
     random_state: int = 0,
+    max_cells: int | None = LEIDEN_MAX_CELLS,
     copy: bool = False,
 ) -> ad.AnnData | None:
     """Niches from histology features alone, without a teacher: the baselines the student must beat.
@@ -166,6 +195,10 @@ def histology_baseline(
         %(table_key)s
     random_state
         %(random_state)s
+    max_cells
+        ``leiden`` only: above this many cells, Leiden runs on a random subsample of ``max_cells`` and the other
+        cells take the cluster of the nearest cluster centroid (the exact kNN graph is quadratic in cells: a
+        full Visium HD section would take hours). ``None``: every cell in the graph.
     copy
         %(copy)s
 
@@ -237,8 +270,11 @@ def histology_baseline(
             params["radius_um"] = radius
         rep = _pca(x, n_comps, random_state)
         if method == "leiden":
-            codes, resolution = leiden_n_clusters(rep, int(n_niches), random_state=random_state)
+            codes, resolution = leiden_n_clusters(
+                rep, int(n_niches), random_state=random_state, max_cells=max_cells
+            )
             params["resolution"] = resolution
+            params["max_cells"] = max_cells
         else:
             from sklearn.cluster import KMeans
 
