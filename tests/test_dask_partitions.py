@@ -109,11 +109,12 @@ def test_predict_dask_equals_predict_niches(small, context_scales):
         encoder=dict(table.uns["he_features"]["params"]),  # the provenance prediction checks
     )  # fmt: skip
     model.fit(feats, teacher, xy, epochs=1, device="cpu", progress=False)
-    nk.tl.predict_niches(small, model=model, key_added="single", device="cpu")
-    predict_niches_dask(small, model, key_added="parts", partition_size=100, progress=False)
-    assert table.uns["parts"]["params"]["partitions"] > 1
-    np.testing.assert_allclose(table.obsm["parts_proba"], table.obsm["single_proba"], atol=1e-5)
-    assert (table.obs["parts"].astype(str) == table.obs["single"].astype(str)).all()
+    single, parts = f"single{len(context_scales)}", f"parts{len(context_scales)}"  # one key per case
+    nk.tl.predict_niches(small, model=model, key_added=single, device="cpu")
+    predict_niches_dask(small, model, key_added=parts, partition_size=100, progress=False)
+    assert table.uns[parts]["params"]["partitions"] > 1
+    np.testing.assert_allclose(table.obsm[f"{parts}_proba"], table.obsm[f"{single}_proba"], atol=1e-5)
+    assert (table.obs[parts].astype(str) == table.obs[single].astype(str)).all()
     with pytest.raises(ValueError, match="not fitted"):
         predict_niches_dask(small, NicheStudent(3, radius_um=40.0), key_added="never")
     assert "never" not in table.obs
