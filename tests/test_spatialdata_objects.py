@@ -86,6 +86,32 @@ def test_visium_from_spatialdata_io_whole_pipeline():
     plt.close("all")
 
 
+def test_visium_hd_from_spatialdata_io_whole_pipeline(tmp_path):
+    """spatialdata-io's Visium HD object (8 um squares in full-resolution pixels, table "square_008um") as read
+    from a fixture in Space Ranger's on-disk layout; no nichekd reader."""
+    spatialdata_io = pytest.importorskip("spatialdata_io")
+    from fixtures_io import make_visium_hd
+
+    hd = make_visium_hd(tmp_path / "run1", grid=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sdata = spatialdata_io.visium_hd(hd["outs"], dataset_id="run1", load_segmentations_only=False)
+    table = sdata.tables["square_008um"]
+    nk.tl.teacher_niches(sdata, n_niches=3, progress=False)  # the only table: no table_key= needed
+    params = table.uns["teacher_niche"]["params"]
+    # 8 um bins on a square grid: ~10 neighbours lie within ~14 um (pi r^2 = 10 * 64 um^2 + the bin itself)
+    assert 10 < params["radius_um"] < 20
+    nk.pp.histology_features(sdata, backbone="stain", patch_size_um=32.0)
+    nk.pp.spatial_split(sdata, buffer_um=8.0)
+    nk.tl.distill(sdata, features_key="X_stain", **FAST)
+    nk.tl.histology_baseline(sdata, method="kmeans", n_niches=3, features_key="X_stain")
+    scores = nk.tl.evaluate(sdata, predictions=["student_niche", "he_kmeans_niche"])
+    assert scores["n_cells"].iloc[0] == (table.obs["split"] == "test").sum() > 0
+    ax = nk.pl.niche_map(sdata, keys="student_niche", show=False)
+    assert ax.get_xlim()[1] > ax.get_xlim()[0]
+    plt.close("all")
+
+
 def _pixel_object(mpp: float):
     """A synthetic section moved into a pixel coordinate system: shapes and image in pixels, a downscaled copy
     of the image registered by a scale transform, nothing saying how large a pixel is."""

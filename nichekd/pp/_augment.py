@@ -21,12 +21,6 @@ from ..models import encoders as _enc
 from . import _features
 
 
-def _hed_matrices() -> tuple[np.ndarray, np.ndarray]:
-    from skimage.color.colorconv import hed_from_rgb, rgb_from_hed
-
-    return np.asarray(hed_from_rgb, np.float32), np.asarray(rgb_from_hed, np.float32)
-
-
 def hed_jitter(patches: np.ndarray, rng: np.random.Generator, sigma: float = 0.05) -> np.ndarray:
     """Perturb each patch's hematoxylin, eosin and DAB channels: ``c * (1 + a) + b``, ``a, b ~ U(-sigma, sigma)``.
 
@@ -40,17 +34,12 @@ def hed_jitter(patches: np.ndarray, rng: np.random.Generator, sigma: float = 0.0
     """
     if sigma <= 0:
         return patches
-    to_hed, to_rgb = _hed_matrices()
-    log_adjust = np.float32(np.log(1e-6))
-    rgb = np.maximum(patches.astype(np.float32) / 255.0, 1e-6)
-    hed = np.einsum("nchw,cd->ndhw", np.log(rgb) / log_adjust, to_hed, optimize=True)
+    hed = _enc._stain.rgb_to_hed(patches, clip=False)
     n = len(patches)
     alpha = 1.0 + rng.uniform(-sigma, sigma, (n, 3, 1, 1)).astype(np.float32)
     beta = rng.uniform(-sigma, sigma, (n, 3, 1, 1)).astype(np.float32)
     # the bias is relative to the stain's typical density (~0.1 in rgb2hed units), not absolute
-    hed = hed * alpha + beta * 0.1
-    out = np.exp(np.einsum("ndhw,dc->nchw", hed, to_rgb, optimize=True) * log_adjust)
-    return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return _enc._stain.hed_to_rgb(hed * alpha + beta * 0.1)
 
 
 def flip_rotate(patches: np.ndarray, rng: np.random.Generator, flips: bool = True,

@@ -50,12 +50,25 @@ def _hed_from_rgb() -> np.ndarray:
     return np.asarray(hed_from_rgb, dtype=np.float32)
 
 
-def rgb_to_hed(patches: np.ndarray) -> np.ndarray:
-    """``(n, 3, h, w)`` uint8 RGB -> ``(n, 3, h, w)`` float32 hematoxylin, eosin, DAB (as ``rgb2hed``)."""
+def rgb_to_hed(patches: np.ndarray, *, clip: bool = True) -> np.ndarray:
+    """``(n, 3, h, w)`` uint8 RGB -> ``(n, 3, h, w)`` float32 hematoxylin, eosin, DAB (as ``rgb2hed``).
+
+    The one colour deconvolution of nichekd (stain features, HED augmentation); ``clip=False`` keeps the small
+    negative values that :func:`hed_to_rgb` needs to invert it exactly.
+    """
     rgb = np.maximum(patches.astype(np.float32) / 255.0, 1e-6)
     log_rgb = np.log(rgb) / np.float32(_LOG_ADJUST)
     hed = np.einsum("nchw,cd->ndhw", log_rgb, _hed_from_rgb(), optimize=True)
-    return np.maximum(hed, 0.0)
+    return np.maximum(hed, 0.0) if clip else hed
+
+
+def hed_to_rgb(hed: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`rgb_to_hed` (``clip=False``): ``(n, 3, h, w)`` HED -> uint8 RGB."""
+    from skimage.color.colorconv import rgb_from_hed
+
+    log_rgb = np.einsum("ndhw,dc->nchw", hed, np.asarray(rgb_from_hed, np.float32), optimize=True)
+    out = np.exp(log_rgb * np.float32(_LOG_ADJUST))
+    return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def _glcm_stats(q: np.ndarray) -> np.ndarray:
