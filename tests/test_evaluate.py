@@ -65,7 +65,7 @@ def test_all_cells_without_split():
     "kwargs, error",
     [
         ({"predictions": ["nope"]}, "nope"),
-        ({"truth": "nope"}, "nope"),
+        ({"teacher_key": "nope"}, "nope"),
         ({"split_key": "nope"}, "spatial_split"),
         ({"split": "validation"}, "No cells"),
         ({"cell_type_key": "nope"}, "cell types"),
