@@ -34,7 +34,9 @@ def store_spatial_graph(
     slim.obsm["spatial"] = np.asarray(xy_um, dtype=float)
     library_key = "library" if len(labels.categories) > 1 else None
     if hasattr(sq.gr, "spatial_neighbors_radius"):  # squidpy >= 1.8 (spatial_neighbors is deprecated there)
-        result = sq.gr.spatial_neighbors_radius(slim, radius=float(radius_um), library_key=library_key, copy=True)
+        result = sq.gr.spatial_neighbors_radius(
+            slim, radius=float(radius_um), library_key=library_key, copy=True
+        )
     else:
         result = sq.gr.spatial_neighbors(
             slim, coord_type="generic", radius=float(radius_um), library_key=library_key, copy=True
