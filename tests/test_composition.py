@@ -50,7 +50,7 @@ def test_compare_compositions_detects_agreement(labelled):
     assert res.mean_jsd < 0.05 and res.p_value == pytest.approx(1 / 2001)
     assert res.null.shape == (2000,) and res.null.min() > res.mean_jsd
     # Hungarian pairs agree with the overlap-based matching of the labels themselves
-    by_overlap = match_niches(labelled.obs["teacher_niche"], labelled.obs["true_niche"])
+    by_overlap = match_niches(labelled.obs["teacher_niche"], b=labelled.obs["true_niche"])
     assert dict(zip(res.pairs.niche_a, res.pairs.niche_b, strict=True)) == dict(
         zip(by_overlap.niche_a, by_overlap.niche_b, strict=True)
     )
@@ -91,10 +91,10 @@ def test_match_niches_on_a_matrix_and_rectangular():
     assert list(best.niche_b) == ["B0", "B1"]
     a = np.array(["x", "x", "y", "y", "z"])
     b = np.array(["2", "2", "1", "1", "1"])
-    pairs = match_niches(a, b)
+    pairs = match_niches(a, b=b)
     assert dict(zip(pairs.niche_a, pairs.niche_b, strict=True)) == {"x": "2", "y": "1"}
     with pytest.raises(ValueError, match="different lengths"):
-        match_niches(a, b[:3])
+        match_niches(a, b=b[:3])
 
 
 def _renamed(labels: pd.Series, mapping: dict[str, str]) -> pd.Categorical:

@@ -21,6 +21,8 @@ NOTEBOOKS = sorted([*(REPO / "tutorials").glob("*.ipynb"), *(REPO / "notebooks")
 NEEDS = {
     "02_mouse_olfactory_bulb": ["st_mob"],
     "04_your_own_data": ["visium_tiny", "visium_mouse_brain", "xenium_hest_tiny"],
+    "05_dlpfc_external_truth": ["dlpfc_donor1"],
+    "06_visium_hd_kidney": ["visium_hd_kidney_crop"],
 }
 CELL_TIMEOUT_S = 600
 
@@ -97,7 +99,14 @@ def execute(path: Path, workdir: Path):
 
 # notebooks that predict niches state a verdict (markdown "**Verdict:** ... student leads|ties|loses ...")
 # and print the computed one (nk.tl.verdict); they must agree, in order
-VERDICT_NOTEBOOKS = {"01_quickstart", "02_mouse_olfactory_bulb", "03_he_only", "paper_protocol"}
+VERDICT_NOTEBOOKS = {
+    "01_quickstart",
+    "02_mouse_olfactory_bulb",
+    "03_he_only",
+    "05_dlpfc_external_truth",
+    "06_visium_hd_kidney",
+    "paper_protocol",
+}
 _OUTCOME = re.compile(r"student (leads|ties|loses)")
 
 

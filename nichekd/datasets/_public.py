@@ -80,6 +80,9 @@ def st_mob(data_dir: str | Path | None = None, sections: Sequence[str] = ("MOB1"
         read_st(root / f"{s}.tsv.gz", root / f"alignment_table_{s}.tsv", root / f"{s}.jpg", library_id=s)
         for s in sections
     ]
+    for s, part in zip(sections, parts, strict=True):
+        # spot names ("<x>x<y>", array coordinates) repeat across sections: make them unique before joining
+        part.tables["table"].obs_names = [f"{n}-{s}" for n in part.tables["table"].obs_names]
     # uns_merge keeps each section's uns['spatial'] record (its units)
     sdata = (
         spatialdata.concatenate(parts, concatenate_tables=True, uns_merge="unique")

@@ -144,7 +144,7 @@ def match_niches(
 
     Two uses:
 
-    - ``match_niches(labels_a, labels_b)``: two labelings of the same cells; pairs maximise the number of
+    - ``match_niches(labels_a, b=labels_b)``: two labelings of the same cells; pairs maximise the number of
       shared cells (the contingency table).
     - ``match_niches(score)``: a precomputed DataFrame (rows: niches of A, columns: niches of B), e.g. a
       divergence matrix (``maximize=False``, the default for a matrix) or an overlap matrix
@@ -168,7 +168,7 @@ def match_niches(
 
     Examples
     --------
-    >>> pairs = match_niches(adata.obs["teacher_niche"], adata.obs["predicted_niche"])
+    >>> pairs = match_niches(adata.obs["teacher_niche"], b=adata.obs["predicted_niche"])
     >>> mapping = dict(zip(pairs["niche_b"], pairs["niche_a"]))
     """
     if b is not None:

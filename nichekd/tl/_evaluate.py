@@ -22,7 +22,7 @@ def match_labels(truth: np.ndarray, pred: np.ndarray) -> dict[str, str]:
     >>> match_labels(np.array(["a", "a", "b"]), np.array(["1", "1", "0"]))
     {'1': 'a', '0': 'b'}
     """
-    pairs = match_niches(truth, pred)
+    pairs = match_niches(truth, b=pred)
     mapping = dict(zip(pairs["niche_b"], pairs["niche_a"], strict=True))
     overlap = pd.crosstab(pd.Series(pred.astype(str)), pd.Series(truth.astype(str)))
     for cluster in overlap.index:  # more clusters than niches: the unmatched go to their majority niche
