@@ -53,16 +53,16 @@ def main() -> int:
     import torch
 
     import nichekd as nk
-    from nichekd._layout import get_table, library_infos
+    from nichekd._elements import resolve
 
     torch.set_num_threads(1)
     root = Path(os.environ.get("NICHEKD_DATA_DIR", "../shared/data"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         mob = nk.datasets.st_mob(root, sections=("MOB1", "MOB2", "MOB3"))
-        mob4_mpp = library_infos(get_table(nk.io.read_st(
+        mob4_mpp = resolve(nk.io.read_st(
             root / "st_mob/MOB4.tsv.gz", root / "st_mob/alignment_table_MOB4.tsv", root / "st_mob/MOB4.jpg"
-        )))["MOB4"].mpp  # fmt: skip
+        )).pyramid("MOB4").levels[0].mpp  # fmt: skip
         rows += _case("st_mob", mob, root / "st_mob/MOB4.jpg", mob4_mpp, tmp)
         kidney = nk.datasets.visium_hd_kidney_crop(root)
         rows += _case("kidney", kidney, root / "visium_hd_kidney_crop/he_crop.png", 2.0, tmp)

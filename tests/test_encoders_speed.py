@@ -10,6 +10,7 @@ from conftest import dataset_path
 
 import nichekd as nk
 from nichekd import _image, _layout
+from nichekd._elements import resolve
 from nichekd.models import encoders
 from nichekd.models.encoders import _base, _efficientnet, _stain
 
@@ -34,7 +35,7 @@ def _synthetic_patches(n: int, size: int, mpp: float) -> np.ndarray:
     sdata = nk.datasets.synthetic_tissue(n_cells=max(n, 400), random_state=3)
     table = sdata.tables["table"]
     lib = str(np.asarray(table.obs["library"])[0])
-    pyr = _image.image_pyramid(sdata, _image.find_image(sdata, lib, table=table), lib)
+    pyr = resolve(sdata).pyramid(lib)
     centres = np.asarray(_layout.spatial_coords(table))[:n]
     return _image.read_patches(pyr, centres, size * mpp, size)
 

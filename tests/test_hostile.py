@@ -32,7 +32,7 @@ from nichekd._layout import as_rgb_cyx, make_image, to_uint8
 from nichekd._utils import read_params, store_params
 from nichekd.io._checks import MAX_IN_MEMORY_PIXELS, ReaderError, is_blank, read_image
 from nichekd.models import NicheStudent
-from nichekd.models import student as student_mod
+from nichekd.models._integrity import arrays_digest
 from nichekd.tl import distill, predict_niches
 from nichekd.tl._distill import write_niche_predictions
 
@@ -265,7 +265,7 @@ def test_zero_feature_std_is_refused_even_with_a_valid_checksum(trained_student,
     tensors["feature_std"] = tensors["feature_std"] * 0
     save_file(tensors, str(path / "model.safetensors"))
     cfg = json.loads((path / "config.json").read_text())
-    cfg["checksum"]["weights"] = student_mod._weights_digest(tensors)  # as if saved so
+    cfg["checksum"]["weights"] = arrays_digest(tensors)  # as if saved so
     (path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="feature_std is zero"):
         NicheStudent.load(path)
@@ -651,7 +651,8 @@ def test_tta_computes_the_views_distill_would_use():
 
 def test_st_mob_he_only_prediction_matches_the_training_neighbour_count(tmp_path):
     root = dataset_path("st_mob").parent
-    from nichekd._layout import get_table, library_infos
+    from nichekd._elements import resolve
+    from nichekd._layout import get_table
 
     train = nk.datasets.st_mob(root, sections=("MOB1", "MOB2"))
     nk.tl.teacher_niches(train, n_niches=4, progress=False)
@@ -660,7 +661,7 @@ def test_st_mob_he_only_prediction_matches_the_training_neighbour_count(tmp_path
     model = distill(train, features_key="he", architecture="mlp", epochs=2, progress=False)
     path = model.save(tmp_path / "mob")
     mob4 = nk.datasets.st_mob(root, sections=("MOB4",))
-    he = nk.io.read_wsi(root / "st_mob" / "MOB4.jpg", mpp=library_infos(get_table(mob4))["MOB4"].mpp)
+    he = nk.io.read_wsi(root / "st_mob" / "MOB4.jpg", mpp=resolve(mob4).pyramid("MOB4").levels[0].mpp)
     predict_niches(he, path)
     run = get_table(he).uns["student_niche"]["runs"]["run0"]["params"]
     assert abs(run["mean_neighbours"] / model.train_mean_neighbors - 1) <= 0.3
