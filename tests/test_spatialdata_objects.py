@@ -159,6 +159,17 @@ def test_pixel_coordinate_system_with_scale_transform():
     )
     np.testing.assert_array_equal(a.obs["teacher_niche"].to_numpy(), b.obs["teacher_niche"].to_numpy())
     np.testing.assert_allclose(a.obsm["X_stain"], b.obsm["X_stain"], rtol=1e-5, atol=1e-5)
+    # the rest of the pipeline on the pixel object: same split, student, baseline and scores as in microns
+    for s in (micron, pixel):
+        nk.pp.spatial_split(s)
+        nk.tl.distill(s, features_key="X_stain", random_state=0, **FAST)
+        nk.tl.histology_baseline(s, method="kmeans", n_niches=3, features_key="X_stain")
+    np.testing.assert_array_equal(a.obs["split"].to_numpy(), b.obs["split"].to_numpy())
+    scores = [nk.tl.evaluate(s, predictions=["student_niche", "he_kmeans_niche"]) for s in (micron, pixel)]
+    pd.testing.assert_frame_equal(scores[0], scores[1], atol=1e-6)
+    ax = nk.pl.niche_map(pixel, keys="student_niche", show=False)
+    assert ax.get_xlim()[1] > ax.get_xlim()[0]
+    plt.close("all")
 
 
 def test_two_sections_joined_with_spatialdata_concatenate():
