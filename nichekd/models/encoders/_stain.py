@@ -6,7 +6,6 @@ on a whole batch at once.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
@@ -345,10 +344,25 @@ def _od(patches: np.ndarray) -> np.ndarray:
     return -np.log((rgb + 1.0) / 256.0)
 
 
-def _lab(patches: np.ndarray) -> np.ndarray:
-    from skimage.color import rgb2lab
+# torchstain's LAB is OpenCV's scaling of CIELAB: L * 2.55, a + 128, b + 128
+_CV_SCALE = np.array([2.55, 1.0, 1.0], dtype=np.float32)
+_CV_SHIFT = np.array([0.0, 128.0, 128.0], dtype=np.float32)
 
-    return rgb2lab(np.moveaxis(np.asarray(patches), 1, -1))
+
+def _lab(patches: np.ndarray) -> np.ndarray:
+    """``(n, 3, h, w)`` uint8 -> ``(n, h, w, 3)`` CIELAB (L in 0-100), by torchstain's conversion."""
+    from torchstain.numpy.utils.rgb2lab import rgb2lab
+
+    rgb = np.moveaxis(np.asarray(patches), 1, -1).astype(np.float32) / 255.0
+    return (rgb2lab(rgb) - _CV_SHIFT) / _CV_SCALE
+
+
+def _rgb(lab: np.ndarray) -> np.ndarray:
+    """CIELAB -> ``(n, 3, h, w)`` uint8 (out-of-gamut colours clipped), by torchstain's conversion."""
+    from torchstain.numpy.utils.lab2rgb import lab2rgb
+
+    rgb = lab2rgb((lab * _CV_SCALE + _CV_SHIFT).astype(np.float32))
+    return np.moveaxis(np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8), -1, 1)
 
 
 def macenko_reference(patches: np.ndarray, beta: float = 0.15, alpha: float = 1.0) -> dict[str, list]:
@@ -388,24 +402,19 @@ def stain_reference(method: str, patches: np.ndarray) -> dict[str, Any]:
 def normalize_stain(patches: np.ndarray, method: str, reference: dict[str, Any]) -> np.ndarray:
     """Map each patch's stain statistics onto ``reference`` (a dict from :func:`stain_reference`).
 
-    Why ours and not torchstain's (``benchmarks/results_stain_normalization.md``, 256 real 64-px patches):
-    torchstain's Macenko fails on about half of such small patches (too little stain to decompose) where this
-    one degrades gracefully; its Reinhard gives the same output (0.4 of 255 mean difference) and ran 2.4x
-    faster per patch, a switch worth making with the reference format mapped (not done yet).
+    Reinhard uses torchstain's colour conversions, batched over the patches (same output as torchstain's own
+    per-image Reinhard to within 1/255 on average). Macenko stays ours
+    (``benchmarks/results_stain_normalization.md``, 256 real 64-px patches): torchstain's fails on about half of
+    such small patches (too little stain to decompose) where this one leaves a background patch as it is.
     """
     x = np.asarray(patches)
     n, _, hh, ww = x.shape
-    if method == "reinhard":
-        from skimage.color import lab2rgb
-
+    if method == "reinhard":  # Reinhard et al. 2001, vectorised over the batch
         lab = _lab(x)
         mu = lab.mean(axis=(1, 2), keepdims=True)
         sd = lab.std(axis=(1, 2), keepdims=True) + 1e-6
         lab = (lab - mu) / sd * np.asarray(reference["lab_std"]) + np.asarray(reference["lab_mean"])
-        with warnings.catch_warnings():  # out-of-gamut colours are clipped, as intended
-            warnings.simplefilter("ignore", UserWarning)
-            rgb = lab2rgb(lab)
-        return np.moveaxis(np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8), -1, 1)
+        return _rgb(lab)
     out = np.empty_like(x)
     ref_stains = np.asarray(reference["stain_matrix"])
     ref_max = np.asarray(reference["max_concentrations"])
