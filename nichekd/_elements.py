@@ -319,7 +319,7 @@ def _is_placeholder(sdata: Any, name: str) -> bool:
     h, w = int(arr.sizes["y"]), int(arr.sizes["x"])
     step = max(1, int(max(h, w) // 512))
     sub = data[:3, ::step, ::step]
-    sub = np.asarray(sub.compute() if hasattr(sub, "compute") else sub, dtype=float)
+    sub = np.asarray(sub.compute(scheduler="synchronous") if hasattr(sub, "compute") else sub, dtype=float)
     return float(sub.std()) < 1e-3
 
 

@@ -180,7 +180,9 @@ def _read_region(level: ImageLevel, x0: int, y0: int, x1: int, y1: int) -> np.nd
     if cx1 <= cx0 or cy1 <= cy0:
         return out
     block = level.data.data[:3, cy0:cy1, cx0:cx1]
-    block = np.asarray(block.compute() if hasattr(block, "compute") else block)
+    # synchronous: tiles are already read ahead in our own threads, and a dask worker thread must never wait on
+    # its own cluster (dask.config.set(scheduler=...) is process-global, so it cannot protect a worker thread)
+    block = np.asarray(block.compute(scheduler="synchronous") if hasattr(block, "compute") else block)
     if block.dtype != np.uint8:
         if (
             np.issubdtype(block.dtype, np.floating)
