@@ -499,7 +499,9 @@ def resolve(
                 f"Cannot tell the units of library {lib!r} (coordinate system {cs!r}): the object records no "
                 "microns per unit (no uns['spatial'][library]['scalefactors']['microns_per_pixel'], no Visium "
                 "spot array, Visium HD bin or Xenium metadata). Say it once with nk.pp.set_units(sdata, "
-                "microns_per_unit=...) (microns per coordinate unit; 1.0 if the coordinates are already microns)."
+                "microns_per_unit=...) (microns per coordinate unit; 1.0 if the coordinates are already microns). "
+                "Sections joined with spatialdata.concatenate lose uns['spatial'] unless it is called with "
+                "uns_merge='unique'."
             )
         if not np.isfinite(xy_cs).all():
             raise ValueError(f"Library {lib!r} has NaN or infinite coordinates; drop those observations.")

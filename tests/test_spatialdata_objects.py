@@ -192,6 +192,24 @@ def test_two_sections_joined_with_spatialdata_concatenate():
     assert scores.loc["student_niche", "n_cells"] == (table.obs["region"] == "B").sum()
 
 
+def test_sections_joined_without_their_units_name_the_fix():
+    """spatialdata.concatenate drops uns['spatial'] by default: the error says how to keep it."""
+    root = dataset_path("st_mob")
+    parts = [
+        nk.io.read_st(
+            root / f"{s}.tsv.gz", root / f"alignment_table_{s}.tsv", root / f"{s}.jpg", library_id=s
+        )
+        for s in ("MOB1", "MOB2")
+    ]
+    lost = sd.concatenate(parts, concatenate_tables=True)
+    with pytest.raises(ValueError, match="uns_merge='unique'"):
+        nk.tl.teacher_niches(lost, n_niches=3, progress=False)
+    assert "teacher_niche" not in lost.tables["table"].obs
+    kept = sd.concatenate(parts, concatenate_tables=True, uns_merge="unique")
+    nk.tl.teacher_niches(kept, n_niches=3, progress=False)
+    assert kept.tables["table"].obs["teacher_niche"].nunique() == 3
+
+
 def test_zarr_round_trip_mid_pipeline_gives_identical_results(tmp_path):
     sdata, _ = _visium_tiny()
     with pytest.warns(UserWarning, match="placeholder"):

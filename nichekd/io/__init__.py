@@ -4,7 +4,8 @@
 return spatialdata-io's objects (pixel coordinate systems included; nichekd functions find the microns
 themselves) and add clear errors, ``in_tissue`` filtering and the options nichekd needs. ``read_st``,
 ``read_hest``, ``read_anndata_image`` and ``read_wsi`` read what spatialdata-io has no reader for, into the
-layout below. To join sections use ``spatialdata.concatenate(parts, concatenate_tables=True)``.
+layout below. To join sections use
+``spatialdata.concatenate(parts, concatenate_tables=True, uns_merge="unique")``.
 
 .. include the layout description from nichekd._layout
 """
