@@ -6,7 +6,8 @@ commit to score; prints one JSON line. Recipe (the user's cross-section recipe o
 ``spatialdata.concatenate``), a joint teacher (``n_niches=5, batch_correct=True``), EfficientNet-Lite0 features
 with ``standardize="library"``, ``distill`` defaults, Leiden / k-means / the teacher's method on the same
 features. Held-out cases: leave one section of each animal out (MOB2 + MOB4 test) and leave one animal out
-(MOB3 + MOB4 test), and the paper's strips (2nd of 4 strips of every section). ARI against the teacher on test cells, per test section.
+(MOB3 + MOB4 test), and the paper's strips (2nd of 4 strips of every section). ARI against the teacher on
+test cells, per test section.
 """
 
 from __future__ import annotations

@@ -202,9 +202,13 @@ def test_sections_joined_without_their_units_name_the_fix():
         for s in ("MOB1", "MOB2")
     ]
     lost = sd.concatenate(parts, concatenate_tables=True)
+    before = lost.tables["table"].copy()
     with pytest.raises(ValueError, match="uns_merge='unique'"):
         nk.tl.teacher_niches(lost, n_niches=3, progress=False)
-    assert "teacher_niche" not in lost.tables["table"].obs
+    after = lost.tables["table"]
+    pd.testing.assert_frame_equal(after.obs, before.obs)
+    assert list(after.obsm) == list(before.obsm) and list(after.obsp) == list(before.obsp)
+    assert sorted(after.uns) == sorted(before.uns)
     kept = sd.concatenate(parts, concatenate_tables=True, uns_merge="unique")
     nk.tl.teacher_niches(kept, n_niches=3, progress=False)
     assert kept.tables["table"].obs["teacher_niche"].nunique() == 3
