@@ -7,6 +7,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from ._utils import keep_torch_threads
+
 
 def store_spatial_graph(
     adata: ad.AnnData,
@@ -33,14 +35,15 @@ def store_spatial_graph(
     slim = ad.AnnData(obs=pd.DataFrame({"library": labels}, index=adata.obs_names.astype(str)))
     slim.obsm["spatial"] = np.asarray(xy_um, dtype=float)
     library_key = "library" if len(labels.categories) > 1 else None
-    if hasattr(sq.gr, "spatial_neighbors_radius"):  # squidpy >= 1.8 (spatial_neighbors is deprecated there)
-        result = sq.gr.spatial_neighbors_radius(
-            slim, radius=float(radius_um), library_key=library_key, copy=True
-        )
-    else:
-        result = sq.gr.spatial_neighbors(
-            slim, coord_type="generic", radius=float(radius_um), library_key=library_key, copy=True
-        )
+    with keep_torch_threads():  # squidpy's numba kernels reset the OpenMP thread count torch shares
+        if hasattr(sq.gr, "spatial_neighbors_radius"):  # squidpy >= 1.8 (spatial_neighbors is deprecated)
+            result = sq.gr.spatial_neighbors_radius(
+                slim, radius=float(radius_um), library_key=library_key, copy=True
+            )
+        else:
+            result = sq.gr.spatial_neighbors(
+                slim, coord_type="generic", radius=float(radius_um), library_key=library_key, copy=True
+            )
     conn, dist = (result.connectivities, result.distances) if hasattr(result, "connectivities") else result
     adata.obsp[f"{key_added}_connectivities"] = conn.tocsr()
     adata.obsp[f"{key_added}_distances"] = dist.tocsr()

@@ -38,6 +38,7 @@ LIBRARY_KEY = "library"
 REGION_KEY = "region"
 INSTANCE_KEY = "instance_id"
 SPATIAL_KEY = "spatial"
+SPLIT_KEY = "split"
 UNITS = "micrometer"
 KINDS = ("spot", "cell", "tile")
 # Smallest pyramid level kept: below this many pixels on the long side a further level adds nothing.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +28,33 @@ def resolve_device(device: str = "auto") -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+@contextmanager
+def keep_torch_threads() -> Iterator[None]:
+    """Put torch's intra-op thread count back after code that resets it.
+
+    threadpoolctl (restoring MKL/OpenMP on exit) and numba's OpenMP layer (squidpy's graphs) set the shared
+    OpenMP thread count, which is torch's: a student trained afterwards would use another number of threads
+    than the user set, so other floating-point sums and other weights for the same seed.
+    """
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        yield
+    finally:
+        torch = sys.modules.get("torch")
+        if before is not None and torch is not None and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+@contextmanager
+def one_blas_thread(user_api: str | None = "blas") -> Iterator[None]:
+    """One BLAS (or, with ``user_api=None``, any native) thread for the duration, for small matrices."""
+    from threadpoolctl import threadpool_limits
+
+    with keep_torch_threads(), threadpool_limits(1, user_api=user_api):
+        yield
 
 
 def seed_everything(random_state: int) -> np.random.Generator:

@@ -102,7 +102,7 @@ def _renamed(labels: pd.Series, mapping: dict[str, str]) -> pd.Categorical:
 
 
 def test_pairing_null_asks_a_different_question(labelled):
-    """Names rotated: the labels null re-matches by JSD and rejects; the paper's pairing null does not."""
+    """Names rotated: the labels null re-matches by JSD and rejects; the pairing null (names fixed) does not."""
     obs = labelled.obs
     names = [str(c) for c in obs["teacher_niche"].cat.categories]
     # a "student" that is the teacher with 10% of cells relabelled at random: same names, same niches
@@ -152,6 +152,71 @@ def test_pairing_null_asks_a_different_question(labelled):
     with pytest.raises(ValueError, match="share no niche name"):
         nk.tl.compare_compositions(labelled, teacher_key="teacher_niche", student_key="clusters", cell_type_key="cell_type", null="pairings",
                                    pairing="names")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def five_niches():
+    """``synthetic_tissue`` with 5 teacher niches (120 one-to-one pairings), a noisy copy of the teacher (a real
+    pairing: same names, 20% of cells relabelled) and uniformly random labels with the teacher's names."""
+    t = nk.datasets.synthetic_tissue(3000, n_niches=5, image=False, random_state=0, progress=False)["table"]
+    nk.tl.teacher_niches(t, n_niches=5, progress=False)
+    names = [str(c) for c in t.obs["teacher_niche"].cat.categories]
+    rng = np.random.default_rng(3)
+    noisy = t.obs["teacher_niche"].astype(str).to_numpy().copy()
+    flip = rng.random(len(noisy)) < 0.2
+    noisy[flip] = rng.choice(names, flip.sum())
+    t.obs["noisy"] = pd.Categorical(noisy)
+    for seed in range(5):
+        t.obs[f"random{seed}"] = pd.Categorical(np.random.default_rng(seed).choice(names, t.n_obs))
+    t.obs["random3k"] = pd.Categorical(np.random.default_rng(9).choice(names[:3], t.n_obs))
+    return t
+
+
+def _compare(adata, student, null, n=10_000, **kw):
+    return nk.tl.compare_compositions(adata, teacher_key="teacher_niche", student_key=student,
+                                      cell_type_key="cell_type", null=null, n_permutations=n, **kw)  # fmt: skip
+
+
+def test_literal_paper_null_is_degenerate(five_niches):
+    """JSD-optimal pairs against random pairings: p sits at about 1/K! = 1/120 whatever the labels."""
+    floor = 1 / 120
+    for student in ["noisy"] + [f"random{s}" for s in range(5)]:
+        res = _compare(five_niches, student, "optimal_vs_random_pairings")
+        assert res.degenerate and res.null_kind == "optimal_vs_random_pairings" and res.pairing == "jsd"
+        assert res.n_pairings == 120 and len(res.null) == 10_000 and "degenerate=True" in repr(res)
+        # the optimum is the minimum over all pairings: no random pairing beats it, only the optimum itself ties
+        assert res.null.min() >= res.mean_jsd - 1e-12
+        ties = int(np.isclose(res.null, res.mean_jsd, rtol=0, atol=1e-12).sum())
+        assert res.p_value == pytest.approx((1 + ties) / 10_001)
+        # ties ~ Binomial(10,000, 1/120): p within 4 sd of the floor, "significant" even for random labels
+        assert abs(res.p_value - floor) < 0.004 and res.p_value < 0.05, (student, res)
+        # the statistic is the Hungarian matching, as for the labels null
+        assert res.mean_jsd == pytest.approx(_compare(five_niches, student, "labels", n=0).mean_jsd)
+    # fewer niches in B (3 of 5): the optimum pairs all of B's, the floor is 1 / (5 * 4 * 3)
+    res = _compare(five_niches, "random3k", "optimal_vs_random_pairings", n=5000)
+    assert len(res.pairs) == 3 and res.n_pairings == 60 and res.null.min() >= res.mean_jsd - 1e-12
+    assert abs(res.p_value - 1 / 60) < 0.008, res
+
+
+def test_pairings_and_labels_nulls_do_not_reject_random_labels(five_niches):
+    """Random labels (seeds 0-4; seeds 0-11 all give p > 0.07 for both) are not significant."""
+    for seed in range(5):
+        pairings = _compare(five_niches, f"random{seed}", "pairings", random_state=seed)
+        assert not pairings.degenerate and pairings.pairing == "names" and pairings.n_pairings == 120
+        assert pairings.p_value > 0.05, (seed, pairings)
+        labels = _compare(five_niches, f"random{seed}", "labels", n=1000, random_state=seed)
+        assert not labels.degenerate and labels.p_value > 0.05, (seed, labels)
+
+
+def test_pairings_and_labels_nulls_reject_a_real_pairing(five_niches):
+    """Teacher against a noisy copy of itself: both informative nulls reject, at their floors."""
+    pairings = _compare(five_niches, "noisy", "pairings")
+    assert pairings.pairing == "names" and (pairings.pairs.niche_a == pairings.pairs.niche_b).all()
+    # p cannot go below about 1/120 (the observed pairing is one of the 120); only it is as good
+    assert pairings.p_value < 0.015 and pairings.null.min() == pytest.approx(pairings.mean_jsd)
+    labels = _compare(five_niches, "noisy", "labels", n=1000)
+    assert labels.p_value == pytest.approx(1 / 1001) and labels.null.min() > labels.mean_jsd
+    assert labels.mean_jsd == pytest.approx(pairings.mean_jsd)  # the JSD-optimal pairs are the named ones
 
 
 def test_one_jensen_shannon(labelled):

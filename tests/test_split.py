@@ -121,7 +121,7 @@ def test_teacher_radius_beyond_the_gap_widens_the_buffer_or_warns():
     # train and test cells are now at least the teacher's radius apart
     gap = np.abs(y[lab == "train"][:, None] - y[lab == "test"][None]).min()
     assert gap >= 150.0
-    with pytest.warns(UserWarning, match="split_key='split'"):
+    with pytest.warns(UserWarning, match="Refit the teacher after this split"):
         spatial_split(t, buffer_um=30, teacher_guard="within")
     assert t.uns["split"]["params"]["buffer_um"] == 30.0
     assert t.uns["split"]["params"]["teacher_guard_applied"] == "within"

@@ -16,6 +16,7 @@ import pandas as pd
 from scipy.special import logsumexp
 from tqdm.auto import tqdm
 
+from .._utils import one_blas_thread
 from ._teacher_latent import _CHUNK
 
 
@@ -31,14 +32,13 @@ def fit_gmm(
 ):
     """Gaussian mixture on (a random subsample of) the features, components ordered by decreasing weight."""
     from sklearn.mixture import GaussianMixture
-    from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(random_state)
     sub = features
     if len(features) > max_fit_cells:
         sub = features[np.sort(rng.choice(len(features), max_fit_cells, replace=False))]
     # the mixture's matrices are tiny: threaded BLAS only adds overhead (25x slower on a busy 2-core machine)
-    with threadpool_limits(1, user_api="blas"):
+    with one_blas_thread():
         gmm = GaussianMixture(
             n_components,
             covariance_type=covariance_type,
@@ -63,11 +63,10 @@ def _reorder_gmm(gmm, order: np.ndarray):
 
 def gmm_log_posterior(gmm, features: np.ndarray, progress: bool = False) -> np.ndarray:
     """``(n, K)`` log posterior probabilities, in chunks."""
-    from threadpoolctl import threadpool_limits
 
     out = np.empty((len(features), gmm.n_components), dtype=np.float64)
     starts = range(0, len(features), _CHUNK)
-    with threadpool_limits(1, user_api="blas"):
+    with one_blas_thread():
         for s in tqdm(starts, desc="niche posteriors", disable=not progress or len(starts) < 4, leave=False):
             w = gmm._estimate_weighted_log_prob(features[s : s + _CHUNK].astype(np.float64))
             out[s : s + _CHUNK] = w - logsumexp(w, axis=1, keepdims=True)

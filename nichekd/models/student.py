@@ -250,6 +250,8 @@ class NicheStudent:
         self.n_components = None if n_components is None else int(n_components)
         self.encoder = dict(encoder or {})
         self.features_key = features_key
+        # obs column of the split it was trained with: prediction keeps neighbourhoods within its parts
+        self.split_key: str | None = None
         if int(n_members) < 1:
             raise ValueError(f"n_members must be at least 1, got {n_members}.")
         self.n_members = int(n_members)
@@ -677,6 +679,7 @@ class NicheStudent:
                 "dropout": self.dropout,
                 "encoder": self.encoder,
                 "features_key": self.features_key,
+                "split_key": self.split_key,
                 "n_features": self.n_features,
                 "n_components": self.n_components,
                 "train_mean_neighbors": self.train_mean_neighbors,
@@ -814,6 +817,7 @@ class NicheStudent:
         model.history = cfg.get("history", {"train_loss": [], "val_loss": []})
         model.best_epoch = cfg.get("best_epoch")
         model.train_mean_neighbors = cfg.get("train_mean_neighbors")
+        model.split_key = cfg.get("split_key")
         for name in ("feature_mean", "feature_std"):
             if name not in tensors:
                 raise ValueError(

@@ -10,7 +10,7 @@ import pandas as pd
 
 from .._docs import inject_docs
 from .._layout import TABLE_KEY, get_table
-from .._utils import store_params
+from .._utils import keep_torch_threads, store_params
 
 
 def _knn_graph(x: np.ndarray, k: int):
@@ -25,6 +25,7 @@ def _knn_graph(x: np.ndarray, k: int):
 
 
 @inject_docs
+@keep_torch_threads()  # scanpy/squidpy's numba kernels reset torch's OpenMP threads
 def cell_types(
     sdata: Any,
     *,

@@ -25,21 +25,30 @@ TEACHER_GUARDS = ("widen", "within")
 READ_MARGIN_PX = 4
 
 
+def teacher_reach_um(params: dict) -> float | None:
+    """How far (microns) a teacher's label looks: its radius times the hops (``n_rings``) it chains."""
+    radius = params.get("radius_um")
+    if radius is None or not np.isfinite(float(radius)):
+        return None
+    rings = params.get("n_rings") if params.get("method") == "aggregate" else 1
+    return float(radius) * max(1, int(rings or 1))
+
+
 def _teacher_guard(adata: ad.AnnData, buffer_um: float, teacher_key: str | None, guard: str):
-    """Widen the buffer (or flag within-side neighbourhoods) when the teacher's radius exceeds the gap."""
+    """Widen the buffer (or flag within-side neighbourhoods) when the teacher's reach exceeds the gap."""
     entry = adata.uns.get(teacher_key) if teacher_key is not None else None
     params = entry.get("params", {}) if isinstance(entry, dict) else {}
-    radius = params.get("radius_um")
-    if radius is None or not np.isfinite(float(radius)) or float(radius) <= 2 * buffer_um:
+    reach = teacher_reach_um(params)
+    if reach is None or reach <= 2 * buffer_um:
         return buffer_um, None
     if params.get("split_key") is not None:
         return buffer_um, "within"  # the teacher's neighbourhoods already stop at the split
     if guard == "widen":
-        return float(radius) / 2.0, "widen"
+        return reach / 2.0, "widen"
     warnings.warn(
-        f"The teacher's radius ({float(radius):.4g} um) exceeds the train-test gap ({2 * buffer_um:.4g} um): "
-        "training targets would average test-strip expression. Refit the teacher within each side: "
-        "nk.tl.teacher_niches(..., split_key='split') after this split.",
+        f"The teacher's reach ({reach:.4g} um: radius x n_rings) exceeds the train-test gap "
+        f"({2 * buffer_um:.4g} um): training targets would average test-strip expression. Refit the teacher "
+        "after this split: nk.tl.teacher_niches(...) then fits within each side.",
         UserWarning,
         stacklevel=3,
     )
@@ -85,6 +94,73 @@ def _largest_patch(adata: ad.AnnData, features_key: str | None) -> tuple[float |
         return None, None
     key = max(reads, key=reads.get)
     return reads[key], key
+
+
+def split_groups(libraries: np.ndarray, split: np.ndarray | None) -> np.ndarray:
+    """Neighbourhood groups ``"library|part"``: no neighbourhood crosses a section or a split part (the
+    paper's rule: test cells are described by test cells only). ``split=None``: sections only."""
+    libraries = np.asarray(libraries).astype(str)
+    if split is None:
+        return libraries
+    return np.char.add(np.char.add(libraries, "|"), np.asarray(split).astype(str))
+
+
+def split_fingerprint(adata: ad.AnnData, split_key: str) -> str:
+    """A short checksum of the split labels: a fit recorded with one split is not reused with another."""
+    import hashlib
+
+    labels = adata.obs[split_key].astype(str).to_numpy().astype("U6")
+    return hashlib.sha256(labels.tobytes()).hexdigest()[:16]
+
+
+def check_split_guards(
+    adata: ad.AnnData, split_key: str, *, teacher_key: str | None, features_key: str | None
+):
+    """Refuse inputs whose reach crosses the recorded split, and warn when the teacher saw the test cells.
+
+    - features or augmented views that read a wider region than the split's gap (computed after the split, or
+      with a larger patch) would let train and test patches share pixels: refused, unless the buffer was
+      given explicitly (then a warning);
+    - a teacher fitted with another split (the split was redone after it): refused;
+    - a teacher fitted on every cell while the split has test cells: a warning (its fit saw test expression).
+    """
+    split = adata.obs[split_key].astype(str).to_numpy()
+    if not (split == "test").any():
+        return
+    split_params = adata.uns.get(split_key, {}).get("params", {}) if split_key in adata.uns else {}
+    buffer_um = split_params.get("buffer_um")
+    if buffer_um is not None and split_params.get("method", "strips") != "libraries" and features_key:
+        read, read_key = _largest_patch(adata, features_key)
+        if read is not None and read / 2.0 > float(buffer_um) + 1e-6:
+            message = (
+                f"obsm[{read_key!r}] reads {read:.4g} um around each cell but the split's buffer is "
+                f"{float(buffer_um):.4g} um: train and test patches share pixels (the split was made before "
+                f"these features or views). Redo the split: nk.pp.spatial_split(sdata, features_key="
+                f"{features_key!r}), then the teacher."
+            )
+            if split_params.get("buffer_from") != "given":
+                raise ValueError(message)
+            warnings.warn(message, UserWarning, stacklevel=3)
+    entry = adata.uns.get(teacher_key) if teacher_key is not None else None
+    params = entry.get("params", {}) if isinstance(entry, dict) else {}
+    if not params or params.get("method") == "labels":
+        return
+    if params.get("split_key") is None:
+        warnings.warn(
+            f"The teacher {teacher_key!r} was fitted on every cell, the test cells of obs[{split_key!r}] "
+            "included: its training targets depend on test expression. For the paper's protocol run "
+            "nk.pp.spatial_split before nk.tl.teacher_niches (the teacher then fits outside the test side).",
+            UserWarning,
+            stacklevel=3,
+        )
+    elif params.get("split_key") == split_key and params.get("split_fingerprint") not in (
+        None,
+        split_fingerprint(adata, split_key),
+    ):
+        raise ValueError(
+            f"The teacher {teacher_key!r} was fitted with another split than today's obs[{split_key!r}] (the "
+            "split was redone after it): re-run nk.tl.teacher_niches so its targets respect this split."
+        )
 
 
 def block_ids(xy: np.ndarray, n_blocks: int) -> np.ndarray:
@@ -177,9 +253,11 @@ def spatial_split(
     teacher_key
         %(teacher_key)s
     teacher_guard
-        What to do when the radius exceeds the gap: ``"widen"`` the buffer to half the radius (default), or
-        ``"within"``: keep the buffer and require the teacher's neighbourhoods to stay within each side
-        (refit it with ``nk.tl.teacher_niches(..., split_key=key_added)``; a warning says so). Which one
+        What to do when the reach of a teacher fitted before the split (radius times ``n_rings``) exceeds
+        the gap: ``"widen"`` the buffer to half the reach (default), or ``"within"``: keep the buffer and
+        require the teacher to be refitted within each side (``nk.tl.teacher_niches`` after the split does
+        that; a warning says so). A teacher fitted before the split still saw the test cells' expression:
+        the documented order is split first, then the teacher. Which one
         applied is recorded in ``uns[key_added]['params']['teacher_guard_applied']``.
     library_key
         %(library_key)s

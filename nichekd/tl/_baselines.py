@@ -12,9 +12,10 @@ import pandas as pd
 
 from .._docs import inject_docs
 from .._elements import micron_coords
-from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
+from .._layout import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY, get_table, library_labels
 from .._neighbors import estimate_radius, neighbour_mean, radius_neighbours
-from .._utils import store_params
+from .._utils import keep_torch_threads, store_params
+from ..pp._split import split_groups
 from ._distill import resolve_features_key
 
 METHODS = ("leiden", "kmeans", "teacher")
@@ -26,28 +27,31 @@ _COVARIANCES = (("full", 1e-3), ("diag", 1e-3))
 
 
 def _neighbourhood_features(
-    adata: ad.AnnData,
     xy: np.ndarray,
     feats: np.ndarray,
+    groups: np.ndarray,
+    fit: np.ndarray,
     radius_um: float | None,
     n_neighbors_target: float,
-    library_key: str,
     random_state: int,
 ) -> tuple[np.ndarray, float]:
-    """``[own, neighbourhood mean]`` features, neighbourhoods within each section."""
-    libs = np.asarray(library_labels(adata, library_key)).astype(str)
+    """``[own, neighbourhood mean]`` features, neighbourhoods within each group (section and split part)."""
     if radius_um is None:
-        radius_um = estimate_radius(xy, n_neighbors_target, groups=libs, random_state=random_state)
-    nbrs = radius_neighbours(xy, radius_um, groups=libs, max_neighbors=int(np.ceil(2 * n_neighbors_target)))
+        radius_um = estimate_radius(
+            xy[fit], n_neighbors_target, groups=groups[fit], random_state=random_state
+        )
+    nbrs = radius_neighbours(xy, radius_um, groups=groups, max_neighbors=int(np.ceil(2 * n_neighbors_target)))
     return np.hstack([feats, neighbour_mean(feats, nbrs)]), float(radius_um)
 
 
-def _pca(x: np.ndarray, n_comps: int, random_state: int) -> np.ndarray:
+def _pca(x: np.ndarray, n_comps: int, random_state: int, fit: np.ndarray) -> np.ndarray:
+    """Standardise and project on principal components, both fitted on the rows in ``fit``."""
     from sklearn.decomposition import PCA
 
-    n_comps = int(min(n_comps, x.shape[1], x.shape[0] - 1))
-    x = (x - x.mean(0)) / np.where(x.std(0) > 1e-6, x.std(0), 1.0)
-    return PCA(n_comps, random_state=random_state).fit_transform(x).astype(np.float32)
+    n_comps = int(min(n_comps, x.shape[1], int(fit.sum()) - 1))
+    mu, sd = x[fit].mean(0), x[fit].std(0)
+    x = (x - mu) / np.where(sd > 1e-6, sd, 1.0)
+    return PCA(n_comps, random_state=random_state).fit(x[fit]).transform(x).astype(np.float32)
 
 
 def leiden_n_clusters(
@@ -139,6 +143,7 @@ def _nearest(x: np.ndarray, centroids: np.ndarray, chunk: int = 65_536) -> np.nd
 
 
 @inject_docs
+@keep_torch_threads()  # scanpy/squidpy's numba kernels reset torch's OpenMP threads
 def histology_baseline(
     sdata,
     *,
@@ -152,6 +157,7 @@ def histology_baseline(
     teacher_key: str = "teacher_niche",
     teacher_method: str | None = None,
     n_components: int | None = 32,
+    split_key: str | None = SPLIT_KEY,
     key_added: str | None = None,
     library_key: str = LIBRARY_KEY,
     table_key: str = TABLE_KEY,
@@ -187,6 +193,13 @@ def histology_baseline(
         Overrides the method read from ``teacher_key`` (``"aggregate"`` or ``"transformer"``).
     n_components
         For ``"teacher"``: whitened principal components kept, as ``nk.tl.distill(n_components=)``.
+    split_key
+        %(split_key)s The default ``"split"`` is used when the table has that column: every fit (the features'
+        standardisation, the PCA, the clustering or mixture) uses the training cells only, as the student's
+        does, the other cells take the fitted model's label, and neighbourhoods stay within each section and
+        split part, so test labels never depend on training, buffer or other-part features. ``None``: the
+        transductive variant, fitted on every cell with neighbourhoods across the split (not comparable with
+        the student; recorded as ``fitted_on="all"``).
     key_added
         ``obs`` column written (categorical); default ``f"he_{method}_niche"`` (``he_leiden_niche``, ...).
     library_key
@@ -238,6 +251,20 @@ def histology_baseline(
         "random_state": random_state,
     }
     xy_um = micron_coords(sdata, table_key=table_key, library_key=library_key)
+    if split_key == SPLIT_KEY and split_key not in adata.obs:
+        split_key = None  # no split: fitted on every cell
+    if split_key is not None and split_key not in adata.obs:
+        raise KeyError(f"No split in obs[{split_key!r}]; run nk.pp.spatial_split or pass split_key=None.")
+    split = None if split_key is None else adata.obs[split_key].astype(str).to_numpy()
+    fit = np.ones(adata.n_obs, bool) if split is None else split == "train"
+    if int(fit.sum()) <= int(n_niches):
+        raise ValueError(
+            f"{int(fit.sum())} training cells in obs[{split_key!r}] for {n_niches} niches; the baseline is "
+            "fitted on training cells: use a split with more of them."
+        )
+    groups = split_groups(library_labels(adata, library_key), split)
+    params["split_key"] = split_key
+    params["fitted_on"] = "all" if split is None else "train"
     if method == "teacher":
         codes, info = _same_method_baseline(
             adata,
@@ -250,6 +277,8 @@ def histology_baseline(
             radius_um=radius_um,
             n_neighbors_target=n_neighbors_target,
             library_key=library_key,
+            split_key=split_key,
+            fit=fit,
             random_state=random_state,
         )
         params.update(info)
@@ -259,26 +288,25 @@ def histology_baseline(
         x = feats
         if neighbourhood:
             x, radius = _neighbourhood_features(
-                adata,
-                xy_um,
-                feats,
-                radius_um,
-                n_neighbors_target,
-                library_key,
-                random_state,
+                xy_um, feats, groups, fit, radius_um, n_neighbors_target, random_state
             )
             params["radius_um"] = radius
-        rep = _pca(x, n_comps, random_state)
+        rep = _pca(x, n_comps, random_state, fit)
         if method == "leiden":
-            codes, resolution = leiden_n_clusters(
-                rep, int(n_niches), random_state=random_state, max_cells=max_cells
+            fit_codes, resolution = leiden_n_clusters(
+                rep[fit], int(n_niches), random_state=random_state, max_cells=max_cells
             )
+            # cells outside the fit take the cluster of the nearest centroid, as above max_cells
+            names, inverse = np.unique(fit_codes, return_inverse=True)
+            centroids = np.stack([rep[fit][inverse == k].mean(0) for k in range(len(names))])
+            codes = names[_nearest(rep, centroids)]
+            codes[fit] = fit_codes
             params["resolution"] = resolution
             params["max_cells"] = max_cells
         else:
             from sklearn.cluster import KMeans
 
-            codes = KMeans(int(n_niches), n_init=10, random_state=random_state).fit_predict(rep)
+            codes = KMeans(int(n_niches), n_init=10, random_state=random_state).fit(rep[fit]).predict(rep)
         labels = np.asarray([f"C{int(c)}" for c in codes], dtype=object)
 
     if copy:
@@ -302,6 +330,8 @@ def _same_method_baseline(
     radius_um: float | None,
     n_neighbors_target: float,
     library_key: str,
+    split_key: str | None,
+    fit: np.ndarray,
     random_state: int,
 ) -> tuple[np.ndarray, dict]:
     """The teacher's method on image features reduced as the student's are; niche codes and what was run."""
@@ -317,13 +347,14 @@ def _same_method_baseline(
     # the student's reduction (one implementation): standardised, whitened principal components
     reducer = NicheStudent(2, radius_um=1.0, n_components=n_components)
     reducer.n_features = feats.shape[1]
-    reducer._fit_normalisation(feats, np.ones(len(feats), bool), np.random.default_rng(random_state))
-    work = adata.copy()
+    reducer._fit_normalisation(feats, fit, np.random.default_rng(random_state))
+    work = ad.AnnData(obs=adata.obs.copy())  # the labels the teacher groups by; no expression needed
     work.obsm["_he_reduced"] = reducer.transform(feats)
     common = {
         "method": method,
         "use_rep": "_he_reduced",
         "library_key": library_key,
+        "split_key": split_key,
         "radius_um": radius_um if radius_um is not None else recorded.get("radius_um"),
         "n_neighbors_target": n_neighbors_target,
         "random_state": random_state,
@@ -333,8 +364,10 @@ def _same_method_baseline(
     for covariance_type, reg_covar in _COVARIANCES if method == "aggregate" else (("full", 1e-4),):
         teacher = NicheTeacher(n_niches, covariance_type=covariance_type, reg_covar=reg_covar, **common)
         try:
-            inputs = teacher.prepare(work, fit=True, xy_um=xy_um)
-            teacher.fit_head(inputs)
+            # fitted on the training cells, then every cell labelled within its (section, split part)
+            fit_inputs = teacher.prepare(work[fit].copy(), fit=True, xy_um=xy_um[fit])
+            teacher.fit_head(fit_inputs)
+            inputs = fit_inputs if fit.all() else teacher.prepare(work, xy_um=xy_um)
         except ValueError as err:  # sklearn: "Fitting the mixture model failed ... ill-defined covariance"
             if "ill-defined" not in str(err):
                 raise

@@ -1,20 +1,37 @@
 """Cell-type composition of niches, and whether two niche labelings agree in composition.
 
-:func:`compare_compositions` answers one of two questions, chosen with ``null=``:
+:func:`compare_compositions` runs one of three permutation tests, chosen with ``null=``. They share the
+compositions of A's and B's niches and the Jensen-Shannon divergence (JSD) between them; they differ in how the
+niches are paired and in what the null holds fixed, so each answers a different question:
 
-- ``"labels"``: *do B's niches have structured compositions that match A's?* B's labels are permuted across
-  cells (compositions drift to the tissue average) and A and B are re-matched by JSD. Any labelling with
-  spatial or cell-type structure rejects this null, so a baseline gets the same minimal p as the student.
-- ``"pairings"`` (the paper's): *are the niches paired with each other (same name, or most shared cells) more
-  alike than niches paired at random?* The pairs are fixed without looking at compositions; the null pairs A's
-  niches with random distinct niches of B (10,000 draws) and recomputes the mean JSD. A labelling whose niches
-  do not correspond to A's (a shuffled student, random clusters) is not significant.
+- ``"labels"`` (default): *do B's niches have cell-type compositions that can be matched to A's better than
+  niches of the same sizes drawn without regard to the cells?* Statistic: the mean JSD of the JSD-optimal
+  one-to-one matching (Hungarian). Null: B's labels permuted across cells (B's niche sizes kept, their
+  compositions drift to the tissue average), re-matched by JSD each time. It tests that B has composition
+  structure at all, not that B's niches are A's: any labelling with spatial or cell-type structure (a baseline
+  clustering, random spatial patches) rejects it, at the floor ``1 / (1 + n_permutations)``.
+- ``"pairings"``: *are the niches paired beforehand (same name, or most shared cells) more alike in composition
+  than niches of A and B paired at random?* The pairs are fixed without looking at compositions; the
+  compositions and the JSD matrix are held fixed and only the pairing is drawn: each paired niche of A gets a
+  random distinct niche of B. It tests that B's niches correspond to A's: a labelling whose niches do not (a
+  shuffled student, random clusters) is significant at about the nominal rate. The observed pairing is one of
+  the ``n_pairings`` possible pairings (``K!`` for K niches on each side), so p cannot go far below
+  ``1 / n_pairings`` (1/24 for 4 niches, 1/120 for 5).
+- ``"optimal_vs_random_pairings"``: the paper's procedure taken literally, *is the JSD-optimal matching better
+  than random one-to-one pairings of the same niches?* Statistic: the Hungarian-matched mean JSD (as for
+  ``"labels"``); null: mean JSD of random one-to-one pairings of the same niches (same JSD matrix). **This test
+  is degenerate**: the optimal matching is by construction the minimum of the mean JSD over all pairings, so no
+  random pairing is below it and only draws of the optimal pairing itself (probability ``1 / n_pairings``,
+  ``1/K!``) tie with it. Hence ``p = (1 + #ties) / (1 + n_permutations)``, about ``1/K!`` (0.0083 for K = 5),
+  whatever the labelings: random labels reach it (p = 0.0074 in one of our runs). It is provided to reproduce
+  the paper's number and to show why it is not evidence; the result records ``degenerate=True``.
 
 There is one Jensen-Shannon divergence in nichekd: :func:`jensen_shannon` (base 2, in [0, 1]).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +44,8 @@ from .._docs import inject_docs
 from .._layout import TABLE_KEY, get_table
 
 _EPS = 1e-12
-NULLS = ("labels", "pairings")
+NULLS = ("labels", "pairings", "optimal_vs_random_pairings")
+DEGENERATE_NULLS = ("optimal_vs_random_pairings",)
 PAIRINGS = ("auto", "names", "overlap")
 
 
@@ -205,14 +223,27 @@ class CompositionComparison:
     mean_jsd
         Mean JSD over matched pairs (lower: more similar compositions).
     p_value
-        Permutation p-value ``(1 + #{null <= observed}) / (1 + n_permutations)``.
+        Permutation p-value ``(1 + #{null <= observed}) / (1 + n_permutations)`` (ties within floating-point
+        rounding count).
     null
         The statistic under each permutation: matched mean JSD after permuting B's labels (``null_kind``
-        ``"labels"``), or mean JSD of random niche pairings (``"pairings"``).
+        ``"labels"``), or mean JSD of random one-to-one niche pairings (``"pairings"``,
+        ``"optimal_vs_random_pairings"``).
     jsd
         Full JSD matrix (A's niches x B's niches).
     composition_a, composition_b
         Niche x cell-type fractions under each labeling.
+    null_kind
+        The ``null`` that was run.
+    pairing
+        How the pairs were chosen: ``"names"`` or ``"overlap"`` (``null="pairings"``), ``"jsd"`` (Hungarian on the
+        JSD matrix, the other nulls).
+    n_pairings
+        Number of distinct one-to-one pairings the random-pairing nulls draw from (``K!`` for K niches on each
+        side); ``1 / n_pairings`` is about the smallest p they can give.
+    degenerate
+        True for ``null="optimal_vs_random_pairings"``: its p is about ``1 / n_pairings`` whatever the labelings
+        (see :func:`compare_compositions`), so it is not evidence that they agree.
     """
 
     pairs: pd.DataFrame
@@ -224,11 +255,15 @@ class CompositionComparison:
     composition_b: pd.DataFrame
     null_kind: str = "labels"
     pairing: str = "jsd"
+    n_pairings: int = 0
+    degenerate: bool = False
 
     def __repr__(self) -> str:
+        flag = ", degenerate=True (p ~ 1/n_pairings whatever the labels)" if self.degenerate else ""
         return (
             f"CompositionComparison(null={self.null_kind!r}, mean_jsd={self.mean_jsd:.4f}, "
-            f"p_value={self.p_value:.3g}, pairs={len(self.pairs)}, n_permutations={len(self.null)})"
+            f"p_value={self.p_value:.3g}, pairs={len(self.pairs)}, n_permutations={len(self.null)}, "
+            f"n_pairings={self.n_pairings}{flag})"
         )
 
 
@@ -253,14 +288,26 @@ def compare_compositions(
 ) -> CompositionComparison:
     """Do two niche labelings of the same cells have matching cell-type compositions?
 
-    Two nulls answer two questions (see the module docstring). ``null="pairings"`` (the paper's): niches are
-    paired without looking at compositions (``pairing``: by name when B's niches carry A's names, as the
-    student's do, else by the most shared cells), the statistic is the mean JSD of the pairs, and the null
-    pairs each paired niche of A with a random distinct niche of B. ``null="labels"``: niches of A and B are matched one-to-one by minimal Jensen-Shannon divergence (base 2) of their
-    cell-type compositions (Hungarian algorithm); the statistic is the mean JSD of matched pairs. The null
-    distribution permutes B's labels across cells (compositions drift to the average) and recomputes the
-    matched mean; ``p = (1 + #{null <= observed}) / (1 + n_permutations)``. Permutations are vectorised (one
-    sparse indicator product per batch), so 10,000 permutations of 5,000 cells take seconds.
+    The compositions of A's niches (``teacher_key``) and B's (``student_key``) are compared by Jensen-Shannon
+    divergence (base 2) and a permutation test asks one of three questions (``null``; the module docstring has
+    the details):
+
+    - ``"labels"`` (default): *can B's niches be matched to A's in composition better than niches of the same
+      sizes with randomly permuted cells?* Pairs: Hungarian matching on the JSD matrix; statistic: their mean
+      JSD; null: B's labels permuted across cells and re-matched each time. Rejected by any labelling with
+      composition structure (baselines included), so it shows structure, not correspondence.
+    - ``"pairings"``: *are niches paired without looking at compositions (``pairing``: same name, or most shared
+      cells) more alike than randomly paired niches?* Statistic: mean JSD of the fixed pairs; null: each paired
+      niche of A with a random distinct niche of B, compositions fixed. Shows that B's niches correspond to A's;
+      random or shuffled labellings are not significant. p is at least about ``1 / n_pairings`` (``1/K!``).
+    - ``"optimal_vs_random_pairings"``: the paper's procedure taken literally, *is the JSD-optimal (Hungarian)
+      matching better than random one-to-one pairings of the same niches?* **Degenerate**: the optimal matching
+      is by construction the minimum over all pairings, so only random draws of that same pairing tie with it
+      and ``p = (1 + #ties) / (1 + n_permutations)`` is about ``1/K!`` whatever the labelings (random labels
+      reach it). Use it only to reproduce the paper's number; the result has ``degenerate=True``.
+
+    ``p = (1 + #{null <= observed}) / (1 + n_permutations)``. The label permutations are vectorised (one sparse
+    indicator product per batch), so 10,000 permutations of 5,000 cells take seconds.
 
     Parameters
     ----------
@@ -281,7 +328,9 @@ def compare_compositions(
     batch_size
         Permutations per vectorised batch (memory ``batch_size x K x T``).
     null
-        ``"labels"`` (permute B's labels across cells) or ``"pairings"`` (random pairings of niches).
+        ``"labels"`` (permute B's labels across cells, re-match by JSD), ``"pairings"`` (fixed pairs against
+        random pairings of niches) or ``"optimal_vs_random_pairings"`` (JSD-optimal pairs against random
+        pairings; degenerate, see above).
     pairing
         For ``null="pairings"``: ``"names"`` (same category name), ``"overlap"`` (Hungarian on shared cells,
         as :func:`nichekd.tl.evaluate` matches baselines) or ``"auto"`` (names when every niche of B is a
@@ -289,13 +338,16 @@ def compare_compositions(
 
     Returns
     -------
-    :class:`CompositionComparison` with ``pairs`` (DataFrame), ``mean_jsd``, ``p_value``, ``null``, ``jsd``.
+    :class:`CompositionComparison` with ``pairs`` (DataFrame), ``mean_jsd``, ``p_value``, ``null``, ``jsd``,
+    ``n_pairings`` and ``degenerate``.
 
     Examples
     --------
     >>> res = nk.tl.compare_compositions(sdata, teacher_key="teacher_niche", student_key="predicted_niche", cell_type_key="cell_type")
     >>> res.pairs, res.mean_jsd, res.p_value
     >>> nk.tl.compare_compositions(sdata, teacher_key="teacher_niche", student_key="student_niche", cell_type_key="cell_type", null="pairings")
+    >>> nk.tl.compare_compositions(sdata, teacher_key="teacher_niche", student_key="student_niche", cell_type_key="cell_type", null="optimal_vs_random_pairings").degenerate
+    True
     """
     adata = get_table(sdata, table_key)
     if n_permutations < 0:
@@ -316,13 +368,20 @@ def compare_compositions(
         rows, cols, pairing = _fixed_pairs(la, lb, pairing)
         observed = float(jsd[rows, cols].mean())
         null_values = _pairing_null(jsd, rows, n_permutations, rng)
+        n_pairings = _n_injections(len(rows), kb)
     else:
         rows, cols = linear_sum_assignment(jsd)
         observed = float(jsd[rows, cols].mean())
-        null_values = _label_null(comp_a, cb, kb, weights, n_permutations, batch_size, rng)
+        if null == "optimal_vs_random_pairings":
+            null_values = _random_matching_null(jsd, n_permutations, rng)
+        else:
+            null_values = _label_null(comp_a, cb, kb, weights, n_permutations, batch_size, rng)
         pairing = "jsd"
+        n_pairings = _n_injections(min(ka, kb), max(ka, kb))
+    # the same pairing summed in another order may differ in the last bits: such ties count as ties
+    tol = 1e-12 * max(1.0, abs(observed))
     p_value = (
-        float((1 + (null_values <= observed).sum()) / (1 + n_permutations))
+        float((1 + (null_values <= observed + tol).sum()) / (1 + n_permutations))
         if n_permutations
         else float("nan")
     )
@@ -351,6 +410,8 @@ def compare_compositions(
         composition_b=pd.DataFrame(comp_b, index=pd.Index(lb.categories, name="niche"), columns=cols_idx),
         null_kind=null,
         pairing=pairing,
+        n_pairings=n_pairings,
+        degenerate=null in DEGENERATE_NULLS,
     )
 
 
@@ -384,6 +445,17 @@ def _pairing_null(jsd: np.ndarray, rows: np.ndarray, n: int, rng: np.random.Gene
     # the first len(rows) entries of a random permutation of B's niches: random distinct partners
     partners = np.argsort(rng.random((n, kb)), axis=1)[:, : len(rows)]
     return jsd[rows[None, :], partners].mean(1)
+
+
+def _random_matching_null(jsd: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Mean JSD of ``n`` random one-to-one pairings of all ``min(K_a, K_b)`` niches of the smaller side."""
+    d = jsd if jsd.shape[0] <= jsd.shape[1] else jsd.T
+    return _pairing_null(d, np.arange(d.shape[0]), n, rng)
+
+
+def _n_injections(m: int, k: int) -> int:
+    """Ways to pair ``m`` niches one-to-one with distinct niches among ``k``: ``k! / (k - m)!``."""
+    return math.perm(k, m)
 
 
 def _label_null(

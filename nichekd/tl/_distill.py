@@ -16,6 +16,7 @@ from .._neighbors import estimate_radius
 from .._utils import store_params
 from ..models.student import NicheStudent
 from ..pp._augment import views_of
+from ..pp._split import check_split_guards, split_groups
 
 # hard-label teachers: one-hot targets are smoothed so that log-probabilities stay finite
 LABEL_SMOOTHING = 0.1
@@ -454,6 +455,7 @@ def distill(
                 "to train on every cell."
             )
         split = adata.obs[split_key].astype(str).to_numpy()
+        check_split_guards(adata, split_key, teacher_key=teacher_key, features_key=features_key)
     labelled = np.isfinite(logits).all(1)
     trainable = (split == "train") & labelled
     teacher_params = adata.uns.get(teacher_key, {}).get("params", {}) if teacher_key in adata.uns else {}
@@ -490,7 +492,7 @@ def distill(
     train = trainable & ~val
     # neighbourhoods stay inside one section and one split part (validation is its own part)
     part = np.where(val, "val", split)
-    groups = np.char.add(np.char.add(libs.astype(str), "|"), part.astype(str))
+    groups = split_groups(libs, part)
 
     encoder = dict(adata.uns.get(features_key, {}).get("params", {})) if features_key in adata.uns else {}
     model = NicheStudent(
@@ -528,7 +530,12 @@ def distill(
         random_state=random_state,
         progress=progress,
     )
-    proba = model.predict_proba(feats, xy, groups=groups, views=views if tta else None, device=device)
+    # the stored answer is predict_niches' answer: neighbourhoods within (section, split part), the validation
+    # band back in its part (it was a part of its own only to keep the validation loss honest)
+    model.split_key = split_key
+    proba = model.predict_proba(
+        feats, xy, groups=split_groups(libs, split), views=views if tta else None, device=device
+    )
 
     # everything validated and computed: write
     write_niche_predictions(adata, key_added, proba, names)

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from .._docs import inject_docs
 from .._elements import micron_coords
 from .._layout import LIBRARY_KEY, TABLE_KEY, get_table
+from .._utils import keep_torch_threads
 from ..models.teacher import DEFAULT_N_NEIGHBORS, NicheTeacher
 
 K_SWEEP_COLUMNS = (
@@ -28,6 +29,7 @@ K_SWEEP_COLUMNS = (
 
 
 @inject_docs
+@keep_torch_threads()  # scanpy/squidpy's numba kernels reset torch's OpenMP threads
 def niche_k_sweep(
     sdata: Any,
     *,

@@ -25,6 +25,7 @@ from .._layout import (
 )
 from .._utils import read_params, store_run
 from ..models.student import NicheStudent
+from ..pp._split import split_groups
 from ._distill import check_niche_write, write_niche_predictions
 
 # settings of nk.pp.histology_features that determine the features (the rest is provenance or names the
@@ -259,6 +260,10 @@ def predict_niches(
     ``histology_features`` parameters), or reused when already present with the same settings: every setting
     is compared (None included), the stain reference too.
 
+    Neighbourhoods never cross a section and, on an object that carries the split column the model was
+    trained with (``obs['split']``), never a split part either, as in :func:`nichekd.tl.distill`: on the
+    object it was trained on, ``predict_niches`` gives the labels ``distill`` stored.
+
     Only the predicted rows are written: other rows of ``obs[key_added]`` keep what they hold (e.g. a loop over
     libraries keeps every library), and rows that already hold a prediction are refused unless
     ``overwrite=True``. Each call adds its record to ``uns[key_added]['runs']``; ``uns[key_added]['params']``
@@ -381,11 +386,16 @@ def predict_niches(
     views, aug_key = None, f"{features_key}_aug"
     if tta:
         views, aug_params = _tta_views(sdata, adata, target, feats, feat_params, features_key, table_key)
-    warn_sparse_neighbours(model, mean_neighbours(model, xy[sel], libs[sel]), "predict_niches")
+    # on an object that carries the model's split (the one it was trained on), neighbourhoods stay within
+    # each split part as in distill, so both give the same answer; elsewhere within each section
+    split_key = getattr(model, "split_key", None)
+    split = adata.obs[split_key].astype(str).to_numpy() if split_key and split_key in adata.obs else None
+    groups = split_groups(libs, split)
+    warn_sparse_neighbours(model, mean_neighbours(model, xy[sel], groups[sel]), "predict_niches")
     proba_sel = model.predict_proba(
         feats[sel],
         xy[sel],
-        groups=libs[sel],
+        groups=groups[sel],
         views=None if views is None else views[sel],
         batch_size=batch_size,
         device=device,
@@ -415,6 +425,7 @@ def predict_niches(
             "niche_names": model.niche_names,
             "radius_um": model.radius_um,
             "features_key": features_key,
+            "split_key": split_key if split is not None else None,
             "tiled": new_tiles is not None,
             "tile_size_um": tile_size_um,
             "grid": grid if new_tiles is not None else None,

@@ -5,18 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import anndata as ad
-import numpy as np
 import pandas as pd
 
 from .._docs import inject_docs
 from .._elements import micron_coords
 from .._graph import store_spatial_graph
-from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
-from .._utils import store_params
+from .._layout import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY, get_table, library_labels
+from .._utils import keep_torch_threads, store_params
 from ..models.teacher import DEFAULT_N_NEIGHBORS, NicheTeacher
+from ..pp._split import split_fingerprint, split_groups
 
 
 @inject_docs
+@keep_torch_threads()  # scanpy/squidpy's numba kernels reset torch's OpenMP threads
 def teacher_niches(
     sdata: Any,
     *,
@@ -27,7 +28,7 @@ def teacher_niches(
     cell_type_key: str | None = None,
     labels_key: str | None = None,
     library_key: str = LIBRARY_KEY,
-    split_key: str | None = None,
+    split_key: str | None = SPLIT_KEY,
     radius_um: float | None = None,
     n_neighbors_target: float = DEFAULT_N_NEIGHBORS,
     n_rings: int = 1,
@@ -77,7 +78,12 @@ def teacher_niches(
     library_key
         %(library_key)s
     split_key
-        %(split_key)s
+        %(split_key)s The default ``"split"`` is used when the table has that column (the paper's protocol:
+        run :func:`nichekd.pp.spatial_split` first): the teacher is then fitted on the cells outside the test
+        side only and every neighbourhood stays within its side, so test labels come from test-only
+        neighbourhoods and no training target depends on test expression. Without the column the teacher is
+        fitted on every cell (recorded as ``fitted_on="all"``); ``nk.tl.distill`` then warns. Another
+        name must exist; ``None`` fits on every cell even when a split exists (transductive).
     radius_um
         Neighbourhood radius in microns; by default estimated so the mean neighbour count equals
         ``n_neighbors_target`` (the paper's rule). The radius used is stored in ``uns[key_added]``.
@@ -135,6 +141,8 @@ def teacher_niches(
     >>> teacher.save("teacher/")
     """
     adata = get_table(sdata, table_key)
+    if split_key == SPLIT_KEY and split_key not in adata.obs:
+        split_key = None  # no split yet: the teacher sees every cell (recorded, and distill warns)
     teacher = NicheTeacher(
         n_niches,
         method=method,
@@ -181,6 +189,8 @@ def teacher_niches(
         "labels_key": labels_key,
         "library_key": library_key,
         "split_key": split_key,
+        "fitted_on": "all" if split_key is None else "outside test",
+        "split_fingerprint": None if split_key is None else split_fingerprint(adata, split_key),
         "radius_um": teacher.radius_um_,
         "radius_um_given": radius_um is not None,
         "n_neighbors_target": n_neighbors_target,
@@ -199,7 +209,11 @@ def teacher_niches(
         extra["label_names"] = dict(zip(teacher.niche_names_, teacher.encoder_["labels"], strict=True))
     store_params(target, key_added, params, **extra)
     if teacher.radius_um_ is not None:  # the teacher's neighbourhoods as squidpy's graph, for scverse tools
-        store_spatial_graph(target, xy_um, teacher.radius_um_, np.asarray(library_labels(adata, library_key)))
+        # the graph the teacher used: never across a section or the split
+        split = None if split_key is None else adata.obs[split_key].astype(str).to_numpy()
+        store_spatial_graph(
+            target, xy_um, teacher.radius_um_, split_groups(library_labels(adata, library_key), split)
+        )
 
     if return_model:
         return (target, teacher) if copy else teacher
