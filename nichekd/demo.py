@@ -91,12 +91,12 @@ def run_demo(
     sdata = nk.datasets.synthetic_tissue(
         n_cells=n_cells, n_niches=n_niches, random_state=seed, progress=progress
     )
-    step("teacher niches from expression")
-    nk.tl.teacher_niches(sdata, n_niches=n_niches, random_state=seed, progress=progress)
     step(f"H&E features ({backbone})")
     nk.pp.histology_features(sdata, backbone=backbone, key_added=features_key)
     step("spatial split: 4 horizontal strips, the 2nd from the top is the test strip")
     nk.pp.spatial_split(sdata, random_state=seed)
+    step("teacher niches from expression, fitted outside the test strip")
+    nk.tl.teacher_niches(sdata, n_niches=n_niches, random_state=seed, progress=progress)
     step(f"distilling the student ({architecture}, <= {epochs} epochs)")
     student = nk.tl.distill(
         sdata,

@@ -28,11 +28,12 @@ from test_predict import _cells, _image, fake_histology_features
 
 import nichekd as nk
 from nichekd import _validate
-from nichekd._layout import as_rgb_cyx, make_image, to_uint8
+from nichekd._layout import as_rgb_cyx, library_labels, make_image, to_uint8
 from nichekd._utils import read_params, store_params
 from nichekd.io._checks import MAX_IN_MEMORY_PIXELS, ReaderError, is_blank, read_image
 from nichekd.models import NicheStudent
 from nichekd.models._integrity import arrays_digest
+from nichekd.pp._split import split_groups
 from nichekd.tl import distill, predict_niches
 from nichekd.tl._distill import write_niche_predictions
 
@@ -630,7 +631,8 @@ def test_tta_averages_over_the_stored_views(trained_student):
     t.obsm["he_features_aug"] = views.reshape(len(feats), -1)
     t.uns["he_features_aug"] = {"params": {"features_key": "he_features"}}
     predict_niches(sdata, model, key_added="tta", tta=True)
-    expected = model.predict_proba(feats, t.obsm["spatial"], views=views)
+    groups = split_groups(library_labels(t), t.obs["split"].astype(str).to_numpy())  # distill's groups
+    expected = model.predict_proba(feats, t.obsm["spatial"], groups=groups, views=views)
     np.testing.assert_allclose(t.obsm["tta_proba"], expected, atol=1e-6)
 
 

@@ -14,9 +14,10 @@ from test_distill_data import one_torch_thread  # noqa: F401
 
 import nichekd.pp
 from nichekd._elements import resolve
-from nichekd._layout import build_library, get_table, make_image
+from nichekd._layout import build_library, get_table, library_labels, make_image
 from nichekd.models import NicheStudent
 from nichekd.pp import spatial_split
+from nichekd.pp._split import split_groups
 from nichekd.tl import distill, predict_niches
 
 MPP = 4.0
@@ -95,15 +96,25 @@ def trained(features, tmp_path):
     return sdata, model, tmp_path / "model"
 
 
+def _groups(t):
+    """distill's neighbourhood groups: section and split part."""
+    return split_groups(library_labels(t), t.obs["split"].astype(str).to_numpy())
+
+
 def test_predict_cells_reuses_matching_features(trained):
     sdata, model, _ = trained
     t = sdata.tables["table"]
     assert model.encoder["backbone"] == "colour" and model.encoder["patch_size_um"] == 40.0
     predict_niches(sdata, model, key_added="pred")
-    # on a whole slide neighbourhoods span the section (no split at prediction time)
-    expected = model.predict_proba(t.obsm["he_features"], t.obsm["spatial"])
+    # on the training object neighbourhoods stay within each split part, as in distill: the same answer
+    expected = model.predict_proba(t.obsm["he_features"], t.obsm["spatial"], groups=_groups(t))
     np.testing.assert_allclose(t.obsm["pred_proba"], expected, atol=1e-5)
-    assert (t.obs["pred"] == t.obs["student_niche"]).mean() > 0.95
+    np.testing.assert_array_equal(t.obs["pred"].astype(str), t.obs["student_niche"].astype(str))
+    # without the split column (a new slide) they span the section
+    del t.obs["split"]
+    predict_niches(sdata, model, key_added="whole")
+    whole = model.predict_proba(t.obsm["he_features"], t.obsm["spatial"])
+    np.testing.assert_allclose(t.obsm["whole_proba"], whole, atol=1e-5)
     assert list(t.obs["pred"].cat.categories) == ["pink", "purple"]
     assert (t.obs["pred"] == t.obs["teacher_niche"]).mean() > 0.9
 
@@ -117,7 +128,7 @@ def test_saved_model_predicts_the_same_after_zarr_round_trip(trained, tmp_path):
     del back.tables["table"].obsm["he_features"]  # force the replay of the encoder on the read-back image
     predict_niches(back, path, key_added="pred")
     t = sdata.tables["table"]
-    expected = model.predict_proba(t.obsm["he_features"], t.obsm["spatial"])
+    expected = model.predict_proba(t.obsm["he_features"], t.obsm["spatial"], groups=_groups(t))
     np.testing.assert_allclose(back.tables["table"].obsm["pred_proba"], expected, atol=1e-5)
 
 

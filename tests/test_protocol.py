@@ -123,3 +123,30 @@ def test_public_functions_leave_torch_threads_as_set(featured):
     nk.tl.teacher_niches(sdata, n_niches=K, progress=False)
     nk.tl.histology_baseline(sdata, method="leiden", n_niches=K)
     assert torch.get_num_threads() == 1
+
+
+def test_library_statistics_come_from_the_training_cells(featured):
+    sdata = _copy(featured)
+    t = sdata["table"]
+    nk.pp.histology_features(sdata, backbone="stain", device="cpu", standardize="library", key_added="z")
+    assert t.uns["z"]["params"]["statistics_from"] == "all"
+    with pytest.warns(UserWarning, match="statistics of every cell"):
+        nk.pp.spatial_split(sdata, features_key="z")
+    nk.pp.histology_features(
+        sdata, backbone="stain", device="cpu", standardize="library", key_added="z", overwrite=True
+    )
+    torch.set_num_threads(1)
+    assert t.uns["z"]["params"]["statistics_from"] == "train"
+    train = (t.obs["split"] == "train").to_numpy()
+    z = np.asarray(t.obsm["z"], dtype=np.float64)
+    np.testing.assert_allclose(z[train].mean(0), 0.0, atol=1e-4)
+    # tripling the raw test features would not move a training feature: the statistics ignore test rows
+    raw = np.asarray(t.obsm["X_stain"], dtype=np.float64)
+    from nichekd.pp._features import _standardize
+
+    libs = t.obs["library"].astype(str).to_numpy()
+    moved = raw.copy()
+    moved[~train] *= 3
+    np.testing.assert_array_equal(
+        _standardize(raw, libs, train)[train], _standardize(moved, libs, train)[train]
+    )

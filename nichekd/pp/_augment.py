@@ -66,12 +66,14 @@ def flip_rotate(patches: np.ndarray, rng: np.random.Generator, flips: bool = Tru
     return out
 
 
-def _library_standardize(views: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Z-score ``(n, V, d)`` views per library with statistics pooled over the views (as the originals were)."""
+def _library_standardize(views: np.ndarray, labels: np.ndarray, fit: np.ndarray | None = None) -> np.ndarray:
+    """Z-score ``(n, V, d)`` views per library with statistics pooled over the views (as the originals were),
+    from the library's training cells when there is a split (``fit``), as the originals."""
     out = np.empty_like(views)
     for lib in np.unique(labels):
         sel = labels == lib
-        pooled = views[sel].reshape(-1, views.shape[2])
+        ref = sel & fit if fit is not None and (sel & fit).any() else sel
+        pooled = views[ref].reshape(-1, views.shape[2])
         mu, sd = pooled.mean(0), pooled.std(0)
         out[sel] = (views[sel] - mu) / np.where(sd > 1e-8, sd, 1.0)
     return out
@@ -246,7 +248,7 @@ def augmented_features(
         )
     stacked = np.stack(views, 1)  # (n, V, d)
     if src.get("standardize") == "library":
-        stacked = _library_standardize(stacked, labels)
+        stacked = _library_standardize(stacked, labels, _features.fit_rows(table))
     d = np.asarray(table.obsm[features_key]).shape[1]
     if stacked.shape[2] != d:
         raise ValueError(f"Views have {stacked.shape[2]} features but obsm[{features_key!r}] has {d}.")

@@ -22,7 +22,7 @@ _SETTINGS = ("backbone", "weights", "checkpoint_path", "patch_size_um", "input_s
 # Keys recorded in params for provenance only; accepted (and ignored) on replay.
 _PROVENANCE = ("weights", "output_dim", "mpp_used", "pyramid_level", "embedding", "kind", "device_used",
                "versions", "date", "table_key", "library_key", "normalization", "precision_used",
-               "threads_used", "unset", "grid_nodes")  # fmt: skip
+               "threads_used", "unset", "grid_nodes", "statistics_from")  # fmt: skip
 
 
 def _centres(sdata, table: ad.AnnData, lib, shapes_key: str) -> np.ndarray:
@@ -64,12 +64,25 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _standardize(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Z-score every feature within each library (removes slide-level shifts)."""
+def fit_rows(table: ad.AnnData) -> np.ndarray | None:
+    """Rows whose statistics may shape features: the training cells of ``obs['split']`` when there is a split
+    (test features must not move training features), else ``None`` (every row)."""
+    if _layout.SPLIT_KEY not in table.obs:
+        return None
+    return (table.obs[_layout.SPLIT_KEY].astype(str) == "train").to_numpy()
+
+
+def _standardize(x: np.ndarray, labels: np.ndarray, fit: np.ndarray | None = None) -> np.ndarray:
+    """Z-score every feature within each library (removes slide-level shifts).
+
+    The statistics come from the library's rows in ``fit`` (its training cells), or from all its rows where it
+    has none (a held-out section is standardised on itself: that moves only its own features).
+    """
     out = x.copy()
     for lib in np.unique(labels):
         sel = labels == lib
-        mu, sd = x[sel].mean(0), x[sel].std(0)
+        ref = sel & fit if fit is not None and (sel & fit).any() else sel
+        mu, sd = x[ref].mean(0), x[ref].std(0)
         out[sel] = (x[sel] - mu) / np.where(sd > 1e-8, sd, 1.0)
     return out
 
@@ -264,7 +277,9 @@ def histology_features(
     if name != "precomputed":
         dev = resolve_device(device) if spec.kind != "handcrafted" else "cpu"
         if stain_normalization is not None:
-            reference = _reference(stain_normalization, stain_reference, per_lib, patch_size_um)
+            reference = _reference(
+                stain_normalization, stain_reference, per_lib, patch_size_um, fit_rows(table)
+            )
         encoder = _enc.build_encoder(
             backbone,
             spec,
@@ -290,14 +305,17 @@ def histology_features(
         )
         if readout is not None:
             feats = _grid.read_out(feats, readout, table.n_obs)
+    fit = fit_rows(table)
     if standardize == "library":
-        feats = _standardize(feats, labels)
+        feats = _standardize(feats, labels, fit)
 
     target = table.copy() if copy else table
     target.obsm[key_added] = feats.astype(np.float32, copy=False)
     params = {
         **replay,
         "stain_reference": reference,
+        # which cells the fitted statistics (library z-score, stain reference) came from
+        "statistics_from": ("train" if fit is not None else "all") if standardize or stain_normalization else None,
         "table_key": table_key, "library_key": library_key,
         "output_dim": int(feats.shape[1]), "kind": spec.kind, "embedding": spec.embedding,
         "normalization": {"mean": list(spec.mean), "std": list(spec.std), "scale": "x / 255"},
@@ -363,8 +381,11 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def _reference(method: str, reference: Any, plan: dict, patch_size_um: float) -> dict[str, Any]:
-    """Stain reference: given as a dict, or computed from up to 256 patches of the given libraries."""
+def _reference(
+    method: str, reference: Any, plan: dict, patch_size_um: float, fit: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Stain reference: given as a dict, or computed from up to 256 patches of the given libraries (of their
+    training cells when there is a split: ``fit``)."""
     if isinstance(reference, Mapping):
         ref = dict(reference)
         if ref.get("method", method) != method:
@@ -376,9 +397,14 @@ def _reference(method: str, reference: Any, plan: dict, patch_size_um: float) ->
         raise KeyError(f"stain_reference libraries {missing} are not in the table ({list(plan)}).")
     rng = np.random.default_rng(0)
     patches = []
+    if fit is not None and reference is None:  # held-out sections do not shape the default reference
+        libs = [lib for lib in libs if fit[plan[lib]["rows"]].any()] or libs
     for lib in libs:
         p = plan[lib]
-        pick = np.sort(rng.choice(len(p["rows"]), min(256 // len(libs) + 1, len(p["rows"])), replace=False))
+        pool = np.arange(len(p["rows"]))
+        if fit is not None and fit[p["rows"]].any():
+            pool = pool[fit[p["rows"]]]  # its training cells only
+        pick = np.sort(rng.choice(pool, min(256 // len(libs) + 1, len(pool)), replace=False))
         patches.append(_image.read_patches(p["pyramid"], p["centres"][pick], patch_size_um, 64))
     return _enc._stain.stain_reference(method, np.concatenate(patches))
 

@@ -12,7 +12,7 @@ from .. import _dask, _elements, _image, _layout
 from .._docs import inject_docs
 from .._utils import store_params
 from ..models import encoders as _enc
-from ._features import _standardize, histology_features
+from ._features import _standardize, fit_rows, histology_features
 
 
 def _partition_table(
@@ -191,7 +191,7 @@ def histology_features_dask(
     for rows, (f, _) in zip(parts, results, strict=True):
         feats[rows] = f
     if standardize == "library":
-        feats = _standardize(feats, labels)
+        feats = _standardize(feats, labels, fit_rows(table))
     params = results[0][1]
     for field in ("mpp_used", "pyramid_level"):  # per library: merge the partitions' records
         params[field] = {k: v for _, p in results for k, v in p.get(field, {}).items()}
@@ -199,6 +199,9 @@ def histology_features_dask(
         image_key=image_key,
         library_key=library_key,
         standardize=standardize,
+        statistics_from=("train" if fit_rows(table) is not None else "all")
+        if standardize or params.get("stain_normalization")
+        else None,
         table_key=table_key,
         partitions=len(parts),
         partition_size=int(partition_size),

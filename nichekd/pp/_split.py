@@ -113,6 +113,21 @@ def split_fingerprint(adata: ad.AnnData, split_key: str) -> str:
     return hashlib.sha256(labels.tobytes()).hexdigest()[:16]
 
 
+def warn_features_fitted_on_all(adata: ad.AnnData, keys, stacklevel: int = 3) -> None:
+    """Warn about features whose fitted statistics (library z-score, stain reference) include test cells."""
+    for key in keys:
+        entry = adata.uns.get(key)
+        params = entry.get("params", {}) if isinstance(entry, dict) else {}
+        if params.get("statistics_from") == "all":
+            warnings.warn(
+                f"obsm[{key!r}] was standardised or stain-normalised with statistics of every cell, the test "
+                "cells included, so test features move training features. Recompute it after the split: "
+                f"nk.pp.histology_features(sdata, ..., key_added={key!r}, overwrite=True).",
+                UserWarning,
+                stacklevel=stacklevel,
+            )
+
+
 def check_split_guards(
     adata: ad.AnnData, split_key: str, *, teacher_key: str | None, features_key: str | None
 ):
@@ -141,6 +156,8 @@ def check_split_guards(
             if split_params.get("buffer_from") != "given":
                 raise ValueError(message)
             warnings.warn(message, UserWarning, stacklevel=3)
+    if features_key:
+        warn_features_fitted_on_all(adata, [features_key], stacklevel=4)
     entry = adata.uns.get(teacher_key) if teacher_key is not None else None
     params = entry.get("params", {}) if isinstance(entry, dict) else {}
     if not params or params.get("method") == "labels":
@@ -371,4 +388,5 @@ def spatial_split(
     }
     counts = {lab: int((labels == lab).sum()) for lab in SPLIT_LABELS}
     store_params(adata, key_added, params, counts=counts)
+    warn_features_fitted_on_all(adata, [k for k in adata.uns if k != key_added])
     return adata if copy else None

@@ -194,7 +194,8 @@ def histology_baseline(
     n_components
         For ``"teacher"``: whitened principal components kept, as ``nk.tl.distill(n_components=)``.
     split_key
-        %(split_key)s The default ``"split"`` is used when the table has that column: every fit (the features'
+        %(split_key)s
+        The default ``"split"`` is used when the table has that column: every fit (the features'
         standardisation, the PCA, the clustering or mixture) uses the training cells only, as the student's
         does, the other cells take the fitted model's label, and neighbourhoods stay within each section and
         split part, so test labels never depend on training, buffer or other-part features. ``None``: the

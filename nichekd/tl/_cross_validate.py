@@ -7,6 +7,7 @@ features, against the teacher on the held-out cells.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -66,6 +67,7 @@ def cross_validate(
     architecture: str = "transformer",
     baselines: Sequence[str] = ("leiden", "kmeans", "teacher"),
     neighbourhood_baselines: bool = True,
+    transductive_baselines: bool = False,
     distill_kwargs: Mapping[str, Any] | None = None,
     random_state: int = 0,
     table_key: str = TABLE_KEY,
@@ -74,10 +76,14 @@ def cross_validate(
     """Leave-one-section-out (or leave-one-block-out) scores of the student and the baselines.
 
     For every fold, a student is distilled (``nk.tl.distill``) on the training cells only and predicts the
-    held-out cells; every baseline (``nk.tl.histology_baseline``) clusters the held-out cells' features alone
-    (the most favourable setting for an unsupervised method). Both are scored against the teacher on the
-    held-out cells. The teacher (``teacher_key``) is computed beforehand, on all sections jointly, e.g. with
-    ``nk.tl.teacher_niches(sdata, K, batch_correct=True)``. Nothing is written to ``sdata``.
+    held-out cells; every baseline (``nk.tl.histology_baseline``) is fitted on the same training cells and
+    labels the held-out cells with neighbourhoods within the held-out part, as the student does (the
+    transductive variant, ``transductive_baselines=True``, clusters the held-out cells' features alone: the
+    most favourable setting for an unsupervised method, and not the student's footing). Both are scored
+    against the teacher on the held-out cells. The teacher (``teacher_key``) is computed beforehand, on all
+    sections jointly (one label space), e.g. with ``nk.tl.teacher_niches(sdata, K, batch_correct=True)``; it
+    has then seen the held-out sections' expression (a warning says so once). Nothing is written to
+    ``sdata``.
 
     Parameters
     ----------
@@ -110,6 +116,8 @@ def cross_validate(
     neighbourhood_baselines
         Also run ``leiden``/``kmeans`` on ``[own, neighbourhood-mean]`` features (names ``leiden_nbr``,
         ``kmeans_nbr``): the morphology baselines that see the same context as the student.
+    transductive_baselines
+        Fit each baseline on the held-out cells themselves instead of the training cells.
     distill_kwargs
         Further arguments of ``nk.tl.distill`` (``epochs``, ``tta``, ``augmented_key``, ...).
     random_state
@@ -144,6 +152,14 @@ def cross_validate(
     if unknown:
         raise ValueError(f"Unknown baselines {unknown}; choose from {BASELINES}.")
     logits, names, _ = teacher_targets(adata, teacher_key)
+    teacher = adata.uns.get(teacher_key, {}).get("params", {}) if teacher_key in adata.uns else {}
+    if teacher and teacher.get("method") != "labels" and teacher.get("split_key") is None:
+        warnings.warn(
+            f"The teacher {teacher_key!r} was fitted on every section, the held-out ones included (one label "
+            "space for all folds): the student's targets on the training sections depend on held-out expression.",
+            UserWarning,
+            stacklevel=2,
+        )
     features_key = resolve_features_key(adata, features_key)
     if features_key not in adata.obsm:
         raise KeyError(
@@ -218,25 +234,37 @@ def cross_validate(
         test = (lab == "test") & labelled
         work = base.copy()
         work.obs[_SPLIT] = pd.Categorical(lab.astype(str), categories=["train", "test", "buffer"])
-        distill(work, teacher_key=teacher_key, features_key=features_key, split_key=_SPLIT,
-                architecture=architecture, random_state=random_state, key_added="_student",
-                library_key=library_key, **kwargs)  # fmt: skip
+        with warnings.catch_warnings():  # said once above, not per fold
+            warnings.filterwarnings("ignore", message="The teacher .* was fitted on every cell")
+            distill(work, teacher_key=teacher_key, features_key=features_key, split_key=_SPLIT,
+                    architecture=architecture, random_state=random_state, key_added="_student",
+                    library_key=library_key, **kwargs)  # fmt: skip
         student = work.obs["_student"].astype(str).to_numpy()
+        variants = [(m, False) for m in baselines]
+        if neighbourhood_baselines:
+            variants += [(m, True) for m in baselines if m != "teacher"]
+        fitted = {}
+        if not transductive_baselines:  # fitted on this fold's training cells, as the student
+            for method, nbr in variants:
+                histology_baseline(work, method=method, n_niches=k, features_key=features_key,
+                                   neighbourhood=nbr, key_added="_baseline", library_key=library_key,
+                                   split_key=_SPLIT, random_state=random_state)  # fmt: skip
+                fitted[(method, nbr)] = work.obs["_baseline"].astype(str).to_numpy()
         # a fold of several sections (fold_key) is scored section by section
         scored = [(str(fold), test)] if fold_key is None else [
             (s, test & (libs == s)) for s in pd.unique(libs[test])
         ]  # fmt: skip
         for name, cells in scored:
             preds = {"student": student[cells]}
-            held = base[cells].copy()
-            variants = [(m, False) for m in baselines]
-            if neighbourhood_baselines:
-                variants += [(m, True) for m in baselines if m != "teacher"]
+            held = base[cells].copy() if transductive_baselines else None
             for method, nbr in variants:
                 bname = f"{method}_nbr" if nbr else method
+                if held is None:
+                    preds[bname] = fitted[(method, nbr)][cells]
+                    continue
                 histology_baseline(held, method=method, n_niches=k, features_key=features_key,
                                    neighbourhood=nbr, key_added="_baseline", library_key=library_key,
-                                   random_state=random_state)  # fmt: skip
+                                   split_key=None, random_state=random_state)  # fmt: skip
                 preds[bname] = held.obs["_baseline"].astype(str).to_numpy()
             y = truth[cells]
             for method, pred in preds.items():

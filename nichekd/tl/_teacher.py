@@ -78,7 +78,8 @@ def teacher_niches(
     library_key
         %(library_key)s
     split_key
-        %(split_key)s The default ``"split"`` is used when the table has that column (the paper's protocol:
+        %(split_key)s
+        The default ``"split"`` is used when the table has that column (the paper's protocol:
         run :func:`nichekd.pp.spatial_split` first): the teacher is then fitted on the cells outside the test
         side only and every neighbourhood stays within its side, so test labels come from test-only
         neighbourhoods and no training target depends on test expression. Without the column the teacher is
