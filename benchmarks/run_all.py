@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 import bench_dask  # noqa: E402
 import bench_hd  # noqa: E402
+import bench_protocol  # noqa: E402
 import bench_quality  # noqa: E402
 import bench_scale  # noqa: E402
 
@@ -122,6 +123,10 @@ def write_results() -> Path:
     if quality:
         lines += [*_common.header_lines(quality["machine"]), ""]
     lines += bench_quality.report(quality)
+    protocol = _common.load_results("protocol")
+    if protocol:  # issue 20: the same benchmark under the old and the new default protocol, in one table
+        lines += ["### The paper's protocol by default: before and after", ""]
+        lines += [line for line in bench_protocol.report(protocol)[1:]]
     lines += ["## Speed: encoders", "", *encoders_section()]
     lines += ["## Speed and memory by size", ""]
     if scale and scale.get("runs"):

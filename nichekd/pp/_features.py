@@ -22,7 +22,7 @@ _SETTINGS = ("backbone", "weights", "checkpoint_path", "patch_size_um", "input_s
 # Keys recorded in params for provenance only; accepted (and ignored) on replay.
 _PROVENANCE = ("weights", "output_dim", "mpp_used", "pyramid_level", "embedding", "kind", "device_used",
                "versions", "date", "table_key", "library_key", "normalization", "precision_used",
-               "threads_used", "unset", "grid_nodes", "statistics_from")  # fmt: skip
+               "threads_used", "unset", "grid_nodes", "statistics_from", "fitted_statistics")  # fmt: skip
 
 
 def _centres(sdata, table: ad.AnnData, lib, shapes_key: str) -> np.ndarray:
@@ -62,6 +62,17 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, list | tuple | np.ndarray) and isinstance(b, list | tuple | np.ndarray):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
+
+
+def fitted_statistics(
+    standardize: str | None, stain_normalization: str | None, stain_reference: Any
+) -> list[str]:
+    """The statistics ``histology_features`` fits on the table's cells: the library z-score, and the stain
+    reference unless one was given as a dict."""
+    out = ["library z-score"] if standardize == "library" else []
+    if stain_normalization is not None and not isinstance(stain_reference, Mapping):
+        out.append("stain reference")
+    return out
 
 
 def fit_rows(table: ad.AnnData) -> np.ndarray | None:
@@ -314,8 +325,11 @@ def histology_features(
     params = {
         **replay,
         "stain_reference": reference,
-        # which cells the fitted statistics (library z-score, stain reference) came from
-        "statistics_from": ("train" if fit is not None else "all") if standardize or stain_normalization else None,
+        # which statistics were fitted on these cells (library z-score, stain reference), and on which cells
+        "fitted_statistics": fitted_statistics(standardize, stain_normalization, stain_reference),
+        "statistics_from": ("train" if fit is not None else "all")
+        if fitted_statistics(standardize, stain_normalization, stain_reference)
+        else None,
         "table_key": table_key, "library_key": library_key,
         "output_dim": int(feats.shape[1]), "kind": spec.kind, "embedding": spec.embedding,
         "normalization": {"mean": list(spec.mean), "std": list(spec.std), "scale": "x / 255"},

@@ -113,12 +113,22 @@ def split_fingerprint(adata: ad.AnnData, split_key: str) -> str:
     return hashlib.sha256(labels.tobytes()).hexdigest()[:16]
 
 
-def warn_features_fitted_on_all(adata: ad.AnnData, keys, stacklevel: int = 3) -> None:
-    """Warn about features whose fitted statistics (library z-score, stain reference) include test cells."""
+def warn_features_fitted_on_all(adata: ad.AnnData, keys, split_key: str, stacklevel: int = 3) -> None:
+    """Warn about features whose fitted statistics let test cells move training features: a stain reference
+    from every cell, or a library z-score of a library that has both test and other cells."""
+    split = adata.obs[split_key].astype(str).to_numpy()
+    if not (split == "test").any():
+        return
     for key in keys:
         entry = adata.uns.get(key)
         params = entry.get("params", {}) if isinstance(entry, dict) else {}
-        if params.get("statistics_from") == "all":
+        if params.get("statistics_from") != "all":
+            continue
+        fitted = list(np.atleast_1d(params.get("fitted_statistics", ["library z-score", "stain reference"])))
+        libs = np.asarray(library_labels(adata, params.get("library_key") or LIBRARY_KEY)).astype(str)
+        mixed = any((split[libs == lib] == "test").any() and (split[libs == lib] != "test").any()
+                    for lib in np.unique(libs))  # fmt: skip
+        if "stain reference" in fitted or ("library z-score" in fitted and mixed):
             warnings.warn(
                 f"obsm[{key!r}] was standardised or stain-normalised with statistics of every cell, the test "
                 "cells included, so test features move training features. Recompute it after the split: "
@@ -157,7 +167,7 @@ def check_split_guards(
                 raise ValueError(message)
             warnings.warn(message, UserWarning, stacklevel=3)
     if features_key:
-        warn_features_fitted_on_all(adata, [features_key], stacklevel=4)
+        warn_features_fitted_on_all(adata, [features_key], split_key, stacklevel=4)
     entry = adata.uns.get(teacher_key) if teacher_key is not None else None
     params = entry.get("params", {}) if isinstance(entry, dict) else {}
     if not params or params.get("method") == "labels":
@@ -388,5 +398,5 @@ def spatial_split(
     }
     counts = {lab: int((labels == lab).sum()) for lab in SPLIT_LABELS}
     store_params(adata, key_added, params, counts=counts)
-    warn_features_fitted_on_all(adata, [k for k in adata.uns if k != key_added])
+    warn_features_fitted_on_all(adata, [k for k in adata.uns if k != key_added], key_added)
     return adata if copy else None
