@@ -59,3 +59,28 @@ def test_scvi_latent_bad_input(mob, tmp_path):
     with pytest.raises(ValueError, match="negative"):
         nk.pp.scvi_latent(t, max_epochs=1)
     assert set(mob["table"].obsm) == before and "X_scVI" not in t.obsm
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_scvi_latent_with_a_split_never_sees_the_test_cells(mob):
+    t = mob["table"].copy()
+    nk.pp.spatial_split(t, buffer_um=150)
+    test = (t.obs["split"] == "test").to_numpy()
+    clean = nk.pp.scvi_latent(t, max_epochs=3, n_latent=4, progress=False, copy=True)
+    assert clean.uns["X_scVI"]["params"]["fitted_on"] == "outside test"
+    noisy = t.copy()
+    x = noisy.X.toarray() if hasattr(noisy.X, "toarray") else np.asarray(noisy.X).copy()
+    x[test] = np.random.default_rng(0).poisson(3.0, size=x[test].shape)
+    noisy.X = x.astype(np.float32)
+    moved = nk.pp.scvi_latent(noisy, max_epochs=3, n_latent=4, progress=False, copy=True)
+    # training cells' latents do not depend on test expression; the test cells' do
+    np.testing.assert_allclose(moved.obsm["X_scVI"][~test], clean.obsm["X_scVI"][~test], atol=1e-5)
+    assert not np.allclose(moved.obsm["X_scVI"][test], clean.obsm["X_scVI"][test], atol=1e-3)
+    # a held-out section is a batch no training cell has: refused with the way out named
+    held = mob["table"].copy()
+    nk.pp.spatial_split(held, method="libraries", test_libraries=["MOB3"])
+    keys, uns = set(held.obsm), set(held.uns)
+    with pytest.raises(ValueError, match="batch_key=None"):
+        nk.pp.scvi_latent(held, max_epochs=1, progress=False)
+    assert set(held.obsm) == keys and set(held.uns) == uns  # refused before anything is written

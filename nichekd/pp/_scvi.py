@@ -9,7 +9,7 @@ import anndata as ad
 import numpy as np
 
 from .._docs import inject_docs
-from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
+from .._layout import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY, get_table, library_labels
 from .._utils import store_params
 
 
@@ -36,6 +36,7 @@ def scvi_latent(
     batch_size: int = 128,
     model_path: str | Path | None = None,
     save_path: str | Path | None = None,
+    split_key: str | None = SPLIT_KEY,
     table_key: str = TABLE_KEY,
     key_added: str = "X_scVI",
     accelerator: str = "cpu",
@@ -70,6 +71,12 @@ def scvi_latent(
         the table must have the same genes and only batches the model knows.
     save_path
         Folder to save the fitted model to (overwritten).
+    split_key
+        %(split_key)s
+        The default ``"split"`` is used when the table has that column: scVI is trained on the cells outside
+        the test part only (as the teacher is), then encodes every cell, so no training cell's latent depends
+        on test expression; test cells must then belong to batches that training cells have. ``None``: trained
+        on every cell (transductive).
     table_key
         %(table_key)s
     key_added
@@ -111,6 +118,17 @@ def scvi_latent(
         raise FileNotFoundError(
             f"model_path={str(model_path)!r} is not a folder written by scvi_latent(save_path=)."
         )
+    if split_key == SPLIT_KEY and split_key not in adata.obs:
+        split_key = None  # no split: trained on every cell
+    if split_key is not None and split_key not in adata.obs:
+        raise KeyError(f"No split in obs[{split_key!r}]; run nk.pp.spatial_split or pass split_key=None.")
+    fit = (
+        np.ones(adata.n_obs, bool)
+        if split_key is None or model_path is not None
+        else (adata.obs[split_key].astype(str) != "test").to_numpy()
+    )
+    if not fit.any():
+        raise ValueError(f"Every cell is 'test' in obs[{split_key!r}]: nothing to train scVI on.")
     scvi = _import_scvi()
     scvi.settings.seed = int(random_state)
     # a bare table for scvi-tools (it writes its registry into uns/obs): the user's table stays untouched
@@ -123,12 +141,21 @@ def scvi_latent(
             else adata.obs[batch_key].astype(str).astype("category")
         )
         work.obs["batch"] = np.asarray(labels).astype(str)
-    scvi.model.SCVI.setup_anndata(work, batch_key="batch" if batch_key is not None else None)
+        unseen = sorted(set(work.obs["batch"][~fit]) - set(work.obs["batch"][fit]))
+        if unseen:
+            raise ValueError(
+                f"Batches {unseen} have only test cells: scVI trained on the training cells cannot encode them. "
+                "Pass batch_key=None (one batch), or split_key=None to train on every cell (transductive)."
+            )
+    batch = "batch" if batch_key is not None else None
     if model_path is not None:
+        scvi.model.SCVI.setup_anndata(work, batch_key=batch)
         model = scvi.model.SCVI.load(str(model_path), adata=work, accelerator=accelerator)
         history = None
     else:
-        model = scvi.model.SCVI(work, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers)
+        train = work if fit.all() else work[fit].copy()  # the test part never reaches the model
+        scvi.model.SCVI.setup_anndata(train, batch_key=batch)
+        model = scvi.model.SCVI(train, n_latent=n_latent, n_hidden=n_hidden, n_layers=n_layers)
         model.train(
             max_epochs=int(max_epochs),
             batch_size=batch_size,
@@ -136,13 +163,15 @@ def scvi_latent(
             enable_progress_bar=progress,
         )
         history = model.history.get("elbo_train")
-    latent = np.asarray(model.get_latent_representation(), dtype=np.float32)
+    latent = np.asarray(model.get_latent_representation(adata=work), dtype=np.float32)
     if save_path is not None:
         model.save(str(save_path), overwrite=True)
     target = adata.copy() if copy else adata
     target.obsm[key_added] = latent
     params = {
         "batch_key": batch_key,
+        "split_key": split_key if model_path is None else None,
+        "fitted_on": None if model_path is not None else ("all" if fit.all() else "outside test"),
         "layer": layer,
         "n_latent": int(latent.shape[1]),
         "n_hidden": n_hidden,
