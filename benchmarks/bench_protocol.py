@@ -7,8 +7,8 @@ seeds, tagging the rows::
     .venv/bin/python benchmarks/bench_protocol.py --checkout /tmp/before --tag before
     .venv/bin/python benchmarks/bench_protocol.py --tag after
 
-Sets: synthetic cells (K=5, 5,000 cells), synthetic Visium-like spots (K=5) and ``st_mob`` (strips; whole held-out
-sections MOB2 + MOB4). Rows go to ``results/protocol.json``; the report to ``results_protocol.md``.
+Sets: those of ``bench_quality.py``: synthetic cells (5,000) and Visium-like spots, K=5 and K=10, and ``st_mob``
+(strips; whole held-out sections MOB2 + MOB4), K=5. Rows go to ``results/protocol.json``; the report to ``results_protocol.md``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ import _common  # noqa: E402
 
 SETS = {
     "synthetic cell K=5": ("synthetic", "cell", 5, 5_000, {"method": "strips"}),
+    "synthetic cell K=10": ("synthetic", "cell", 10, 5_000, {"method": "strips"}),
     "synthetic spot K=5": ("synthetic", "spot", 5, 60_000, {"method": "strips"}),
+    "synthetic spot K=10": ("synthetic", "spot", 10, 60_000, {"method": "strips"}),
     "st_mob strips K=5": ("st_mob", "strips", 5, None, {"method": "strips"}),
     "st_mob held-out sections K=5": (
         "st_mob",
