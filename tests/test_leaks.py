@@ -37,7 +37,7 @@ PIPELINE = (
 def test_the_pipeline_is_the_readmes():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split("## Quickstart", 1)[1].split("```python", 1)[1].split("```", 1)[0]
-    calls = [c for c in re.findall(r"nk\.((?:pp|tl)\.\w+)\(", block)]
+    calls = re.findall(r"nk\.((?:pp|tl)\.\w+)\(", block)
     assert tuple(dict.fromkeys(calls)) == PIPELINE
 
 

@@ -68,15 +68,12 @@ def flip_rotate(patches: np.ndarray, rng: np.random.Generator, flips: bool = Tru
 
 def _library_standardize(views: np.ndarray, labels: np.ndarray, fit: np.ndarray | None = None) -> np.ndarray:
     """Z-score ``(n, V, d)`` views per library with statistics pooled over the views (as the originals were),
-    from the library's training cells when there is a split (``fit``), as the originals."""
-    out = np.empty_like(views)
-    for lib in np.unique(labels):
-        sel = labels == lib
-        ref = sel & fit if fit is not None and (sel & fit).any() else sel
-        pooled = views[ref].reshape(-1, views.shape[2])
-        mu, sd = pooled.mean(0), pooled.std(0)
-        out[sel] = (views[sel] - mu) / np.where(sd > 1e-8, sd, 1.0)
-    return out
+    from the library's training cells when there is a split (``fit``): the originals' rule on every view."""
+    n, v, d = views.shape
+    flat = _features._standardize(
+        views.reshape(n * v, d), np.repeat(labels, v), None if fit is None else np.repeat(fit, v)
+    )
+    return flat.reshape(n, v, d)
 
 
 @inject_docs

@@ -75,6 +75,13 @@ def fitted_statistics(
     return out
 
 
+def statistics_from(fitted: list[str], fit: np.ndarray | None) -> str | None:
+    """The cells the fitted statistics came from: ``"train"``, ``"all"``, or ``None`` when nothing was fitted."""
+    if not fitted:
+        return None
+    return "train" if fit is not None else "all"
+
+
 def fit_rows(table: ad.AnnData) -> np.ndarray | None:
     """Rows whose statistics may shape features: the training cells of ``obs['split']`` when there is a split
     (test features must not move training features), else ``None`` (every row)."""
@@ -285,12 +292,12 @@ def histology_features(
         )
 
     reference, readout = None, None
+    fit = fit_rows(table)  # the cells whose statistics may shape the features (training cells of a split)
+    fitted = fitted_statistics(standardize, stain_normalization, stain_reference)
     if name != "precomputed":
         dev = resolve_device(device) if spec.kind != "handcrafted" else "cpu"
         if stain_normalization is not None:
-            reference = _reference(
-                stain_normalization, stain_reference, per_lib, patch_size_um, fit_rows(table)
-            )
+            reference = _reference(stain_normalization, stain_reference, per_lib, patch_size_um, fit)
         encoder = _enc.build_encoder(
             backbone,
             spec,
@@ -316,7 +323,6 @@ def histology_features(
         )
         if readout is not None:
             feats = _grid.read_out(feats, readout, table.n_obs)
-    fit = fit_rows(table)
     if standardize == "library":
         feats = _standardize(feats, labels, fit)
 
@@ -326,10 +332,8 @@ def histology_features(
         **replay,
         "stain_reference": reference,
         # which statistics were fitted on these cells (library z-score, stain reference), and on which cells
-        "fitted_statistics": fitted_statistics(standardize, stain_normalization, stain_reference),
-        "statistics_from": ("train" if fit is not None else "all")
-        if fitted_statistics(standardize, stain_normalization, stain_reference)
-        else None,
+        "fitted_statistics": fitted,
+        "statistics_from": statistics_from(fitted, fit),
         "table_key": table_key, "library_key": library_key,
         "output_dim": int(feats.shape[1]), "kind": spec.kind, "embedding": spec.embedding,
         "normalization": {"mean": list(spec.mean), "std": list(spec.std), "scale": "x / 255"},

@@ -12,7 +12,7 @@ from .. import _dask, _elements, _image, _layout
 from .._docs import inject_docs
 from .._utils import store_params
 from ..models import encoders as _enc
-from ._features import _standardize, fit_rows, histology_features
+from ._features import _standardize, fit_rows, fitted_statistics, histology_features, statistics_from
 
 
 def _partition_table(
@@ -190,18 +190,20 @@ def histology_features_dask(
     feats = np.empty((table.n_obs, results[0][0].shape[1]), dtype=np.float32)
     for rows, (f, _) in zip(parts, results, strict=True):
         feats[rows] = f
+    fit = fit_rows(table)
     if standardize == "library":
-        feats = _standardize(feats, labels, fit_rows(table))
+        feats = _standardize(feats, labels, fit)
     params = results[0][1]
     for field in ("mpp_used", "pyramid_level"):  # per library: merge the partitions' records
         params[field] = {k: v for _, p in results for k, v in p.get(field, {}).items()}
+    # a stain reference is passed to every partition as a dict: only the library z-score is fitted here
+    fitted = fitted_statistics(standardize, params.get("stain_normalization"), params.get("stain_reference"))
     params.update(
         image_key=image_key,
         library_key=library_key,
         standardize=standardize,
-        statistics_from=("train" if fit_rows(table) is not None else "all")
-        if standardize or params.get("stain_normalization")
-        else None,
+        fitted_statistics=fitted,
+        statistics_from=statistics_from(fitted, fit),
         table_key=table_key,
         partitions=len(parts),
         partition_size=int(partition_size),

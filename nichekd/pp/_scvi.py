@@ -11,6 +11,7 @@ import numpy as np
 from .._docs import inject_docs
 from .._layout import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY, get_table, library_labels
 from .._utils import store_params
+from ._split import resolve_split_key
 
 
 def _import_scvi():
@@ -118,10 +119,7 @@ def scvi_latent(
         raise FileNotFoundError(
             f"model_path={str(model_path)!r} is not a folder written by scvi_latent(save_path=)."
         )
-    if split_key == SPLIT_KEY and split_key not in adata.obs:
-        split_key = None  # no split: trained on every cell
-    if split_key is not None and split_key not in adata.obs:
-        raise KeyError(f"No split in obs[{split_key!r}]; run nk.pp.spatial_split or pass split_key=None.")
+    split_key = resolve_split_key(adata, split_key)  # no split: trained on every cell
     fit = (
         np.ones(adata.n_obs, bool)
         if split_key is None or model_path is not None

@@ -16,7 +16,7 @@ import pandas as pd
 
 from .._docs import inject_docs
 from .._elements import micron_coords
-from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
+from .._layout import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY, get_table, library_labels
 from .._utils import store_params
 
 SPLIT_LABELS = ("train", "test", "buffer")
@@ -94,6 +94,16 @@ def _largest_patch(adata: ad.AnnData, features_key: str | None) -> tuple[float |
         return None, None
     key = max(reads, key=reads.get)
     return reads[key], key
+
+
+def resolve_split_key(adata: ad.AnnData, split_key: str | None) -> str | None:
+    """The split a fit should respect: the default ``"split"`` where the table has it (else ``None``: every
+    cell), any other name only if it exists."""
+    if split_key == SPLIT_KEY and split_key not in adata.obs:
+        return None
+    if split_key is not None and split_key not in adata.obs:
+        raise KeyError(f"No split in obs[{split_key!r}]; run nk.pp.spatial_split or pass split_key=None.")
+    return split_key
 
 
 def split_groups(libraries: np.ndarray, split: np.ndarray | None) -> np.ndarray:

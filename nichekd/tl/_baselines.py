@@ -15,7 +15,7 @@ from .._elements import micron_coords
 from .._layout import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY, get_table, library_labels
 from .._neighbors import estimate_radius, neighbour_mean, radius_neighbours
 from .._utils import keep_torch_threads, store_params
-from ..pp._split import split_groups
+from ..pp._split import resolve_split_key, split_groups
 from ._distill import resolve_features_key
 
 METHODS = ("leiden", "kmeans", "teacher")
@@ -80,11 +80,7 @@ def leiden_n_clusters(
         sub, resolution = leiden_n_clusters(
             rep[pick], n_clusters, n_neighbors=n_neighbors, random_state=random_state, max_steps=max_steps
         )
-        names, codes = np.unique(sub, return_inverse=True)
-        centroids = np.stack([rep[pick][codes == k].mean(0) for k in range(len(names))])
-        labels = names[_nearest(rep, centroids)]
-        labels[pick] = sub
-        return labels, resolution
+        return _extend_to_nearest_centroid(rep, pick, sub), resolution
     tmp = ad.AnnData(np.zeros((len(rep), 0), dtype=np.float32))
     tmp.obsm["X_rep"] = rep
     # exact sklearn kNN + Gaussian kernel: same graph quality, and no minute-long numba compilation (UMAP)
@@ -132,6 +128,16 @@ def leiden_n_clusters(
         else:
             hi = mid
     return best[1], float(best[2])
+
+
+def _extend_to_nearest_centroid(rep: np.ndarray, rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Labels for every row of ``rep``: ``labels`` on the clustered ``rows`` (indices or a mask), the cluster
+    of the nearest centroid elsewhere."""
+    names, inverse = np.unique(labels, return_inverse=True)
+    centroids = np.stack([rep[rows][inverse == k].mean(0) for k in range(len(names))])
+    out = names[_nearest(rep, centroids)]
+    out[rows] = labels
+    return out
 
 
 def _nearest(x: np.ndarray, centroids: np.ndarray, chunk: int = 65_536) -> np.ndarray:
@@ -252,10 +258,7 @@ def histology_baseline(
         "random_state": random_state,
     }
     xy_um = micron_coords(sdata, table_key=table_key, library_key=library_key)
-    if split_key == SPLIT_KEY and split_key not in adata.obs:
-        split_key = None  # no split: fitted on every cell
-    if split_key is not None and split_key not in adata.obs:
-        raise KeyError(f"No split in obs[{split_key!r}]; run nk.pp.spatial_split or pass split_key=None.")
+    split_key = resolve_split_key(adata, split_key)  # no split: fitted on every cell
     split = None if split_key is None else adata.obs[split_key].astype(str).to_numpy()
     fit = np.ones(adata.n_obs, bool) if split is None else split == "train"
     if int(fit.sum()) <= int(n_niches):
@@ -298,10 +301,7 @@ def histology_baseline(
                 rep[fit], int(n_niches), random_state=random_state, max_cells=max_cells
             )
             # cells outside the fit take the cluster of the nearest centroid, as above max_cells
-            names, inverse = np.unique(fit_codes, return_inverse=True)
-            centroids = np.stack([rep[fit][inverse == k].mean(0) for k in range(len(names))])
-            codes = names[_nearest(rep, centroids)]
-            codes[fit] = fit_codes
+            codes = _extend_to_nearest_centroid(rep, fit, fit_codes)
             params["resolution"] = resolution
             params["max_cells"] = max_cells
         else:

@@ -13,7 +13,7 @@ from .._graph import store_spatial_graph
 from .._layout import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY, get_table, library_labels
 from .._utils import keep_torch_threads, store_params
 from ..models.teacher import DEFAULT_N_NEIGHBORS, NicheTeacher
-from ..pp._split import split_fingerprint, split_groups
+from ..pp._split import resolve_split_key, split_fingerprint, split_groups
 
 
 @inject_docs
@@ -142,8 +142,7 @@ def teacher_niches(
     >>> teacher.save("teacher/")
     """
     adata = get_table(sdata, table_key)
-    if split_key == SPLIT_KEY and split_key not in adata.obs:
-        split_key = None  # no split yet: the teacher sees every cell (recorded, and distill warns)
+    split_key = resolve_split_key(adata, split_key)  # no split yet: every cell (recorded; distill warns)
     teacher = NicheTeacher(
         n_niches,
         method=method,
