@@ -22,7 +22,8 @@ import anndata as ad
 import numpy as np
 import torch
 
-from nichekd import _image, _layout
+from nichekd._core import patches as _image
+from nichekd.io._build import build_library
 from nichekd.models import encoders
 from nichekd.models.encoders import _efficientnet, _stain
 
@@ -99,9 +100,7 @@ def synthetic_slide(size_px: int = 4096, mpp: float = 0.5):
     tile = rng.integers(120, 250, (512, 512, 3), dtype=np.uint8)
     img = np.tile(tile, (size_px // 512, size_px // 512, 1))
     a = ad.AnnData(np.zeros((1, 1), np.float32))
-    sdata = _layout.build_library(
-        a, library="S", xy_um=np.array([[10.0, 10.0]]), diameter_um=10, image=img, mpp=mpp
-    )
+    sdata = build_library(a, library="S", xy_um=np.array([[10.0, 10.0]]), diameter_um=10, image=img, mpp=mpp)
     return _image.image_pyramid(sdata, "S_he", "S"), size_px * mpp
 
 

@@ -51,8 +51,8 @@ def tiled_kidney(n_tiles: int = 42, data_dir: str | None = None):
     import numpy as np
     import scipy.sparse as sp
 
-    from nichekd._layout import build_library
     from nichekd.datasets._public import resolve_data_dir
+    from nichekd.io._build import build_library
 
     if not 1 <= n_tiles <= GRID[0] * GRID[1]:
         raise ValueError(f"n_tiles must be in 1..{GRID[0] * GRID[1]}, got {n_tiles}.")
@@ -112,7 +112,7 @@ def worker(
     import torch
 
     import nichekd as nk
-    from nichekd._image import _level_arrays
+    from nichekd._core.patches import _level_arrays
 
     out: dict = {"n_tiles": n_tiles, "grid_um": grid_um, "epochs": epochs, "seed": seed, "error": None,
                  "threads": torch.get_num_threads(), "architecture": architecture}  # fmt: skip

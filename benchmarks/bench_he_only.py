@@ -22,7 +22,7 @@ import numpy as np
 
 def _case(name, train_sdata, image_path, mpp, out_dir, epochs=5):
     import nichekd as nk
-    from nichekd._layout import get_table
+    from nichekd._core.table import get_table
 
     nk.tl.teacher_niches(train_sdata, n_niches=4, random_state=0, progress=False)
     nk.pp.histology_features(train_sdata, backbone="stain", key_added="he")
@@ -53,7 +53,7 @@ def main() -> int:
     import torch
 
     import nichekd as nk
-    from nichekd._elements import resolve
+    from nichekd._core.spatial import resolve
 
     torch.set_num_threads(1)
     root = Path(os.environ.get("NICHEKD_DATA_DIR", "../shared/data"))

@@ -227,9 +227,9 @@ def make_xenium(root: Path, *, n_cells: int = 150, he_size: int = 300, seed: int
 def image_at(sdata, library: str, xy_um: np.ndarray, table_key: str = "table") -> np.ndarray:
     """RGB values of a library's image (the one nichekd chooses) at micron positions, via its registration.
 
-    ``xy_um`` is in the micron frame of :func:`nichekd._elements.resolve` (``ctx.xy_um``).
+    ``xy_um`` is in the micron frame of :func:`nichekd._core.spatial.resolve` (``ctx.xy_um``).
     """
-    from nichekd._elements import resolve
+    from nichekd._core.spatial import resolve
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*placeholders", category=UserWarning)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import nichekd as nk
-from nichekd._utils import read_params
+from nichekd._core.records import read_params
 
 
 @pytest.fixture(scope="module")

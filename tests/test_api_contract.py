@@ -8,7 +8,7 @@ import inspect
 import pytest
 
 import nichekd as nk
-from nichekd import _docs
+from nichekd._core import docs as _docs
 
 MODULES = {"pp": nk.pp, "tl": nk.tl, "pl": nk.pl, "datasets": nk.datasets, "io": nk.io}
 # names that must mean one thing everywhere: the alternatives they replace must not appear

@@ -10,7 +10,7 @@ import torch
 from test_distill_data import one_torch_thread, toy_tissue  # noqa: F401
 
 import nichekd as nk
-from nichekd import _layout
+from nichekd.io._build import build_library
 from nichekd.pp._augment import flip_rotate, hed_jitter, views_of
 
 
@@ -25,7 +25,7 @@ def _tissue(n: int = 60, seed: int = 0):
     xy = rng.uniform(40, 200, (n, 2))
     a = ad.AnnData(np.ones((n, 2), np.float32))
     a.obs_names = [f"c{i}" for i in range(n)]
-    return _layout.build_library(a, library="L", xy_um=xy, diameter_um=10, image=img, mpp=1.0)
+    return build_library(a, library="L", xy_um=xy, diameter_um=10, image=img, mpp=1.0)
 
 
 def test_hed_jitter_and_flip_rotate_change_patches_but_keep_content():

@@ -9,7 +9,7 @@ import pytest
 from test_distill_data import one_torch_thread  # noqa: F401
 
 import nichekd as nk
-from nichekd._layout import build_library
+from nichekd.io._build import build_library
 from nichekd.tl._cross_validate import summarise
 
 FAST = {"epochs": 6, "device": "cpu"}

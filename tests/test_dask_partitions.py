@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import nichekd as nk
-from nichekd import _dask
-from nichekd._elements import resolve
-from nichekd._layout import make_image
+from nichekd._core import dask as _dask
+from nichekd._core.spatial import resolve
+from nichekd.io._build import make_image
 from nichekd.models import NicheStudent
 from nichekd.pp._features_dask import histology_features_dask
 from nichekd.tl._predict_dask import predict_niches_dask

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from nichekd._layout import build_library
+from nichekd.io._build import build_library
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import nichekd as nk
-from nichekd import _layout
+from nichekd.io._build import build_library
 from nichekd.models import encoders
 from nichekd.models.encoders import _foundation, _stain
 
@@ -18,7 +18,7 @@ def _sdata(n: int = 4):
     rng = np.random.default_rng(0)
     img = rng.integers(100, 240, (400, 400, 3), dtype=np.uint8)
     a = ad.AnnData(np.ones((n, 2), np.float32))
-    return _layout.build_library(
+    return build_library(
         a, library="L", xy_um=rng.uniform(30, 170, (n, 2)), diameter_um=10, image=img, mpp=0.5
     )
 
@@ -83,7 +83,7 @@ def test_local_checkpoint_through_histology_features(tmp_path, monkeypatch):
     p = t.uns[key]["params"]
     assert p["checkpoint_path"] == str(path) and p["input_size"] == 224 and p["mpp"] == 0.5
     # same numbers as the model run by hand on the same patches (CLS token after the final norm)
-    from nichekd import _image
+    from nichekd._core import patches as _image
 
     pyr = _image.image_pyramid(sdata, "L_he", "L")
     patches = _image.read_patches(pyr, t.obsm["spatial"], 112.0, 224)

@@ -9,8 +9,9 @@ import torch
 from conftest import dataset_path
 
 import nichekd as nk
-from nichekd import _image, _layout
-from nichekd._elements import resolve
+from nichekd._core import patches as _image
+from nichekd._core.spatial import resolve
+from nichekd._core.table import spatial_coords
 from nichekd.models import encoders
 from nichekd.models.encoders import _base, _efficientnet, _stain
 
@@ -36,7 +37,7 @@ def _synthetic_patches(n: int, size: int, mpp: float) -> np.ndarray:
     table = sdata.tables["table"]
     lib = str(np.asarray(table.obs["library"])[0])
     pyr = resolve(sdata).pyramid(lib)
-    centres = np.asarray(_layout.spatial_coords(table))[:n]
+    centres = np.asarray(spatial_coords(table))[:n]
     return _image.read_patches(pyr, centres, size * mpp, size)
 
 

@@ -9,7 +9,7 @@ import spatialdata as sd
 import torch
 
 import nichekd as nk
-from nichekd import _layout
+from nichekd.io._build import build_library
 from nichekd.models import encoders
 
 PINK, PURPLE = (235, 160, 205), (120, 60, 150)
@@ -26,7 +26,7 @@ def _tissue(library: str = "L", n: int = 40, seed: int = 0, left=PINK, right=PUR
     xy = np.c_[rng.uniform(20, 280, n), rng.uniform(20, 280, n)]
     a = ad.AnnData(np.ones((n, 3), np.float32))
     a.obs_names = [f"{library}_{i}" for i in range(n)]
-    return _layout.build_library(a, library=library, xy_um=xy, diameter_um=10, image=img, mpp=0.5)
+    return build_library(a, library=library, xy_um=xy, diameter_um=10, image=img, mpp=0.5)
 
 
 def _table(sdata):
@@ -192,7 +192,7 @@ def test_bad_input_raises_and_leaves_data_untouched(kwargs, err, match):
 
 def test_no_image_and_off_image_coordinates():
     a = ad.AnnData(np.ones((4, 2), np.float32))
-    no_img = _layout.build_library(a, library="L", xy_um=np.ones((4, 2)), diameter_um=10)
+    no_img = build_library(a, library="L", xy_um=np.ones((4, 2)), diameter_um=10)
     with pytest.raises(ValueError, match="no H&E image"):
         nk.pp.histology_features(no_img, backbone="stain")
     sdata = _tissue(n=5)

@@ -7,7 +7,7 @@ import pytest
 from conftest import dataset_path
 
 import nichekd as nk
-from nichekd._elements import resolve
+from nichekd._core.spatial import resolve
 
 pytestmark = pytest.mark.realdata
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import dataset_path
 
 import nichekd as nk
-from nichekd import _elements
+from nichekd._core.spatial import micron_coords, resolve
 from nichekd.pp._grid import GridReadout, grid_nodes, read_out
 
 
@@ -29,9 +29,9 @@ def _check_aggregate(sdata, table_key: str, new_table: str, element: str) -> Non
     block = (src.obs["array_row"].to_numpy() // 2 == row) & (src.obs["array_col"].to_numpy() // 2 == col)
     np.testing.assert_allclose(np.asarray(src.X[block].sum(0)).ravel(), out.X[0].toarray().ravel())
     # nichekd reads the new bins as 16 um squares, in microns, at the centre of their full blocks
-    ctx = _elements.resolve(sdata, table_key=new_table, images=False)
+    ctx = resolve(sdata, table_key=new_table, images=False)
     assert [lib.diameter_um for lib in ctx.libraries.values()] == [pytest.approx(16.0)]
-    src_xy = _elements.micron_coords(sdata, table_key=table_key)
+    src_xy = micron_coords(sdata, table_key=table_key)
     full = np.flatnonzero(out.obs["n_bins"].to_numpy() == 4)[:50]
     for i in full:
         r, c = out.obs["array_row"].iloc[i], out.obs["array_col"].iloc[i]

@@ -27,9 +27,11 @@ from test_distill_data import one_torch_thread  # noqa: F401
 from test_predict import _cells, _image, fake_histology_features
 
 import nichekd as nk
-from nichekd import _validate
-from nichekd._layout import as_rgb_cyx, library_labels, make_image, to_uint8
-from nichekd._utils import read_params, store_params
+from nichekd._core import validate as _validate
+from nichekd._core.image import as_rgb_cyx, to_uint8
+from nichekd._core.records import read_params, store_params
+from nichekd._core.table import library_labels
+from nichekd.io._build import make_image
 from nichekd.io._checks import MAX_IN_MEMORY_PIXELS, ReaderError, is_blank, read_image
 from nichekd.models import NicheStudent
 from nichekd.models._integrity import arrays_digest
@@ -653,8 +655,8 @@ def test_tta_computes_the_views_distill_would_use():
 
 def test_st_mob_he_only_prediction_matches_the_training_neighbour_count(tmp_path):
     root = dataset_path("st_mob").parent
-    from nichekd._elements import resolve
-    from nichekd._layout import get_table
+    from nichekd._core.spatial import resolve
+    from nichekd._core.table import get_table
 
     train = nk.datasets.st_mob(root, sections=("MOB1", "MOB2"))
     nk.tl.teacher_niches(train, n_niches=4, progress=False)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from spatialdata.transformations import Affine, Scale, Sequence, Translation, set_transformation
 
-from nichekd import _image, _layout
-from nichekd._elements import resolve
+from nichekd._core import patches as _image
+from nichekd._core.spatial import resolve
+from nichekd.io._build import build_library
 
 MARKER_UM = (300.0, 200.0)
 
@@ -19,7 +20,7 @@ def _sdata(mpp: float = 0.5, shape=(1500, 1700), marker_um=MARKER_UM, mpp_y: flo
     cx, cy = int(marker_um[0] / mpp), int(marker_um[1] / (mpp_y or mpp))
     img[cy - 8 : cy + 8, cx - 8 : cx + 8] = 0
     a = ad.AnnData(np.zeros((2, 1), np.float32))
-    return _layout.build_library(
+    return build_library(
         a, library="L", xy_um=np.array([marker_um, (5.0, 5.0)]), diameter_um=10, image=img, mpp=mpp
     )
 
@@ -106,9 +107,7 @@ def test_border_is_background_not_wrapped():
     img[:, :, 0] = 100  # dark red everywhere: padding must be white, and the far side must not appear
     img[:, -20:] = 0
     a = ad.AnnData(np.zeros((1, 1), np.float32))
-    sdata = _layout.build_library(
-        a, library="L", xy_um=np.array([[1.0, 1.0]]), diameter_um=10, image=img, mpp=1.0
-    )
+    sdata = build_library(a, library="L", xy_um=np.array([[1.0, 1.0]]), diameter_um=10, image=img, mpp=1.0)
     pyr = _image.image_pyramid(sdata, "L_he", "L")
     patch = _image.read_patches(pyr, np.array([[0.0, 0.0]]), 40.0, 40)[0]
     assert (patch[:, :19, :] == 255).all() and (patch[:, :, :19] == 255).all()

@@ -12,7 +12,7 @@ from fixtures_io import darkness, image_at, make_visium_hd, make_xenium
 from scipy.spatial import cKDTree
 
 import nichekd as nk
-from nichekd._elements import resolve
+from nichekd._core.spatial import resolve
 
 HD_TABLE = "square_008um"
 # spatialdata-io warns that the fixtures have no full-resolution microscope image (they have hires/lowres)

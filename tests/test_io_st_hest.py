@@ -11,7 +11,7 @@ from fixtures_io import darkness, image_at
 from PIL import Image
 
 import nichekd as nk
-from nichekd._elements import resolve
+from nichekd._core.spatial import resolve
 
 
 def _mob(i: int = 1):

@@ -14,7 +14,7 @@ from conftest import dataset_path
 from fixtures_io import darkness, image_at
 
 import nichekd as nk
-from nichekd._elements import resolve
+from nichekd._core.spatial import resolve
 
 COLS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
 XY = ["pxl_col_in_fullres", "pxl_row_in_fullres"]

@@ -6,8 +6,10 @@ import pytest
 import scipy.sparse as sp
 from spatialdata.transformations import get_transformation
 
-from nichekd import _layout as L
-from nichekd._elements import resolve
+from nichekd._core.keys import LIBRARY_KEY, SPATIAL_KEY
+from nichekd._core.spatial import resolve
+from nichekd._core.table import get_table
+from nichekd.io._build import build_library
 
 
 def _adata(n=50, g=8):
@@ -19,11 +21,11 @@ def _adata(n=50, g=8):
 def test_build_library_layout():
     img = np.random.default_rng(1).integers(0, 255, (600, 520, 3), dtype=np.uint8)  # not a blank placeholder
     xy = np.random.default_rng(0).uniform(0, 250, size=(50, 2))
-    s = L.build_library(_adata(), library="s1", xy_um=xy, diameter_um=10, kind="cell", image=img, mpp=0.5)
+    s = build_library(_adata(), library="s1", xy_um=xy, diameter_um=10, kind="cell", image=img, mpp=0.5)
     assert set(s.images) == {"s1_he"} and set(s.shapes) == {"s1_cells"}
-    t = L.get_table(s)
-    assert list(t.obs[L.LIBRARY_KEY].unique()) == ["s1"]
-    assert np.allclose(t.obsm[L.SPATIAL_KEY], xy)
+    t = get_table(s)
+    assert list(t.obs[LIBRARY_KEY].unique()) == ["s1"]
+    assert np.allclose(t.obsm[SPATIAL_KEY], xy)
     assert t.uns["spatial"]["s1"] == {
         "scalefactors": {"microns_per_pixel": 1.0, "spot_diameter_fullres": 10.0},
         "metadata": {"technology": "unknown", "kind": "cell"},
@@ -47,12 +49,12 @@ def test_build_library_layout():
 def test_library_without_image_round_trips(tmp_path):
     import spatialdata as sd
 
-    s = L.build_library(_adata(), library="s2", xy_um=np.zeros((50, 2)), diameter_um=55)
+    s = build_library(_adata(), library="s2", xy_um=np.zeros((50, 2)), diameter_um=55)
     s.write(tmp_path / "x.zarr")
     back = sd.read_zarr(tmp_path / "x.zarr")
     lib = resolve(back).library("s2")
     assert lib.image is None and lib.microns_per_unit == 1.0 and lib.diameter_um == 55
-    assert L.get_table(back).uns["spatial"]["s2"]["scalefactors"]["microns_per_pixel"] == 1.0
+    assert get_table(back).uns["spatial"]["s2"]["scalefactors"]["microns_per_pixel"] == 1.0
     with pytest.raises(ValueError, match="has no H&E image"):
         resolve(back).pyramid("s2")
 
@@ -60,11 +62,11 @@ def test_library_without_image_round_trips(tmp_path):
 def test_bad_inputs():
     a = _adata()
     with pytest.raises(ValueError, match="shape"):
-        L.build_library(a, library="s", xy_um=np.zeros((3, 2)), diameter_um=1)
+        build_library(a, library="s", xy_um=np.zeros((3, 2)), diameter_um=1)
     with pytest.raises(ValueError, match="NaN"):
-        L.build_library(a, library="s", xy_um=np.full((50, 2), np.nan), diameter_um=1)
+        build_library(a, library="s", xy_um=np.full((50, 2), np.nan), diameter_um=1)
     with pytest.raises(ValueError, match="RGB"):
-        L.build_library(
+        build_library(
             a,
             library="s",
             xy_um=np.zeros((50, 2)),
@@ -73,11 +75,11 @@ def test_bad_inputs():
             mpp=1,
         )
     with pytest.raises(ValueError, match="mpp"):
-        L.build_library(a, library="s", xy_um=np.zeros((50, 2)), diameter_um=1, image=np.zeros((10, 10, 3)))
+        build_library(a, library="s", xy_um=np.zeros((50, 2)), diameter_um=1, image=np.zeros((10, 10, 3)))
     with pytest.raises(KeyError, match="table_key"):
-        L.get_table(L.build_library(a, library="s", xy_um=np.zeros((50, 2)), diameter_um=1), "nope")
+        get_table(build_library(a, library="s", xy_um=np.zeros((50, 2)), diameter_um=1), "nope")
     # without the recorded units (uns['spatial']) a table's coordinates are never taken for microns
-    s = L.build_library(a, library="s", xy_um=np.zeros((50, 2)), diameter_um=1)
+    s = build_library(a, library="s", xy_um=np.zeros((50, 2)), diameter_um=1)
     del s.tables["table"].uns["spatial"]
     with pytest.raises(ValueError, match="microns_per_unit="):
         resolve(s)

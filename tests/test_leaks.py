@@ -18,8 +18,9 @@ import torch
 from scipy import sparse
 
 import nichekd as nk
-from nichekd._elements import resolve
-from nichekd._layout import make_image, spatial_coords
+from nichekd._core.spatial import resolve
+from nichekd._core.table import spatial_coords
+from nichekd.io._build import make_image
 
 K = 3
 BASELINES = ("leiden", "kmeans", "teacher")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nichekd._neighbors import estimate_radius, neighbour_mean, radius_neighbours
+from nichekd._core.neighbors import estimate_radius, neighbour_mean, radius_neighbours
 
 
 def _grid(n_side: int, spacing: float = 10.0) -> np.ndarray:

@@ -12,7 +12,7 @@ from matplotlib.colors import to_rgba
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
 import nichekd as nk
-from nichekd._layout import build_library
+from nichekd.io._build import build_library
 from nichekd.pl import _spatial
 
 NICHES = ["N0", "N1", "N2", "N3"]

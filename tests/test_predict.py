@@ -13,8 +13,9 @@ import pytest
 from test_distill_data import one_torch_thread  # noqa: F401
 
 import nichekd.pp
-from nichekd._elements import resolve
-from nichekd._layout import build_library, get_table, library_labels, make_image
+from nichekd._core.spatial import resolve
+from nichekd._core.table import get_table, library_labels
+from nichekd.io._build import build_library, make_image
 from nichekd.models import NicheStudent
 from nichekd.pp import spatial_split
 from nichekd.pp._split import split_groups

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import nichekd as nk
-from nichekd._layout import build_library
+from nichekd.io._build import build_library
 from nichekd.pp import spatial_split
 
 K = 3

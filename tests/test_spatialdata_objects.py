@@ -19,8 +19,8 @@ from conftest import REPO, dataset_path
 from spatialdata.transformations import Identity, Scale, get_transformation, set_transformation
 
 import nichekd as nk
-from nichekd._elements import micron_coords, resolve
-from nichekd._neighbors import estimate_radius
+from nichekd._core.neighbors import estimate_radius
+from nichekd._core.spatial import micron_coords, resolve
 
 FAST = {"epochs": 3, "device": "cpu", "progress": False}
 

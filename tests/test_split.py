@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy.spatial import cKDTree
 
-from nichekd._layout import build_library
+from nichekd.io._build import build_library
 from nichekd.pp import spatial_split
 
 

@@ -10,8 +10,8 @@ import pytest
 from scipy import sparse
 from scipy.spatial import cKDTree
 
-from nichekd._elements import resolve
-from nichekd._layout import spatial_coords
+from nichekd._core.spatial import resolve
+from nichekd._core.table import spatial_coords
 from nichekd.datasets import synthetic_tissue
 
 N = 3000
@@ -279,7 +279,7 @@ def test_neighbourhood_identifies_niche_better_than_own_morphology(cells):
     """The headline property: one cell's look is ambiguous, its neighbourhood's mix is not."""
     from sklearn.linear_model import LogisticRegression
 
-    from nichekd._neighbors import estimate_radius, neighbour_mean, radius_neighbours
+    from nichekd._core.neighbors import estimate_radius, neighbour_mean, radius_neighbours
 
     table = cells.tables["table"]
     xy = spatial_coords(table)

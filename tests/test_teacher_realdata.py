@@ -8,7 +8,7 @@ import pytest
 from conftest import dataset_path
 
 import nichekd as nk
-from nichekd._neighbors import radius_neighbours
+from nichekd._core.neighbors import radius_neighbours
 
 pytestmark = pytest.mark.realdata
 

@@ -7,7 +7,8 @@ import pytest
 import shapely
 from spatialdata import SpatialData
 
-from nichekd._layout import image_name, make_image
+from nichekd._core.keys import image_name
+from nichekd.io._build import make_image
 from nichekd.pp._tissue import tissue_mask, tissue_tiles
 
 MPP = 2.0

@@ -12,8 +12,8 @@ import tifffile
 from spatialdata.transformations import get_transformation
 
 import nichekd as nk
-from nichekd._image import image_pyramid, read_patches
-from nichekd._layout import image_name
+from nichekd._core.keys import image_name
+from nichekd._core.patches import image_pyramid, read_patches
 from nichekd.io._wsi import read_wsi
 
 TILE = 128
@@ -115,7 +115,7 @@ def test_formats_mpp_levels_and_patches(tmp_path, levels, layout, kwargs, mpp):
 
 
 def test_patch_extraction_reads_the_right_level(tmp_path, levels):
-    """nichekd._image patches at a micron position match the source pixels of the level they come from."""
+    """nichekd._core.patches at a micron position match the source pixels of the level they come from."""
     sdata = read_wsi(write_pyramid(tmp_path / "s.ome.tif", levels, ome_mpp=0.5))
     pyramid = image_pyramid(sdata, "s_he", "s")
     assert [lv.mpp for lv in pyramid.levels] == [0.5, 1.0, 2.0]

@@ -9,8 +9,9 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .._elements import VISIUM_FULLRES_DIAMETER_UM, visium_array_scale
-from .._layout import build_library, get_table
+from .._core.table import get_table
+from .._core.units import VISIUM_FULLRES_DIAMETER_UM, visium_array_scale
+from ..io._build import build_library
 from ._public import resolve_data_dir
 
 SECTIONS = ("151507", "151508", "151509", "151510")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .._layout import get_table
+from .._core.table import get_table
 
 _ENV = "NICHEKD_DATA_DIR"
 _REPO = Path(__file__).resolve().parents[2]

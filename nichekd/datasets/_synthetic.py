@@ -10,7 +10,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .._layout import TABLE_KEY, build_library
+from .._core.keys import TABLE_KEY
+from ..io._build import build_library
 from ._artifacts import FIXATION_SHARE, concat_shapes, fixation_nuclei, make_nuisance, red_blood_cells
 from ._cell_types import draw_cell_types, draw_nuclei, make_cell_types
 from ._expression import MEAN_COUNTS_PER_CELL, THETA, make_expression_model, simulate_counts
@@ -172,7 +173,7 @@ def synthetic_tissue(
 
     Returns
     -------
-    SpatialData in the standard layout (:func:`nichekd._layout.build_library`), with ground truth in the
+    SpatialData in the standard layout (:func:`nichekd.io._build.build_library`), with ground truth in the
     table: ``obs['true_niche']`` and ``obs['cell_type']`` (categorical; in spot mode the majority type);
     spot mode adds ``obs['n_cells']``, ``obsm['cell_type_fractions']`` and ``obsm['niche_fractions']``
     (DataFrames, rows sum to 1). ``var`` marks marker genes (``marker_of``) and niche programs

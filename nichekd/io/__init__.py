@@ -7,10 +7,10 @@ themselves) and add clear errors, ``in_tissue`` filtering and the options nichek
 layout below. To join sections use
 ``spatialdata.concatenate(parts, concatenate_tables=True, uns_merge="unique")``.
 
-.. include the layout description from nichekd._layout
+.. include the layout description from nichekd.io._build
 """
 
-from .._layout import __doc__ as _layout_doc
+from ._build import __doc__ as _layout_doc
 
 __doc__ = (__doc__ or "").split("..")[0] + (_layout_doc or "")
 

@@ -166,8 +166,8 @@ def open_pil(path: Path, what: str = "image"):
 
 def pil_to_rgb(im: Any, source: str | Path) -> np.ndarray:
     """``(y, x, 3)`` uint8 from an open Pillow image: 8-bit colour modes converted, 16-bit/float rescaled by
-    :func:`nichekd._layout.to_uint8`, grayscale repeated to RGB with a warning, bilevel refused."""
-    from .._layout import to_uint8
+    :func:`nichekd._core.image.to_uint8`, grayscale repeated to RGB with a warning, bilevel refused."""
+    from .._core.image import to_uint8
 
     mode = im.mode
     with parsing(source, "an image"):
@@ -192,10 +192,10 @@ def read_image(path: str | Path, what: str = "image") -> Any:
     """Read an RGB image as ``(y, x, c)`` uint8: TIFFs lazily (dask, level 0), PNG/JPEG in memory.
 
     The size is read from the header first (huge PNG/JPEG are refused, see :func:`open_pil`); 16-bit and
-    float images are rescaled to 8 bits by :func:`nichekd._layout.to_uint8` (16-bit by its range) with a
+    float images are rescaled to 8 bits by :func:`nichekd._core.image.to_uint8` (16-bit by its range) with a
     warning naming the rule; grayscale images become RGB with a warning.
     """
-    from .._layout import to_uint8
+    from .._core.image import to_uint8
 
     path = require_file(path, what)
     suffix = "".join(path.suffixes[-2:]).lower()
@@ -314,21 +314,21 @@ def check_min_obs(n: int, source: Any, minimum: int = 1) -> None:
 def check_image_holds_observations(sdata: Any, table_key: str, source: str | Path) -> None:
     """Raise unless every library of a freshly read object has a usable H&E image under its spots/cells.
 
-    The image is chosen as every nichekd function chooses it (:func:`nichekd._elements.resolve`: the finest
+    The image is chosen as every nichekd function chooses it (:func:`nichekd._core.spatial.resolve`: the finest
     non-placeholder image of the coordinate system that holds the observations), so a reader fails here, naming
     the files, instead of a later step failing to find an image. Objects without any image pass (e.g. Xenium
     cells read without their H&E).
     """
-    from .. import _elements
+    from .._core.spatial import _is_placeholder, resolve
 
     images = sorted(getattr(sdata, "images", {}) or {})
     if not images:
         return
-    ctx = _elements.resolve(sdata, table_key=table_key)
+    ctx = resolve(sdata, table_key=table_key)
     missing = [name for name, lib in ctx.libraries.items() if lib.image is None]
     if not missing:
         return
-    blank = [name for name in images if _elements._is_placeholder(sdata, name)]
+    blank = [name for name in images if _is_placeholder(sdata, name)]
     if len(blank) == len(images):
         raise ValueError(
             f"Every H&E image read from {source} is blank (constant placeholder pixels): {blank}. Provide the "

@@ -9,8 +9,8 @@ from typing import Literal
 import anndata as ad
 import numpy as np
 
-from .._elements import VISIUM_SPOT_UM
-from .._layout import build_library
+from .._core.units import VISIUM_SPOT_UM
+from ..io._build import build_library
 from ._checks import (
     check_counts,
     check_image,

@@ -10,7 +10,7 @@ import pandas as pd
 from scipy import sparse
 from scipy.spatial import cKDTree
 
-from .._layout import build_library
+from ..io._build import build_library
 from ._checks import (
     check_barcodes,
     check_counts,

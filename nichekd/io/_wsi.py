@@ -25,7 +25,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .._layout import MIN_PYRAMID_SIZE, image_name, pyramid_scale_factors
+from .._core.keys import image_name
+from ..io._build import MIN_PYRAMID_SIZE, pyramid_scale_factors
 
 # Plausible microns per pixel of a brightfield scan; outside it the metadata is a screen/print default.
 MPP_RANGE = (0.05, 50.0)
@@ -297,13 +298,13 @@ def _tiff_resolution_mpp(page: Any) -> tuple[tuple[float, float] | None, str]:
 def _rgb_levels(levels: list[Any], axes: str, dtype: Any, fmt: str, path: Path) -> tuple[list[Any], str]:
     """``(y, x, 3)`` uint8 arrays of an RGB(A) or grayscale series, and the intensity rule applied.
 
-    16-bit and float series are rescaled lazily by :func:`nichekd._layout.to_uint8` (16-bit by its range);
+    16-bit and float series are rescaled lazily by :func:`nichekd._core.image.to_uint8` (16-bit by its range);
     grayscale (one channel) is repeated to RGB with a warning; several channels that are not RGB
     (fluorescence, multiplexed) are refused.
     """
     import dask.array as da
 
-    from .._layout import to_uint8
+    from .._core.image import to_uint8
 
     desc = f"{path.name} ({fmt}, axes {axes!r}, shape {tuple(levels[0].shape)}, {np.dtype(dtype)})"
     gray = axes == "YX"

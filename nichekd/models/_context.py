@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._neighbors import _group_codes
+from .._core.neighbors import _group_codes
 
 BINS_PER_HALF_WIDTH = 2  # window = (2 * 2 + 1)^2 bins: 1.25x the nominal half-width at most, cheap
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._neighbors import Neighbourhoods
+from .._core.neighbors import Neighbourhoods
 from ._position import fourier_position_features
 
 

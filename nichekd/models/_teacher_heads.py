@@ -16,7 +16,7 @@ import pandas as pd
 from scipy.special import logsumexp
 from tqdm.auto import tqdm
 
-from .._utils import one_blas_thread
+from .._core.runtime import one_blas_thread
 from ._teacher_latent import _CHUNK
 
 
@@ -188,7 +188,7 @@ def fit_transformer_head(
     """Train the niche transformer; prototypes ordered by decreasing mass on the fitting data."""
     import torch
 
-    from .._utils import resolve_device
+    from .._core.runtime import resolve_device
     from ._niche_transformer import TransformerConfig, train_niche_transformer, transformer_logits
 
     device = resolve_device(device)
@@ -213,7 +213,7 @@ def fit_transformer_head(
 
 def transformer_head_logits(model: Any, inputs: Any, device: str) -> np.ndarray:
     """``(n, K)`` prototype logits of the fitted transformer."""
-    from .._utils import resolve_device
+    from .._core.runtime import resolve_device
     from ._niche_transformer import transformer_logits
 
     device = resolve_device(device)
@@ -249,7 +249,7 @@ def neighbour_temperature(
     logits
         ``(n, K)`` log posteriors / logits of the fitted head on its fitting cells.
     nbrs
-        Their :class:`~nichekd._neighbors.Neighbourhoods` (the cell itself is excluded from its targets).
+        Their :class:`~nichekd._core.neighbors.Neighbourhoods` (the cell itself is excluded from its targets).
     max_cells
         Cells used (a seeded subsample above this).
     random_state

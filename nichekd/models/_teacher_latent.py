@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse
 
-from .._neighbors import Neighbourhoods, neighbour_mean
+from .._core.neighbors import Neighbourhoods, neighbour_mean
 
 TARGET_SUM = 1e4
 _CHUNK = 65_536

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import _validate as _val
-from .._neighbors import Neighbourhoods, radius_neighbours
-from .._utils import resolve_device, seed_everything, versions
+from .._core import validate as _val
+from .._core.neighbors import Neighbourhoods, radius_neighbours
+from .._core.runtime import resolve_device, seed_everything, versions
 from ._context import context_means, context_reach
 from ._integrity import arrays_digest, definition_digest, json_safe
 from ._position import RelativePositionEncoding

@@ -6,7 +6,7 @@
 1. a per-cell **latent**: PCA of log-normalised counts, or any ``obsm`` representation (``use_rep``, e.g. an
    scVI latent or H&E features; used as given, no normalisation), optionally centred/scaled per library
    (``batch_correct``); or cell-type one-hot/fractions (``"composition"``); or an ``obs`` column (``"labels"``);
-2. a **neighbourhood** of each cell (:mod:`nichekd._neighbors`): a radius in microns, estimated so that the
+2. a **neighbourhood** of each cell (:mod:`nichekd._core.neighbors`): a radius in microns, estimated so that the
    mean neighbour count hits ``n_neighbors_target`` (or given), never crossing libraries, reused at predict time;
 3. a **head** with K niches: a Gaussian mixture on distance-weighted neighbourhood means (``"aggregate"``,
    ``"composition"``; multi-hop means concatenated with ``n_rings > 1``, CellCharter-style), the
@@ -28,9 +28,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .._elements import micron_coords
-from .._layout import LIBRARY_KEY, SPATIAL_KEY, library_labels
-from .._neighbors import Neighbourhoods, estimate_radius, radius_neighbours
+from .._core.keys import LIBRARY_KEY, SPATIAL_KEY
+from .._core.neighbors import Neighbourhoods, estimate_radius, radius_neighbours
+from .._core.spatial import micron_coords
+from .._core.table import library_labels
 
 # the pieces live in small modules; re-exported here so `nichekd.models.teacher.<name>` keeps working
 from ._teacher_heads import (
@@ -372,7 +373,7 @@ class NicheTeacher:
 
         With ``fit=True`` the encoder (PCA, radius, categories, scaling) is learnt from ``adata``; otherwise the
         fitted one is applied. ``xy_um``: micron coordinates of the rows (default: read from the table, see
-        :func:`nichekd._elements.micron_coords`). Nothing is written to ``adata``.
+        :func:`nichekd._core.spatial.micron_coords`). Nothing is written to ``adata``.
         """
         self._check_params()
         if not isinstance(adata, ad.AnnData):

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
-from .._docs import inject_docs
-from .._layout import TABLE_KEY, get_table
+from .._core.docs import inject_docs
+from .._core.keys import TABLE_KEY
+from .._core.table import get_table
 from ._palette import natural_key, niche_palette
 from ._utils import check_obs_key, check_save, finish, single_ax
 

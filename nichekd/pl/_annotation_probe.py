@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
-from .._docs import inject_docs
+from .._core.docs import inject_docs
 from ._utils import check_save, finish, single_ax
 
 

@@ -9,8 +9,9 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
-from .._docs import inject_docs
-from .._layout import TABLE_KEY, get_table
+from .._core.docs import inject_docs
+from .._core.keys import TABLE_KEY
+from .._core.table import get_table
 from ._grid import draw_grid, grid_axes, place_legend, prepare_grid
 from ._palette import NA_COLOR, _categories, natural_key, resolve_palette
 from ._spatial import Colouring, category_handles

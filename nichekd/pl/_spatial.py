@@ -1,7 +1,7 @@
 """Drawing one library's spots, cells or tiles over its H&E, through spatialdata-plot.
 
 Each panel is one library: its annotated shapes element, its image, its coordinate system and that system's
-microns per unit come from :func:`nichekd._elements.resolve`, so nichekd's own objects (in microns) and
+microns per unit come from :func:`nichekd._core.spatial.resolve`, so nichekd's own objects (in microns) and
 spatialdata-io's (Visium in full-resolution pixels, ...) draw the same way. A panel is drawn in its coordinate
 system's units, cropped to the tissue (the spots' extent plus a margin); the scale bar converts its length with
 ``microns_per_unit``. spatialdata-plot draws the image and the shapes (``render_images`` + ``render_shapes`` +
@@ -27,7 +27,8 @@ from matplotlib.patches import Patch
 from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 
-from .._elements import Library, SpatialContext, _image_extent, _region_key, resolve
+from .._core.spatial import Library, SpatialContext, _image_extent, resolve
+from .._core.table import _region_key
 
 METHODS = (None, "matplotlib", "datashader")
 SPLITS = ("train", "test", "buffer")
@@ -100,7 +101,7 @@ def _width(lib: Library, xy: np.ndarray) -> float:
 
 def _circles(xy: np.ndarray, diameter: float, coordinate_system: str):
     """Circles at ``xy`` registered (identity) to ``coordinate_system``, indexed 0..n-1."""
-    from .._layout import make_shapes
+    from ..io._build import make_shapes
 
     return make_shapes(xy, diameter, coordinate_system, index=np.arange(len(xy)))
 
@@ -252,7 +253,8 @@ def _shapes_in_cs(gdf, instances: np.ndarray, coordinate_system: str):
     from spatialdata.models import ShapesModel
     from spatialdata.transformations import Identity
 
-    from .._elements import _affine, _linear_scale
+    from .._core.spatial import _affine
+    from .._core.units import _linear_scale
 
     aff = _affine(gdf, coordinate_system)
     part = gdf.loc[instances]
@@ -308,7 +310,7 @@ def _panel_sdata(source, table: ad.AnnData, panel: Panel, table_key: str):
 
 def _rgb_channels(element) -> list | None:
     """The first three channels of an RGBA image (spatialdata-plot would otherwise blend four channels)."""
-    from .._image import _level_arrays
+    from .._core.patches import _level_arrays
 
     channels = list(_level_arrays(element)[0].coords["c"].values)
     return channels[:3] if len(channels) == 4 else None

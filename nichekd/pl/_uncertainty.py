@@ -11,9 +11,9 @@ from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 
-from .._docs import inject_docs
-from .._elements import library_labels
-from .._layout import TABLE_KEY, get_table
+from .._core.docs import inject_docs
+from .._core.keys import TABLE_KEY
+from .._core.table import get_table, library_column
 from ._grid import draw_grid, grid_axes, place_legend, prepare_grid
 from ._spatial import Colouring
 from ._utils import check_obs_key, check_save, finish
@@ -97,7 +97,7 @@ def uncertainty(
     save_path = check_save(save)
     values = np.asarray(table.obs[key], dtype=float)
     if library is None:  # sections without the value (e.g. not predicted yet) would be empty panels
-        _, labels = library_labels(table, library_key)
+        _, labels = library_column(table, library_key)
         library = [lib for lib in dict.fromkeys(labels) if np.isfinite(values[labels == lib]).any()]
     lo = (0.0 if np.nanmin(values) >= 0 else float(np.nanmin(values))) if vmin is None else float(vmin)
     hi = float(np.nanmax(values)) if vmax is None else float(vmax)

@@ -14,9 +14,11 @@ from typing import Any
 import anndata as ad
 import numpy as np
 
-from .. import _layout
-from .._docs import inject_docs
-from .._utils import resolve_device, store_params
+from .._core.docs import inject_docs
+from .._core.keys import LIBRARY_KEY, TABLE_KEY
+from .._core.records import store_params
+from .._core.runtime import resolve_device
+from .._core.table import get_table, library_labels
 from ..models import encoders as _enc
 from . import _features
 
@@ -93,8 +95,8 @@ def augmented_features(
     key_added: str | None = None,
     random_state: int = 0,
     overwrite: bool = False,
-    table_key: str = _layout.TABLE_KEY,
-    library_key: str = _layout.LIBRARY_KEY,
+    table_key: str = TABLE_KEY,
+    library_key: str = LIBRARY_KEY,
     copy: bool = False,
 ) -> ad.AnnData | None:
     """Encode ``n_views`` augmented views of every patch with the settings of ``features_key``.
@@ -148,7 +150,7 @@ def augmented_features(
     >>> sdata.tables["table"].obsm["he_aug"].shape  # doctest: +SKIP
     (500, 108)
     """
-    table = _layout.get_table(sdata, table_key)
+    table = get_table(sdata, table_key)
     if isinstance(sdata, ad.AnnData):
         raise ValueError("augmented_features needs the SpatialData object with its H&E images, not a table.")
     if features_key not in table.obsm or not isinstance(table.uns.get(features_key), Mapping):
@@ -197,7 +199,7 @@ def augmented_features(
            {k: src.get(k) for k in ("input_size", "mpp", "mean", "std")}),
         checkpoint_path=src.get("checkpoint_path"),
     )  # fmt: skip
-    labels = np.asarray(_layout.library_labels(table, library_key)).astype(str)
+    labels = np.asarray(library_labels(table, library_key)).astype(str)
     patch_um = float(src["patch_size_um"])
     rng = np.random.default_rng(random_state)
     scales = (

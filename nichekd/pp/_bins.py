@@ -10,15 +10,18 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .. import _elements, _layout
-from .._utils import store_params
+from .._core.keys import INSTANCE_KEY, REGION_KEY, SPATIAL_KEY, TABLE_KEY
+from .._core.records import store_params
+from .._core.spatial import _affine, _centroids, resolve
+from .._core.table import _region_key
+from .._core.units import _HD_BIN, _linear_scale
 
 
 def aggregate_bins(
     sdata: Any,
     *,
     bin_size_um: float = 16.0,
-    table_key: str = _layout.TABLE_KEY,
+    table_key: str = TABLE_KEY,
     library_key: str | None = None,
     key_added: str | None = None,
     overwrite: bool = False,
@@ -81,7 +84,7 @@ def aggregate_bins(
         raise ValueError(f"bin_size_um must be a positive number of microns, got {bin_size_um!r}.")
     size_tag = f"square_{int(round(bin_size_um)):03d}um"
     key_added = key_added or size_tag
-    ctx = _elements.resolve(sdata, table_key=table_key, library_key=library_key, images=False)
+    ctx = resolve(sdata, table_key=table_key, library_key=library_key, images=False)
     table = ctx.table
     missing = [c for c in ("array_row", "array_col") if c not in table.obs]
     if missing:
@@ -89,8 +92,8 @@ def aggregate_bins(
             f"Table {table_key!r} has no obs{missing}: aggregate_bins groups bins on Space Ranger's bin array "
             "(array_row, array_col), which Visium HD readers keep."
         )
-    region_key, instance_key = _elements._region_key(table)
-    region_key, instance_key = region_key or _layout.REGION_KEY, instance_key or _layout.INSTANCE_KEY
+    region_key, instance_key = _region_key(table)
+    region_key, instance_key = region_key or REGION_KEY, instance_key or INSTANCE_KEY
     arr = table.obs[["array_col", "array_row"]].to_numpy(dtype=np.int64)
 
     plans, names = [], []
@@ -110,8 +113,8 @@ def aggregate_bins(
         f = int(round(factor))
         shapes = sdata.shapes[lib.region]
         element = (
-            lib.region.replace(_elements._HD_BIN.search(lib.region).group(0), size_tag)
-            if _elements._HD_BIN.search(lib.region)
+            lib.region.replace(_HD_BIN.search(lib.region).group(0), size_tag)
+            if _HD_BIN.search(lib.region)
             else f"{name}_{size_tag}"
         )
         for kind, store, key in (
@@ -122,7 +125,7 @@ def aggregate_bins(
                 raise ValueError(f"A {kind} {key!r} already exists; pass overwrite=True or key_added=.")
         names.append(element)
         pos = pd.Index(shapes.index).get_indexer(table.obs[instance_key].to_numpy()[lib.rows])
-        plans.append((name, lib, f, shapes, element, _elements._centroids(shapes)[pos]))
+        plans.append((name, lib, f, shapes, element, _centroids(shapes)[pos]))
 
     group_rows, group_cols, members, n_new = [], [], [], 0
     obs_parts, shapes_out, centres_all = [], {}, []
@@ -148,9 +151,7 @@ def aggregate_bins(
             / counts[:, None]
         )
         half = bin_size_um / (
-            2
-            * lib.microns_per_unit
-            * _elements._linear_scale(_elements._affine(shapes, lib.coordinate_system))
+            2 * lib.microns_per_unit * _linear_scale(_affine(shapes, lib.coordinate_system))
         )
         import shapely
 
@@ -188,7 +189,7 @@ def aggregate_bins(
     obs = pd.concat(obs_parts)
     obs[region_key] = pd.Categorical(obs[region_key], categories=names)
     out = ad.AnnData(X=counts_x, obs=obs, var=table.var.copy())
-    out.obsm[_layout.SPATIAL_KEY] = np.concatenate(centres_all)
+    out.obsm[SPATIAL_KEY] = np.concatenate(centres_all)
     spatial = _copy.deepcopy(dict(table.uns.get("spatial", {}) or {}))
     for entry in spatial.values():
         sf = entry.get("scalefactors") if isinstance(entry, dict) else None

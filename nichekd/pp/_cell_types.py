@@ -8,9 +8,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .._docs import inject_docs
-from .._layout import TABLE_KEY, get_table
-from .._utils import keep_torch_threads, store_params
+from .._core.docs import inject_docs
+from .._core.keys import TABLE_KEY
+from .._core.records import store_params
+from .._core.runtime import keep_torch_threads
+from .._core.table import get_table
 
 
 def _knn_graph(x: np.ndarray, k: int):

@@ -10,9 +10,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .. import _elements, _image, _layout
-from .._docs import inject_docs
-from .._utils import resolve_device, store_params
+from .._core import patches as _image
+from .._core.docs import inject_docs
+from .._core.keys import INSTANCE_KEY, LIBRARY_KEY, SPLIT_KEY, TABLE_KEY
+from .._core.records import store_params
+from .._core.runtime import resolve_device
+from .._core.spatial import _centroids, resolve
+from .._core.table import get_table, library_labels
 from ..models import encoders as _enc
 from . import _grid
 
@@ -44,8 +48,8 @@ def _centres(sdata, table: ad.AnnData, lib, shapes_key: str) -> np.ndarray:
             "of this library."
         )
     aff = np.asarray(transforms[cs].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")))
-    xy = _elements._centroids(shapes) @ aff[:2, :2].T + aff[:2, 2]
-    instance_key = table.uns.get("spatialdata_attrs", {}).get("instance_key", _layout.INSTANCE_KEY)
+    xy = _centroids(shapes) @ aff[:2, :2].T + aff[:2, 2]
+    instance_key = table.uns.get("spatialdata_attrs", {}).get("instance_key", INSTANCE_KEY)
     pos = pd.Index(shapes.index).get_indexer(table.obs[instance_key].to_numpy()[lib.rows])
     if (pos < 0).any():
         raise ValueError(
@@ -85,9 +89,9 @@ def statistics_from(fitted: list[str], fit: np.ndarray | None) -> str | None:
 def fit_rows(table: ad.AnnData) -> np.ndarray | None:
     """Rows whose statistics may shape features: the training cells of ``obs['split']`` when there is a split
     (test features must not move training features), else ``None`` (every row)."""
-    if _layout.SPLIT_KEY not in table.obs:
+    if SPLIT_KEY not in table.obs:
         return None
-    return (table.obs[_layout.SPLIT_KEY].astype(str) == "train").to_numpy()
+    return (table.obs[SPLIT_KEY].astype(str) == "train").to_numpy()
 
 
 def _standardize(x: np.ndarray, labels: np.ndarray, fit: np.ndarray | None = None) -> np.ndarray:
@@ -111,8 +115,8 @@ def histology_features(
     *,
     image_key: str | Mapping[str, str] | None = None,
     shapes_key: str | None = None,
-    table_key: str = _layout.TABLE_KEY,
-    library_key: str = _layout.LIBRARY_KEY,
+    table_key: str = TABLE_KEY,
+    library_key: str = LIBRARY_KEY,
     backbone: Any = "efficientnet_lite0",
     patch_size_um: float | None = None,
     batch_size: int = 64,
@@ -226,7 +230,7 @@ def histology_features(
     unknown = set(provenance) - set(_PROVENANCE)
     if unknown:
         raise TypeError(f"histology_features() got unexpected keyword arguments {sorted(unknown)}.")
-    table = _layout.get_table(sdata, table_key)
+    table = get_table(sdata, table_key)
     spec = _enc.resolve_spec(
         backbone, input_size=input_size, mpp=mpp, mean=mean, std=std, checkpoint_path=checkpoint_path
     )
@@ -250,7 +254,7 @@ def histology_features(
         raise ValueError(f"n_threads must be at least 1 (or None for torch's setting), got {n_threads}.")
     if table.n_obs == 0:
         raise ValueError("The table has no observations.")
-    labels = np.asarray(_layout.library_labels(table, library_key)).astype(str)
+    labels = np.asarray(library_labels(table, library_key)).astype(str)
 
     if name == "precomputed":
         feats, per_lib = _precomputed(table, features_key), {}
@@ -378,7 +382,7 @@ def _plan(
             "histology_features needs the SpatialData object (with images), not a bare table; "
             "or use backbone='precomputed'."
         )
-    ctx = _elements.resolve(sdata, table_key=table_key, library_key=library_key, image_key=image_key)
+    ctx = resolve(sdata, table_key=table_key, library_key=library_key, image_key=image_key)
     if isinstance(image_key, str) and len(ctx.libraries) > 1:
         raise ValueError(
             "image_key= names one image but the table has several libraries; pass {library: image}."

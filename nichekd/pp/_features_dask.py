@@ -8,27 +8,32 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .. import _dask, _elements, _image, _layout
-from .._docs import inject_docs
-from .._utils import store_params
+from .._core import dask as _dask
+from .._core import patches as _image
+from .._core.docs import inject_docs
+from .._core.keys import INSTANCE_KEY, LIBRARY_KEY, REGION_KEY, SPATIAL_KEY, TABLE_KEY
+from .._core.records import store_params
+from .._core.spatial import Library, microns_record, resolve
+from .._core.table import get_table
+from ..io._build import make_shapes
 from ..models import encoders as _enc
 from ._features import _standardize, fit_rows, fitted_statistics, histology_features, statistics_from
 
 
 def _partition_table(
-    table: ad.AnnData, rows: np.ndarray, lib: _elements.Library, xy_um: np.ndarray, library_key: str | None
+    table: ad.AnnData, rows: np.ndarray, lib: Library, xy_um: np.ndarray, library_key: str | None
 ) -> ad.AnnData:
     """A minimal table of ``rows``: library, coordinates (units of the library's coordinate system) and their
     scale; no counts are shipped."""
     part = ad.AnnData(obs=pd.DataFrame(index=table.obs_names[rows].astype(str)))
-    part.obs[library_key or _layout.LIBRARY_KEY] = pd.Categorical([lib.name] * len(rows))
-    part.obsm[_layout.SPATIAL_KEY] = xy_um[rows] / lib.microns_per_unit
-    part.uns["spatial"] = _elements.microns_record([lib.name], lib.microns_per_unit)
+    part.obs[library_key or LIBRARY_KEY] = pd.Categorical([lib.name] * len(rows))
+    part.obsm[SPATIAL_KEY] = xy_um[rows] / lib.microns_per_unit
+    part.uns["spatial"] = microns_record([lib.name], lib.microns_per_unit)
     return part
 
 
 def _image_tiles(pyramid: Any, centres_um: np.ndarray, patch_size_um: float, input_size: int) -> np.ndarray:
-    """Integer ``(column, row)`` of the image tile that :func:`nichekd._image.iter_patches` reads each cell from.
+    """Integer ``(column, row)`` of the image tile that :func:`nichekd._core.patches.iter_patches` reads each cell from.
 
     Partitions made of whole tiles give every patch the same read region, hence the same pixels, as one
     process does (the anti-aliasing box filter's phase depends on the region's origin).
@@ -52,17 +57,15 @@ def _encode_partition(image: Any, image_name: str, part: ad.AnnData, kwargs: dic
     lib = str(part.obs.iloc[0, 0])
     cs = kwargs.pop("coordinate_system")
     region = f"{lib}_partition"
-    shapes = _layout.make_shapes(part.obsm[_layout.SPATIAL_KEY], 1.0, cs, index=np.arange(part.n_obs))
-    part.obs[_layout.REGION_KEY] = pd.Categorical([region] * part.n_obs)
-    part.obs[_layout.INSTANCE_KEY] = np.arange(part.n_obs)
-    part = TableModel.parse(
-        part, region=region, region_key=_layout.REGION_KEY, instance_key=_layout.INSTANCE_KEY
-    )
-    work = SpatialData(images={image_name: image}, shapes={region: shapes}, tables={_layout.TABLE_KEY: part})
+    shapes = make_shapes(part.obsm[SPATIAL_KEY], 1.0, cs, index=np.arange(part.n_obs))
+    part.obs[REGION_KEY] = pd.Categorical([region] * part.n_obs)
+    part.obs[INSTANCE_KEY] = np.arange(part.n_obs)
+    part = TableModel.parse(part, region=region, region_key=REGION_KEY, instance_key=INSTANCE_KEY)
+    work = SpatialData(images={image_name: image}, shapes={region: shapes}, tables={TABLE_KEY: part})
     # image chunks are read here, in the worker: a nested compute on the cluster would wait for a free
     # worker thread while holding this one (a deadlock with one thread per worker)
     with dask.config.set(scheduler="sync"):
-        out = histology_features(work, table_key=_layout.TABLE_KEY, copy=True, **kwargs)
+        out = histology_features(work, table_key=TABLE_KEY, copy=True, **kwargs)
     key = kwargs["key_added"]
     return np.asarray(out.obsm[key], dtype=np.float32), dict(out.uns[key]["params"])
 
@@ -73,8 +76,8 @@ def histology_features_dask(
     *,
     partition_size: int = _dask.DEFAULT_PARTITION_SIZE,
     image_key: str | None = None,
-    table_key: str = _layout.TABLE_KEY,
-    library_key: str = _layout.LIBRARY_KEY,
+    table_key: str = TABLE_KEY,
+    library_key: str = LIBRARY_KEY,
     key_added: str | None = None,
     standardize: str | None = None,
     progress: bool = True,
@@ -145,13 +148,11 @@ def histology_features_dask(
         )
     if standardize not in (None, "library"):
         raise ValueError(f"standardize must be None or 'library', got {standardize!r}.")
-    table = _layout.get_table(sdata, table_key)
+    table = get_table(sdata, table_key)
     if table.n_obs == 0:
         raise ValueError("The table has no observations.")
     # every library must have its image before any task starts
-    ctx = _elements.resolve(
-        sdata, table_key=table_key, library_key=library_key, image_key=image_key, need_image=True
-    )
+    ctx = resolve(sdata, table_key=table_key, library_key=library_key, image_key=image_key, need_image=True)
     xy, labels = ctx.xy_um, ctx.labels
     if image_key is not None and len(set(labels)) > 1:
         raise ValueError("image_key= names one image but the table has several libraries.")
@@ -182,7 +183,7 @@ def histology_features_dask(
         if name not in images:  # one graph key per image: shipped once to each worker that needs it
             images[name] = dask.delayed(sdata.images[name], pure=True, traverse=False)
         part = _partition_table(table, rows, ctx.library(lib), xy, ctx.library_key)
-        task_kwargs = {**kwargs, "image_key": name, "library_key": ctx.library_key or _layout.LIBRARY_KEY,
+        task_kwargs = {**kwargs, "image_key": name, "library_key": ctx.library_key or LIBRARY_KEY,
                        "coordinate_system": ctx.library(lib).coordinate_system}  # fmt: skip
         tasks.append(dask.delayed(_encode_partition, pure=True)(images[name], name, part, task_kwargs))
     results = _dask.compute(tasks, progress=progress, desc="histology feature partitions")

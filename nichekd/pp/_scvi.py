@@ -8,9 +8,10 @@ from typing import Any
 import anndata as ad
 import numpy as np
 
-from .._docs import inject_docs
-from .._layout import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY, get_table, library_labels
-from .._utils import store_params
+from .._core.docs import inject_docs
+from .._core.keys import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY
+from .._core.records import store_params
+from .._core.table import get_table, library_labels
 from ._split import resolve_split_key
 
 

@@ -14,10 +14,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .._docs import inject_docs
-from .._elements import micron_coords
-from .._layout import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY, get_table, library_labels
-from .._utils import store_params
+from .._core.docs import inject_docs
+from .._core.keys import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY
+from .._core.records import store_params
+from .._core.spatial import micron_coords
+from .._core.table import get_table, library_labels
 
 SPLIT_LABELS = ("train", "test", "buffer")
 METHODS = ("strips", "blocks", "libraries")

@@ -19,9 +19,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .._docs import inject_docs
-from .._image import image_pyramid
-from .._layout import image_name
+from .._core.docs import inject_docs
+from .._core.keys import image_name
+from .._core.patches import image_pyramid
 
 # Hue (fraction of the colour wheel) of blue and green inks; H&E pinks and purples lie outside it.
 INK_HUE = (0.17, 0.68)
@@ -92,7 +92,8 @@ def tissue_mask(
     from spatialdata.models import ShapesModel
     from spatialdata.transformations import Identity
 
-    from .._utils import _uns_safe, versions
+    from .._core.records import _uns_safe
+    from .._core.runtime import versions
 
     image_key, library = _resolve_image(sdata, image_key, library)
     if not np.isfinite(target_mpp) or target_mpp <= 0:

@@ -6,8 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import _elements, _layout
-from .._docs import inject_docs
+from .._core.docs import inject_docs
+from .._core.keys import TABLE_KEY
+from .._core.spatial import _affine, resolve
+from .._core.units import _linear_scale
 
 
 @inject_docs
@@ -17,7 +19,7 @@ def set_units(
     microns_per_unit: float,
     library: str | list[str] | None = None,
     coordinate_system: str | None = None,
-    table_key: str = _layout.TABLE_KEY,
+    table_key: str = TABLE_KEY,
     library_key: str | None = None,
 ) -> None:
     """Say how many microns one unit of a coordinate system is, where the object does not record it.
@@ -51,7 +53,7 @@ def set_units(
     if not np.isfinite(microns_per_unit) or microns_per_unit <= 0:
         raise ValueError(f"microns_per_unit must be a positive number, got {microns_per_unit!r}.")
     # resolving with the given scale validates the libraries and coordinate systems before anything is written
-    ctx = _elements.resolve(
+    ctx = resolve(
         sdata,
         table_key=table_key,
         library_key=library_key,
@@ -66,9 +68,7 @@ def set_units(
         # microns per unit of the annotated shapes = microns per coordinate unit x coordinate units per shape unit
         scale = 1.0
         if lib.region is not None and not isinstance(sdata, type(ctx.table)) and lib.region in sdata.shapes:
-            scale = _elements._linear_scale(
-                _elements._affine(sdata.shapes[lib.region], lib.coordinate_system)
-            )
+            scale = _linear_scale(_affine(sdata.shapes[lib.region], lib.coordinate_system))
         records[name] = float(microns_per_unit) * scale
     spatial = dict(ctx.table.uns.get("spatial", {}) or {})
     for name, value in records.items():

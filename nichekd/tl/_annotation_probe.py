@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._docs import inject_docs
-from .._elements import micron_coords
-from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
-from .._utils import one_blas_thread, store_params
+from .._core.docs import inject_docs
+from .._core.keys import LIBRARY_KEY, TABLE_KEY
+from .._core.records import store_params
+from .._core.runtime import one_blas_thread
+from .._core.spatial import micron_coords
+from .._core.table import get_table, library_labels
 
 GROUPINGS = ("libraries", "blocks")
 CHANCE = "chance"

@@ -10,11 +10,13 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .._docs import inject_docs
-from .._elements import micron_coords
-from .._layout import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY, get_table, library_labels
-from .._neighbors import estimate_radius, neighbour_mean, radius_neighbours
-from .._utils import keep_torch_threads, store_params
+from .._core.docs import inject_docs
+from .._core.keys import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY
+from .._core.neighbors import estimate_radius, neighbour_mean, radius_neighbours
+from .._core.records import store_params
+from .._core.runtime import keep_torch_threads
+from .._core.spatial import micron_coords
+from .._core.table import get_table, library_labels
 from ..pp._split import resolve_split_key, split_groups
 from ._distill import resolve_features_key
 

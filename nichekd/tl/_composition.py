@@ -40,8 +40,9 @@ import pandas as pd
 from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 
-from .._docs import inject_docs
-from .._layout import TABLE_KEY, get_table
+from .._core.docs import inject_docs
+from .._core.keys import TABLE_KEY
+from .._core.table import get_table
 
 _EPS = 1e-12
 NULLS = ("labels", "pairings", "optimal_vs_random_pairings")

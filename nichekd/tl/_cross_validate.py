@@ -17,9 +17,10 @@ import pandas as pd
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from tqdm.auto import tqdm
 
-from .._docs import inject_docs
-from .._elements import micron_coords, microns_record
-from .._layout import LIBRARY_KEY, SPATIAL_KEY, TABLE_KEY, get_table, library_labels
+from .._core.docs import inject_docs
+from .._core.keys import LIBRARY_KEY, SPATIAL_KEY, TABLE_KEY
+from .._core.spatial import micron_coords, microns_record
+from .._core.table import get_table, library_labels
 from ..pp._split import _grid_split
 from ._baselines import METHODS as BASELINES
 from ._distill import resolve_features_key, teacher_targets

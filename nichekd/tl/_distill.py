@@ -8,12 +8,13 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .. import _validate as _val
-from .._docs import inject_docs
-from .._elements import micron_coords
-from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
-from .._neighbors import estimate_radius
-from .._utils import store_params
+from .._core import validate as _val
+from .._core.docs import inject_docs
+from .._core.keys import LIBRARY_KEY, TABLE_KEY
+from .._core.neighbors import estimate_radius
+from .._core.records import store_params
+from .._core.spatial import micron_coords
+from .._core.table import get_table, library_labels
 from ..models.student import NicheStudent
 from ..pp._augment import views_of
 from ..pp._split import check_split_guards, split_groups

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, adjusted_rand_score, f1_score, normalized_mutual_info_score
 
-from .._docs import inject_docs
-from .._layout import TABLE_KEY, get_table
+from .._core.docs import inject_docs
+from .._core.keys import TABLE_KEY
+from .._core.table import get_table
 from ._composition import compare_compositions, match_niches
 
 

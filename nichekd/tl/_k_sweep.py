@@ -11,10 +11,11 @@ import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 from tqdm.auto import tqdm
 
-from .._docs import inject_docs
-from .._elements import micron_coords
-from .._layout import LIBRARY_KEY, TABLE_KEY, get_table
-from .._utils import keep_torch_threads
+from .._core.docs import inject_docs
+from .._core.keys import LIBRARY_KEY, TABLE_KEY
+from .._core.runtime import keep_torch_threads
+from .._core.spatial import micron_coords
+from .._core.table import get_table
 from ..models.teacher import DEFAULT_N_NEIGHBORS, NicheTeacher
 
 K_SWEEP_COLUMNS = (

@@ -10,20 +10,13 @@ from typing import Any
 import anndata as ad
 import numpy as np
 
-from .. import _validate as _val
-from .._docs import inject_docs
-from .._elements import resolve
-from .._layout import (
-    LIBRARY_KEY,
-    REGION_KEY,
-    TABLE_KEY,
-    build_library,
-    get_table,
-    library_labels,
-    shapes_name,
-    spatial_coords,
-)
-from .._utils import read_params, store_run
+from .._core import validate as _val
+from .._core.docs import inject_docs
+from .._core.keys import LIBRARY_KEY, REGION_KEY, TABLE_KEY, shapes_name
+from .._core.records import read_params, store_run
+from .._core.spatial import resolve
+from .._core.table import get_table, library_labels, spatial_coords
+from ..io._build import build_library
 from ..models.student import NicheStudent
 from ..pp._split import split_groups
 from ._distill import check_niche_write, write_niche_predictions

@@ -7,12 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import _dask
-from .. import _validate as _val
-from .._docs import inject_docs
-from .._elements import micron_coords
-from .._layout import LIBRARY_KEY, TABLE_KEY, get_table, library_labels
-from .._utils import store_run
+from .._core import dask as _dask
+from .._core import validate as _val
+from .._core.docs import inject_docs
+from .._core.keys import LIBRARY_KEY, TABLE_KEY
+from .._core.records import store_run
+from .._core.spatial import micron_coords
+from .._core.table import get_table, library_labels
 from ..models.student import NicheStudent
 from ._distill import check_niche_write, write_niche_predictions
 from ._predict import (

@@ -7,11 +7,13 @@ from typing import Any
 import anndata as ad
 import pandas as pd
 
-from .._docs import inject_docs
-from .._elements import micron_coords
-from .._graph import store_spatial_graph
-from .._layout import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY, get_table, library_labels
-from .._utils import keep_torch_threads, store_params
+from .._core.docs import inject_docs
+from .._core.keys import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY
+from .._core.neighbors import store_spatial_graph
+from .._core.records import store_params
+from .._core.runtime import keep_torch_threads
+from .._core.spatial import micron_coords
+from .._core.table import get_table, library_labels
 from ..models.teacher import DEFAULT_N_NEIGHBORS, NicheTeacher
 from ..pp._split import resolve_split_key, split_fingerprint, split_groups
 

@@ -23,7 +23,6 @@ readers, or by a colleague's code all go through the same path:
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,14 +31,21 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from . import _layout
+from .keys import SPATIAL_KEY, TABLE_KEY
+from .patches import _level_arrays, image_pyramid
+from .table import _region_key, get_table, library_column, spatial_coords
+from .units import (
+    _HD_BIN,
+    VISIUM_FULLRES_DIAMETER_UM,
+    VISIUM_SPOT_UM,
+    _linear_scale,
+    _metadata,
+    _scalefactors,
+    _shape_size,
+    _spaceranger,
+    _visium_array_scale,
+)
 
-# Physical sizes fixed by a technology (10x Genomics specifications): a Visium spot is 55 um wide, spots are
-# 100 um apart, and Space Ranger's `spot_diameter_fullres` spans a "theoretical 65 um spot" (its docs), which is
-# also the circle radius spatialdata-io draws.
-VISIUM_SPOT_UM = 55.0
-VISIUM_FULLRES_DIAMETER_UM = 65.0
-_HD_BIN = re.compile(r"square_(\d{3})um")
 # an image holds a library's spots when at least this share of them lies on it
 _MIN_ON_IMAGE = 0.5
 
@@ -78,8 +84,7 @@ class SpatialContext:
         return self.libraries[str(name)]
 
     def pyramid(self, name: str, image_key: str | None = None):
-        """The image pyramid of library ``name`` in microns (see :func:`nichekd._image.image_pyramid`)."""
-        from . import _image
+        """The image pyramid of library ``name`` in microns (see :func:`nichekd.image_pyramid`)."""
 
         lib = self.library(name)
         key = image_key or lib.image
@@ -93,47 +98,10 @@ class SpatialContext:
             )
         cache_key = (key, lib.coordinate_system, lib.microns_per_unit)
         if cache_key not in self._pyramids:
-            self._pyramids[cache_key] = _image.image_pyramid(
+            self._pyramids[cache_key] = image_pyramid(
                 self.sdata, key, lib.coordinate_system, microns_per_unit=lib.microns_per_unit
             )
         return self._pyramids[cache_key]
-
-
-def _region_key(table: ad.AnnData) -> tuple[str | None, str | None]:
-    attrs = table.uns.get("spatialdata_attrs", {}) or {}
-    return attrs.get("region_key"), attrs.get("instance_key")
-
-
-def library_labels(table: ad.AnnData, library_key: str | None = None) -> tuple[str | None, np.ndarray]:
-    """``(column used, library of each row)``.
-
-    ``library_key=None`` (or the default ``"library"`` where the table has no such column) uses
-    ``obs['library']`` when present, else the table's region column (one library per annotated element), else a
-    single library called ``"library"``.
-    """
-    if library_key == _layout.LIBRARY_KEY and library_key not in table.obs:
-        library_key = None
-    if library_key is not None:
-        if library_key not in table.obs:
-            raise KeyError(
-                f"No column {library_key!r} in obs; pass library_key= with a column naming each observation's "
-                f"section (obs has {list(table.obs.columns)[:20]}), or library_key=None for one per element."
-            )
-        col = table.obs[library_key]
-        if col.isna().any():
-            raise ValueError(f"obs[{library_key!r}] has missing values; every observation needs a library.")
-        return library_key, col.astype(str).to_numpy()
-    if _layout.LIBRARY_KEY in table.obs:
-        return library_labels(table, _layout.LIBRARY_KEY)
-    region_key, _ = _region_key(table)
-    if region_key is not None and region_key in table.obs:
-        return library_labels(table, region_key)
-    return None, np.full(table.n_obs, "library", dtype=object)
-
-
-def _linear_scale(affine: np.ndarray) -> float:
-    """Length scale of a 2D affine map (sqrt of the absolute determinant)."""
-    return float(np.sqrt(abs(np.linalg.det(np.asarray(affine, dtype=float)[:2, :2]))))
 
 
 def _affine(element: Any, coordinate_system: str) -> np.ndarray:
@@ -147,80 +115,6 @@ def _coordinate_systems(element: Any) -> list[str]:
     from spatialdata.transformations import get_transformation
 
     return list(get_transformation(element, get_all=True) or {})
-
-
-def _scalefactors(table: ad.AnnData, names: list[str]) -> dict:
-    spatial = table.uns.get("spatial", {}) or {}
-    for n in names:
-        if n in spatial and isinstance(spatial[n], dict):
-            return dict(spatial[n].get("scalefactors", {}) or {})
-    return {}
-
-
-def _metadata(table: ad.AnnData, names: list[str]) -> dict:
-    spatial = table.uns.get("spatial", {}) or {}
-    for n in names:
-        if isinstance(spatial.get(n), dict) and isinstance(spatial[n].get("metadata"), dict):
-            return dict(spatial[n]["metadata"])
-    return {}
-
-
-def visium_array_scale(array_colrow: np.ndarray, xy: np.ndarray) -> float | None:
-    """Microns per unit of ``xy`` from Visium's spot array (``(array_col, array_row)`` per spot): neighbouring
-    spots of a row are 100 um apart (2 columns), rows 100 * sqrt(3) / 2 um apart. ``None`` unless the positions
-    fit that lattice (median deviation below 5%).
-    """
-    from scipy.spatial import cKDTree
-
-    arr = np.asarray(array_colrow, dtype=float)[:5000]
-    xy = np.asarray(xy, dtype=float)[:5000]
-    if len(xy) < 3:
-        return None
-    _, j = cKDTree(xy).query(xy, k=2)
-    um = np.linalg.norm((arr - arr[j[:, 1]]) * [50.0, 50.0 * np.sqrt(3)], axis=1)
-    units = np.linalg.norm(xy - xy[j[:, 1]], axis=1)
-    ok = (units > 0) & (um > 0)
-    if ok.sum() < 2:
-        return None
-    ratio = um[ok] / units[ok]
-    med = float(np.median(ratio))
-    return med if np.median(np.abs(ratio / med - 1)) < 0.05 else None
-
-
-def _visium_array_scale(table: ad.AnnData, rows: np.ndarray, centroids: np.ndarray) -> float | None:
-    """:func:`visium_array_scale` from the table's ``obs['array_col']``/``obs['array_row']``; the array says
-    Visium where a concatenation dropped the reader's metadata."""
-    if not {"array_row", "array_col"} <= set(table.obs.columns):
-        return None
-    return visium_array_scale(table.obs[["array_col", "array_row"]].to_numpy(dtype=float)[rows], centroids)
-
-
-def _spaceranger(table: ad.AnnData, names: list[str]) -> bool:
-    spatial = table.uns.get("spatial", {}) or {}
-    for n in names:
-        meta = (spatial.get(n) or {}).get("metadata", {}) if isinstance(spatial.get(n), dict) else {}
-        version = meta.get("software_version", "") if isinstance(meta, dict) else ""
-        version = version[0] if isinstance(version, np.ndarray | list) and len(version) else version
-        if isinstance(version, bytes):
-            version = version.decode(errors="ignore")
-        if str(version).startswith("spaceranger"):
-            return True
-    return False
-
-
-def _shape_size(shapes: Any) -> tuple[float | None, str]:
-    """Median width of the shapes in their own units and their form (``"circle"``, ``"square"``, ``"polygon"``)."""
-    if "radius" in shapes.columns:
-        return float(np.median(np.asarray(shapes["radius"], dtype=float))) * 2.0, "circle"
-    geom = shapes.geometry
-    if len(geom) == 0:
-        return None, "polygon"
-    sample = geom.iloc[: min(len(geom), 1000)]
-    area = sample.area.to_numpy()
-    bounds = sample.bounds.to_numpy()
-    box = (bounds[:, 2] - bounds[:, 0]) * (bounds[:, 3] - bounds[:, 1])
-    square = bool(np.allclose(area, box, rtol=1e-3))
-    return float(np.median(np.sqrt(area))), ("square" if square else "polygon")
 
 
 def _microns_per_shape_unit(
@@ -285,9 +179,9 @@ def _check_table_coords(
 ) -> None:
     """Refuse a table whose ``obsm['spatial']`` disagrees with its element (e.g. rescaled by hand): nichekd reads
     positions from the element, and a user looking at the table would be misled."""
-    if _layout.SPATIAL_KEY not in table.obsm:
+    if SPATIAL_KEY not in table.obsm:
         return
-    xy = np.asarray(table.obsm[_layout.SPATIAL_KEY], dtype=float)[rows, :2]
+    xy = np.asarray(table.obsm[SPATIAL_KEY], dtype=float)[rows, :2]
     if xy.shape != centroids.shape or not np.isfinite(xy).all():
         return
     extent = float(np.ptp(centroids, axis=0).max()) if len(centroids) > 1 else 1.0
@@ -303,18 +197,16 @@ def _check_table_coords(
 
 def _image_extent(sdata: Any, name: str, cs: str) -> tuple[np.ndarray, np.ndarray]:
     """Corners (min, max) of an image's bounding box in ``cs`` units."""
-    from . import _image
 
-    pyr = _image.image_pyramid(sdata, name, cs)
+    pyr = image_pyramid(sdata, name, cs)
     x0, x1, y0, y1 = pyr.extent_um  # in coordinate-system units here (microns_per_unit=1)
     return np.array([x0, y0]), np.array([x1, y1])
 
 
 def _is_placeholder(sdata: Any, name: str) -> bool:
     """True for a constant image (an all-black or all-white stand-in): its coarsest level has no contrast."""
-    from . import _image
 
-    arr = _image._level_arrays(sdata.images[name])[-1]
+    arr = _level_arrays(sdata.images[name])[-1]
     data = arr.data
     h, w = int(arr.sizes["y"]), int(arr.sizes["x"])
     step = max(1, int(max(h, w) // 512))
@@ -325,9 +217,8 @@ def _is_placeholder(sdata: Any, name: str) -> bool:
 
 def _is_rgb(element: Any) -> bool:
     """An RGB(A) image: 3 channels, or 4 channels of 8-bit values (RGBA PNGs as spatialdata-io reads them)."""
-    from . import _image
 
-    arr = _image._level_arrays(element)[0]
+    arr = _level_arrays(element)[0]
     n = int(arr.sizes.get("c", 0))
     return n == 3 or (n == 4 and arr.dtype == np.uint8)
 
@@ -368,9 +259,8 @@ def _choose_image(
         if _is_placeholder(sdata, name):
             skipped.append(name)
             continue
-        from . import _image
 
-        unit_per_px = _image.image_pyramid(sdata, name, cs).levels[0].mpp
+        unit_per_px = image_pyramid(sdata, name, cs).levels[0].mpp
         named = any(name.startswith(p) for p in prefer if p)
         candidates.append((not named, unit_per_px, name))
     note = (
@@ -410,7 +300,7 @@ def _choose_cs(sdata: Any, region_el: Any, coordinate_system: str | None, librar
 def resolve(
     sdata: Any,
     *,
-    table_key: str = _layout.TABLE_KEY,
+    table_key: str = TABLE_KEY,
     library_key: str | None = None,
     coordinate_system: str | None = None,
     microns_per_unit: float | None = None,
@@ -444,10 +334,10 @@ def resolve(
     -------
     The resolved :class:`SpatialContext`; nothing in ``sdata`` is modified.
     """
-    table = _layout.get_table(sdata, table_key)
+    table = get_table(sdata, table_key)
     if microns_per_unit is not None and (not np.isfinite(microns_per_unit) or microns_per_unit <= 0):
         raise ValueError(f"microns_per_unit must be a positive number, got {microns_per_unit!r}.")
-    key, labels = library_labels(table, library_key)
+    key, labels = library_column(table, library_key)
     region_key, instance_key = _region_key(table)
     is_sdata = not isinstance(sdata, ad.AnnData)
     xy_um = np.full((table.n_obs, 2), np.nan)
@@ -485,7 +375,7 @@ def resolve(
             unit_scale = _linear_scale(aff)  # coordinate-system units per shape unit
         else:
             cs = coordinate_system if coordinate_system is not None else (str(lib) if is_sdata else None)
-            xy_cs = _layout.spatial_coords(table)[rows]
+            xy_cs = spatial_coords(table)[rows]
             unit_scale = 1.0
             mpsu, diameter_um, technology = _microns_per_shape_unit(
                 sdata, table, lib, region, None, rows, xy_cs
@@ -542,9 +432,7 @@ def resolve(
     )
 
 
-def micron_coords(
-    data: Any, *, table_key: str = _layout.TABLE_KEY, library_key: str | None = None
-) -> np.ndarray:
+def micron_coords(data: Any, *, table_key: str = TABLE_KEY, library_key: str | None = None) -> np.ndarray:
     """``(n, 2)`` micron coordinates of every row of the table (see :func:`resolve`).
 
     Examples

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 BACKGROUND = 255  # white glass: what lies outside the scanned area
+
 # Tiles are read whole; larger dask chunks are split so that no read comes near loading a slide.
 MAX_TILE_PX = 2048
 
@@ -102,7 +103,7 @@ def image_pyramid(
     """Levels of ``sdata.images[image_key]`` with their mapping to microns.
 
     ``microns_per_unit`` converts units of ``coordinate_system`` to microns (see
-    :func:`nichekd._elements.resolve`, which finds it). Works for multiscale (DataTree) and single-scale
+    :func:`nichekd.resolve`, which finds it). Works for multiscale (DataTree) and single-scale
     (DataArray) elements and for any registered transformation (Scale, Affine, Sequence, with non-square
     pixels or rotation).
     """

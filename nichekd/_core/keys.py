@@ -1,0 +1,31 @@
+"""Every default key and element-naming rule nichekd uses (tables, columns, elements, suffixes)."""
+
+from __future__ import annotations
+
+TABLE_KEY = "table"
+
+LIBRARY_KEY = "library"
+
+REGION_KEY = "region"
+
+INSTANCE_KEY = "instance_id"
+
+SPATIAL_KEY = "spatial"
+
+SPLIT_KEY = "split"
+
+UNITS = "micrometer"
+
+KINDS = ("spot", "cell", "tile")
+
+
+def image_name(library: str) -> str:
+    """Name of a library's H&E image element."""
+    return f"{library}_he"
+
+
+def shapes_name(library: str, kind: str = "spot") -> str:
+    """Name of a library's spots/cells/tiles shapes element."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+    return f"{library}_{kind}s"
