@@ -21,4 +21,4 @@ from ._visium import read_visium
 from ._visium_hd import read_visium_hd
 from ._xenium import read_xenium
 from ._wsi import read_wsi
-from ._write import write
+from ._write import recover, write
