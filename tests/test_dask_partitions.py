@@ -118,3 +118,27 @@ def test_predict_dask_equals_predict_niches(small, context_scales):
     with pytest.raises(ValueError, match="not fitted"):
         predict_niches_dask(small, NicheStudent(3, radius_um=40.0), key_added="never")
     assert "never" not in table.obs
+
+
+def test_features_dask_default_key_of_a_custom_module(small):
+    """One default-key rule: a custom module's features land under the same key on both paths (the dask path
+    used to build it from the module's repr)."""
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    module = Tiny()
+    kw = {"backbone": module, "input_size": 16, "mpp": 4.0, "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    one = nk.pp.histology_features(small, device="cpu", copy=True, **kw)
+    many = histology_features_dask(small, device="cpu", partition_size=150, copy=True, progress=False, **kw)
+    key = [k for k in one.obsm if k.startswith("X_custom")]
+    assert key and key == [k for k in many.obsm if k.startswith("X_custom")]
+    assert "object at 0x" not in key[0]
+    np.testing.assert_allclose(many.obsm[key[0]], one.obsm[key[0]], rtol=1e-5, atol=1e-6)

@@ -183,3 +183,41 @@ def test_bad_input(trained, tmp_path):
     )
     with pytest.raises(ValueError, match="config.json does not match its checksum"):
         NicheStudent.load(path)
+
+
+def test_feature_record_one_list_and_one_comparison():
+    """The grid read-out defines features: a model trained on per-observation features refuses grid features
+    (it used to pass, the prediction list of settings lacked grid_um), with the same tolerance as the cache."""
+    from types import SimpleNamespace
+
+    from nichekd._core.feature_record import FEATURE_SETTINGS, same_setting
+    from nichekd.pp import _features
+    from nichekd.tl._predict import check_encoder
+
+    record = {"backbone": "stain", "patch_size_um": 64.0, "standardize": None, "grid_um": None}
+    model = SimpleNamespace(encoder=dict(record))
+    check_encoder(model, dict(record), "he")
+    with pytest.raises(ValueError, match="grid_um"):
+        check_encoder(model, {**record, "grid_um": 32.0}, "he")
+    check_encoder(model, {**record, "patch_size_um": 64.0 * (1 + 1e-9)}, "he")
+    assert set(_features._SETTINGS) <= set(FEATURE_SETTINGS) | {"features_key", "image_key", "shapes_key"}
+    assert "grid_um" in _features._SETTINGS and "grid_um" in FEATURE_SETTINGS
+    assert same_setting(64.0, 64.0 * (1 + 1e-9)) and not same_setting(64.0, 64.1)
+
+
+def test_a_table_under_another_name_is_predicted_not_tiled(trained):
+    """An object whose one table is not called "table" (spatialdata-io's Visium HD "square_008um") has its own
+    observations predicted: predict_niches finds the table as every function does (it used to tile the
+    tissue into a new table). Several tables and no "table": an error names them."""
+    sdata, model, path = trained
+    t = sdata.tables["table"]
+    expected = model.predict_proba(t.obsm["he_features"], t.obsm["spatial"], groups=_groups(t))
+    renamed = sdata.__class__(images=dict(sdata.images), shapes=dict(sdata.shapes), tables={"square_008um": t})
+    predict_niches(renamed, path, key_added="pred")
+    assert list(renamed.tables) == ["square_008um"] and not any(k.endswith("_tiles") for k in renamed.shapes)
+    np.testing.assert_allclose(renamed.tables["square_008um"].obsm["pred_proba"], expected, atol=1e-5)
+    two = sdata.__class__(
+        images=dict(sdata.images), shapes=dict(sdata.shapes), tables={"square_008um": t.copy(), "other": t.copy()}
+    )
+    with pytest.raises(KeyError, match="table_key"):
+        predict_niches(two, path, key_added="pred2")

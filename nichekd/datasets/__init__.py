@@ -2,5 +2,5 @@
 
 # one import line per module below
 from ._dlpfc import dlpfc
-from ._public import resolve_data_dir, st_mob, visium_hd_kidney_crop
+from ._public import cache_dir, resolve_data_dir, st_mob, visium_hd_kidney_crop
 from ._synthetic import synthetic_tissue

@@ -11,12 +11,40 @@ import pandas as pd
 from .._core.table import get_table
 
 _ENV = "NICHEKD_DATA_DIR"
+_CACHE_ENV = "NICHEKD_CACHE_DIR"
 _REPO = Path(__file__).resolve().parents[2]
+
+# Where each public sample comes from, for the message when it is not found (no download at run time).
+SOURCES = {
+    "st_mob": "STUtility's example counts (github.com/jbergenstrahle/STUtility, inst/extdata/counts, MIT)",
+    "visium_hd_kidney_crop": "10x Genomics' public Visium_HD_Human_Kidney_FFPE dataset (a 1 mm crop of it)",
+    "dlpfc_donor1": "LieberInstitute/HumanPilot (github.com/LieberInstitute/HumanPilot), sections 151507-151510",
+    "visium_mouse_brain": "10x Genomics' public V1_Adult_Mouse_Brain dataset",
+    "visium_tiny": "scanpy's test data (scanpy/tests/_data/visium_data)",
+    "xenium_hest_tiny": "HEST-1k sample NCBI858 (huggingface.co/datasets/MahmoodLab/hest)",
+}
+
+
+def cache_dir() -> Path:
+    """nichekd's cache folder: ``$NICHEKD_CACHE_DIR``, else ``$XDG_CACHE_HOME/nichekd``, else
+    ``~/.cache/nichekd``. Dataset folders placed in its ``data/`` subfolder are found by the loaders.
+
+    Examples
+    --------
+    >>> import nichekd as nk
+    >>> nk.datasets.cache_dir()  # doctest: +SKIP
+    PosixPath('/home/me/.cache/nichekd')
+    """
+    if os.environ.get(_CACHE_ENV):
+        return Path(os.environ[_CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "nichekd"
 
 
 def resolve_data_dir(data_dir: str | Path | None = None, dataset: str | None = None) -> Path:
-    """The data folder: the argument, else ``$NICHEKD_DATA_DIR``, else ``../shared/data`` (from the current
-    directory, then from the repository); with ``dataset``, that subfolder.
+    """The data folder: the argument, else ``$NICHEKD_DATA_DIR``, else the cache's ``data/`` folder (see
+    :func:`cache_dir`), else ``../shared/data`` from the current directory or a source checkout; with
+    ``dataset``, that subfolder.
 
     Examples
     --------
@@ -25,19 +53,24 @@ def resolve_data_dir(data_dir: str | Path | None = None, dataset: str | None = N
     PosixPath('../shared/data/st_mob')
     """
     if data_dir is not None:
-        candidates = [Path(data_dir)]
+        candidates = [Path(data_dir).expanduser()]
     elif os.environ.get(_ENV):
-        candidates = [Path(os.environ[_ENV])]
+        candidates = [Path(os.environ[_ENV]).expanduser()]
     else:
-        candidates = [Path.cwd().parent / "shared" / "data", _REPO.parent / "shared" / "data"]
+        candidates = [
+            cache_dir() / "data",
+            Path.cwd().parent / "shared" / "data",
+            _REPO.parent / "shared" / "data",
+        ]
     for root in candidates:
         path = root / dataset if dataset else root
         if path.is_dir():
             return path
     looked = [str(c / dataset) if dataset else str(c) for c in candidates]
+    origin = f" It comes from {SOURCES[dataset]}." if dataset in SOURCES else ""
     raise FileNotFoundError(
-        f"Dataset folder {dataset or ''} not found (looked in {looked}). Pass data_dir= or set {_ENV} to the "
-        "folder holding the shared datasets."
+        f"Dataset folder {dataset or ''} not found (looked in {looked}).{origin} nichekd downloads nothing: put "
+        f"the folder under {cache_dir() / 'data'}, set {_ENV} to the folder holding it, or pass data_dir=."
     )
 
 
