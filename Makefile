@@ -1,6 +1,6 @@
 # nichekd: two commands do all set-up on a fresh clone.
 #   make demo   install into .venv, run the pipeline on the embedded synthetic tissue
-#   make test   install with the dev extra, run the test suite
+#   make test   install with the dev extra, lint (ruff check, ruff format --check), run the test suite
 # TORCH selects the torch requirement; CI pins the CPU wheel (torch==2.13.0).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -28,7 +28,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m nichekd.demo --out demo_output
 
-test: $(STAMP)
+# lint first: a style or import error fails in seconds instead of after the suite
+test: lint
 	$(PY) -m pytest -n 2 --dist load tests
 
 lint: $(STAMP)

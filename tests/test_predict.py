@@ -212,12 +212,16 @@ def test_a_table_under_another_name_is_predicted_not_tiled(trained):
     sdata, model, path = trained
     t = sdata.tables["table"]
     expected = model.predict_proba(t.obsm["he_features"], t.obsm["spatial"], groups=_groups(t))
-    renamed = sdata.__class__(images=dict(sdata.images), shapes=dict(sdata.shapes), tables={"square_008um": t})
+    renamed = sdata.__class__(
+        images=dict(sdata.images), shapes=dict(sdata.shapes), tables={"square_008um": t}
+    )
     predict_niches(renamed, path, key_added="pred")
     assert list(renamed.tables) == ["square_008um"] and not any(k.endswith("_tiles") for k in renamed.shapes)
     np.testing.assert_allclose(renamed.tables["square_008um"].obsm["pred_proba"], expected, atol=1e-5)
     two = sdata.__class__(
-        images=dict(sdata.images), shapes=dict(sdata.shapes), tables={"square_008um": t.copy(), "other": t.copy()}
+        images=dict(sdata.images),
+        shapes=dict(sdata.shapes),
+        tables={"square_008um": t.copy(), "other": t.copy()},
     )
     with pytest.raises(KeyError, match="table_key"):
         predict_niches(two, path, key_added="pred2")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy.stats import norm
+from scipy.special import ndtri  # the normal quantile (norm.ppf) without importing scipy.stats
 
 from ._cell_types import NucleusShapes
 from ._niche_fields import SmoothField, smooth_field
@@ -188,7 +188,7 @@ def make_nuisance(
             TEAR_WIDTH_UM,
             (0.1, 0.3),
         ),  # fmt: skip
-        blur_threshold=float(norm.ppf(1 - min(BLUR_AREA * artifacts, 0.9))) if artifacts > 0 else np.inf,
+        blur_threshold=float(ndtri(1 - min(BLUR_AREA * artifacts, 0.9))) if artifacts > 0 else np.inf,
     )
 
 
@@ -222,7 +222,7 @@ def red_blood_cells(
     field = smooth_field(rng, width_um, height_um, 0.5 * niche_length_um)
     n = rng.poisson(width_um * height_um / RBC_AREA_UM2)
     xy = rng.uniform([0, 0], [width_um, height_um], size=(n, 2))
-    cut = norm.ppf(1 - min(HAEMORRHAGE_AREA * strength, 0.5))
+    cut = ndtri(1 - min(HAEMORRHAGE_AREA * strength, 0.5))
     keep = (field.at(xy[:, 0], xy[:, 1]) > cut) & inside(xy[:, 0], xy[:, 1])
     xy = xy[keep]
     m = len(xy)

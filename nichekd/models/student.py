@@ -22,12 +22,9 @@ import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
 from .._core import validate as _val
@@ -35,7 +32,10 @@ from .._core.neighbors import Neighbourhoods, radius_neighbours
 from .._core.runtime import resolve_device, seed_everything, versions
 from ._context import context_means, context_reach
 from ._integrity import arrays_digest, definition_digest, json_safe
-from ._position import RelativePositionEncoding
+
+if TYPE_CHECKING:  # torch is imported where a model is built, fitted or loaded, not by ``import nichekd``
+    import torch
+    from torch import nn
 
 ARCHITECTURES = ("transformer", "mlp")
 CONFIG_FILE = "config.json"
@@ -50,82 +50,6 @@ MIN_STEPS_PER_EPOCH = 32
 MIN_BATCH = 32
 
 
-class _TransformerStudent(nn.Module):
-    """Tokens = projected features + position encoding; read out at the centre token (index 0)."""
-
-    def __init__(
-        self,
-        n_features: int,
-        n_niches: int,
-        radius_um: float,
-        d_model: int,
-        n_layers: int,
-        n_heads: int,
-        dropout: float,
-        n_scales: int = 0,
-    ):
-        super().__init__()
-        self.project = nn.Sequential(nn.Linear(n_features, d_model), nn.LayerNorm(d_model))
-        self.position = RelativePositionEncoding(d_model, radius_um)
-        self.centre = nn.Parameter(torch.zeros(d_model))  # tells the centre token apart from neighbours
-        # one learned embedding per context scale: the tokens of wider windows carry no offset
-        self.scale = nn.Parameter(torch.zeros(n_scales, d_model)) if n_scales else None
-        layer = nn.TransformerEncoderLayer(
-            d_model, n_heads, 2 * d_model, dropout, batch_first=True, norm_first=True
-        )
-        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
-        self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Dropout(dropout), nn.Linear(d_model, n_niches))
-
-    def forward(
-        self, x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        h = self.project(x) + self.position(offsets)
-        h = torch.cat([h[:, :1] + self.centre, h[:, 1:]], dim=1)
-        if self.scale is not None:
-            h = torch.cat([h, self.project(context) + self.scale], dim=1)
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], self.scale.shape[0])], dim=1)
-        h = self.encoder(h, src_key_padding_mask=~mask)
-        return self.head(h[:, 0])
-
-
-class _MLPStudent(nn.Module):
-    """MLP on ``[own, neighbourhood mean]`` features."""
-
-    def __init__(self, n_features: int, n_niches: int, hidden: int, dropout: float, n_scales: int = 0):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear((2 + n_scales) * n_features, hidden),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, hidden),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, n_niches),
-        )
-
-    def forward(
-        self, x: torch.Tensor, offsets: torch.Tensor, mask: torch.Tensor, context: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        w = mask.to(x.dtype)[..., None]
-        mean = (x * w).sum(1) / w.sum(1).clamp_min(1.0)
-        parts = [x[:, 0], mean] if context is None else [x[:, 0], mean, context.flatten(1)]
-        return self.net(torch.cat(parts, dim=1))
-
-
-class _Ensemble(nn.Module):
-    """Members trained from different seeds; the log of their mean probabilities (a calibrated average)."""
-
-    def __init__(self, members: list[nn.Module]):
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    def forward(self, x, offsets, mask, context=None) -> torch.Tensor:
-        proba = torch.stack([torch.softmax(m(x, offsets, mask, context), dim=1) for m in self.members]).mean(
-            0
-        )
-        return torch.log(proba.clamp_min(1e-12))
-
-
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float):
     """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over the batch.
 
@@ -135,6 +59,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     >>> float(distillation_loss(torch.zeros(4, 3), torch.zeros(4, 3), 2.0))
     0.0
     """
+    import torch.nn.functional as F
+
     t = float(temperature)
     log_student = F.log_softmax(student_logits / t, dim=1)
     log_teacher = F.log_softmax(teacher_logits / t, dim=1)
@@ -144,6 +70,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 @contextlib.contextmanager
 def _deterministic():
     """Deterministic torch kernels for the duration (restored afterwards: other code may not want them)."""
+    import torch
+
     before = torch.are_deterministic_algorithms_enabled()
     warn_before = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -272,13 +200,17 @@ class NicheStudent:
 
     # -- construction ------------------------------------------------------------------------------------
     def _build(self) -> nn.Module:
+        from ._student_nets import Ensemble
+
         if self.n_members == 1:  # a bare member: weights of single models keep their layout
             return self._build_member()
-        return _Ensemble([self._build_member() for _ in range(self.n_members)])
+        return Ensemble([self._build_member() for _ in range(self.n_members)])
 
     def _build_member(self) -> nn.Module:
+        from ._student_nets import MLPStudent, TransformerStudent
+
         if self.architecture == "transformer":
-            return _TransformerStudent(
+            return TransformerStudent(
                 self.n_inputs,
                 self.n_niches,
                 self.radius_um,
@@ -288,7 +220,7 @@ class NicheStudent:
                 self.dropout,
                 len(self.context_scales),
             )
-        return _MLPStudent(self.n_inputs, self.n_niches, self.hidden, self.dropout, len(self.context_scales))
+        return MLPStudent(self.n_inputs, self.n_niches, self.hidden, self.dropout, len(self.context_scales))
 
     @property
     def halo_um(self) -> float:
@@ -299,6 +231,8 @@ class NicheStudent:
         """``(N, S, n_inputs)`` context means of the network inputs, or ``None`` without context scales."""
         if not self.context_scales:
             return None
+        import torch
+
         return torch.from_numpy(context_means(inputs, xy, self.radius_um, self.context_scales, groups))
 
     @property
@@ -352,6 +286,8 @@ class NicheStudent:
     def _batch(self, feats: torch.Tensor, xy: np.ndarray, idx: np.ndarray, device: str, ctx=None):
         """Gather one batch: features ``(B, M, D)``, offsets ``(B, M, 2)``, mask ``(B, M)``, context
         ``(B, S, D)`` or ``None``."""
+        import torch
+
         mask = idx >= 0
         safe = np.where(mask, idx, idx[:, :1])
         x = feats[torch.from_numpy(safe)]
@@ -450,6 +386,10 @@ class NicheStudent:
         --------
         >>> model = NicheStudent(3, radius_um=60.0).fit(feats, teacher, xy, epochs=2)  # doctest: +SKIP
         """
+        import torch
+
+        from ._student_nets import Ensemble
+
         _val.check_int("epochs", epochs)
         _val.check_int("batch_size", batch_size)
         _val.check_int("patience", patience)
@@ -551,7 +491,7 @@ class NicheStudent:
                     first = (self.history, self.best_epoch)
         # the history reported is the first member's (the only one without an ensemble)
         self.history, self.best_epoch = first
-        self.module = members[0] if self.n_members == 1 else _Ensemble(members).to(device)
+        self.module = members[0] if self.n_members == 1 else Ensemble(members).to(device)
         self.module.eval()
         return self
 
@@ -566,6 +506,8 @@ class NicheStudent:
         batch_size: int,
         ctx: torch.Tensor | None = None,
     ) -> np.ndarray:
+        import torch
+
         self.module.eval()
         out = np.empty((len(idx), self.n_niches), dtype=np.float32)
         with torch.no_grad():
@@ -594,6 +536,8 @@ class NicheStudent:
         --------
         >>> logits = model.predict_logits(feats, xy)  # doctest: +SKIP
         """
+        import torch
+
         if not self.is_fitted:
             raise RuntimeError("The student is not fitted; call fit() or NicheStudent.load() first.")
         xy = np.asarray(xy, dtype=np.float64)
@@ -634,6 +578,8 @@ class NicheStudent:
         --------
         >>> proba = model.predict_proba(feats, xy)  # doctest: +SKIP
         """
+        import torch
+
         logits = self.predict_logits(
             features, xy, groups=groups, views=views, batch_size=batch_size, device=device
         )
@@ -692,6 +638,8 @@ class NicheStudent:
         )
 
     def _tensors(self) -> dict[str, torch.Tensor]:
+        import torch
+
         tensors = {f"module.{k}": v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
         tensors["feature_mean"] = torch.from_numpy(np.ascontiguousarray(self.feature_mean))
         tensors["feature_std"] = torch.from_numpy(np.ascontiguousarray(self.feature_std))
@@ -739,6 +687,7 @@ class NicheStudent:
         --------
         >>> model = NicheStudent.load("student_model")  # doctest: +SKIP
         """
+        import torch
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
