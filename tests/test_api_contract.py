@@ -49,7 +49,8 @@ def test_same_names_for_same_things(name):
 UTILITIES = {"pl.niche_palette", "pp.list_backbones", "tl.match_niches"}
 # **kwargs that are forwarded to a function that refuses unknown names (tested below)
 FORWARDING = {"pp.histology_features": "provenance", "pp.histology_features_dask": "kwargs",
-              "tl.niche_k_sweep": "teacher_kwargs"}  # fmt: skip
+              "tl.niche_k_sweep": "teacher_kwargs",
+              "tl.distill": "settings"}  # deprecated student settings, refused unless NicheStudent's  # fmt: skip
 # a second data object may stand positionally after the first (the model a prediction uses)
 SECOND_POSITIONAL = {"tl.predict_niches": "model", "tl.predict_niches_dask": "model"}
 

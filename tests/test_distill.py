@@ -107,6 +107,8 @@ def test_save_load_round_trip(tmp_path):
         loaded.predict_proba(t.obsm["feats"], xy), model.predict_proba(t.obsm["feats"], xy), atol=1e-6
     )
     np.testing.assert_array_equal(loaded.feature_mean, model.feature_mean)
+    assert loaded.batch_size_used == model.batch_size_used > 0  # was missing after load
+    assert NicheStudent(3, radius_um=10.0).batch_size_used is None
     with pytest.raises(ValueError, match="expects 32 features"):
         loaded.predict_proba(t.obsm["feats"][:, :10], xy)
     with pytest.raises(FileNotFoundError):
@@ -254,3 +256,80 @@ def test_seed_ensemble_averages_members_and_round_trips(tmp_path):
     )
     with pytest.raises(ValueError, match="n_members"):
         NicheStudent(4, radius_um=45.0, n_members=0)
+
+
+def _distill_inputs(sdata, model):
+    """The cells, masks and groups distill trains ``model`` on (its own rules, recomputed here)."""
+    from nichekd._core.table import library_labels
+    from nichekd.pp._split import split_groups
+    from nichekd.tl._distill import teacher_targets, validation_blocks
+
+    t = sdata.tables["table"]
+    logits, names, _ = teacher_targets(t, "teacher_niche")
+    xy = np.asarray(t.obsm["spatial"], dtype=float)
+    libs = np.asarray(library_labels(t)).astype(str)
+    split = t.obs["split"].astype(str).to_numpy()
+    trainable = split == "train"
+    rng = np.random.default_rng(0)
+    val = validation_blocks(xy, np.flatnonzero(trainable), libs, model.val_fraction, rng, model.val_blocks)
+    groups = split_groups(libs, np.where(val, "val", split))
+    return (
+        t.obsm["feats"],
+        logits,
+        xy,
+        names,
+        {"groups": groups, "train_mask": trainable & ~val, "val_mask": val},
+    )
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "transformer"])
+def test_fit_equals_distill_for_the_same_settings(architecture):
+    """The model carries its defaults once: NicheStudent(...).fit on distill's cells and masks trains the same
+    model as distill(model=NicheStudent(...)) (the two used to differ: n_components 128 vs 32, min_epochs
+    0 vs 10)."""
+    sdata = toy_tissue()
+    settings = {"architecture": architecture, "epochs": 12}
+    by_distill = distill(
+        sdata, features_key="feats", model=NicheStudent(**settings), progress=False, device="cpu"
+    )
+    feats, logits, xy, names, masks = _distill_inputs(sdata, by_distill)
+    direct = NicheStudent(niche_names=names, radius_um=by_distill.radius_um, **settings)
+    direct.fit(feats, logits, xy, device="cpu", random_state=0, progress=False, **masks)
+    assert direct.n_components == by_distill.n_components == 32 and direct.min_epochs == 10
+    assert direct.max_neighbors == by_distill.max_neighbors
+    np.testing.assert_allclose(
+        direct.predict_proba(feats, xy, groups=masks["groups"]),
+        by_distill.predict_proba(feats, xy, groups=masks["groups"]),
+        atol=1e-6,
+    )
+
+
+def test_distill_model_argument_and_the_deprecated_keywords():
+    template = NicheStudent(architecture="mlp", epochs=3)
+    new = toy_tissue()
+    model = distill(new, features_key="feats", model=template, progress=False, device="cpu")
+    assert model is not template and not template.is_fitted and template.radius_um is None  # not modified
+    old = toy_tissue()
+    with pytest.warns(FutureWarning, match=r"model=nk.models.NicheStudent\(architecture=..., epochs=...\)"):
+        distill(old, features_key="feats", architecture="mlp", epochs=3, progress=False, device="cpu")
+    np.testing.assert_array_equal(
+        old.tables["table"].obsm["student_niche_proba"], new.tables["table"].obsm["student_niche_proba"]
+    )
+    same = toy_tissue()
+    distill(
+        same, features_key="feats", model={"architecture": "mlp", "epochs": 3}, progress=False, device="cpu"
+    )
+    np.testing.assert_array_equal(
+        same.tables["table"].obsm["student_niche_proba"], new.tables["table"].obsm["student_niche_proba"]
+    )
+    with pytest.raises(ValueError, match="already fitted"):
+        distill(toy_tissue(), features_key="feats", model=model, progress=False)
+    with pytest.raises(ValueError, match="n_niches=3 but the teacher has 4"):
+        distill(toy_tissue(), features_key="feats", model=NicheStudent(3), progress=False)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        distill(toy_tissue(), features_key="feats", epochz=3, progress=False)
+    with pytest.warns(FutureWarning, match=r"NicheStudent\(epochs=...\)"):
+        NicheStudent(3, radius_um=40.0, architecture="mlp").fit(
+            np.zeros((40, 2), "float32"), np.zeros((40, 3)), np.random.default_rng(0).uniform(0, 100, (40, 2)),
+            epochs=1, progress=False,
+        )  # fmt: skip

@@ -51,7 +51,8 @@ def test_aggregate_bins_kidney_crop(hd_kidney):
     # the new table works downstream like any other (units, neighbours, teacher)
     nk.tl.teacher_niches(sdata, n_niches=3, table_key="square_016um", method="aggregate", progress=False)
     assert out.obs["teacher_niche"].nunique() == 3
-    with pytest.raises(ValueError, match="already exists"):
+    # a re-run would replace its table, which now holds the teacher's results (issue 21: refused, named)
+    with pytest.raises(ValueError, match="already holds teacher niches of nk.tl.teacher_niches"):
         nk.pp.aggregate_bins(sdata, bin_size_um=16)
     with pytest.raises(ValueError, match="whole multiple"):
         nk.pp.aggregate_bins(sdata, bin_size_um=12, key_added="x")

@@ -126,9 +126,10 @@ def test_per_library_loop_keeps_every_library(trained_student):
     np.testing.assert_allclose(t.obsm["loop_proba"], t.obsm["all_proba"], atol=1e-6)
     runs = t.uns["loop"]["runs"]
     assert [runs[k]["params"]["library"] for k in sorted(runs)] == ["S1", "S2"]
-    # a third run on held rows is refused, and a model with other niche names cannot share the column
-    with pytest.raises(ValueError, match="already holds"):
-        predict_niches(sdata, model, library="S2", key_added="loop")
+    # a third run on held rows re-runs predict_niches on its own key: allowed (issue 21), and recorded; a model
+    # with other niche names cannot share the column
+    predict_niches(sdata, model, library="S2", key_added="loop")
+    assert "obs/loop" in t.uns["loop"]["runs"]["run2"]["params"]["replaced"]
     other = NicheStudent.load(trained_student[2])
     other.niche_names = ["a", "b"]
     t.obs.loc[t.obs["library"] == "S2", "loop"] = np.nan
@@ -669,3 +670,379 @@ def test_st_mob_he_only_prediction_matches_the_training_neighbour_count(tmp_path
     predict_niches(he, path)
     run = get_table(he).uns["student_niche"]["runs"]["run0"]["params"]
     assert abs(run["mean_neighbours"] / model.train_mean_neighbors - 1) <= 0.3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# issue 21: one write policy (nichekd._core.records.claim). A result key never replaces the user's data or another
+# function's results without overwrite=True (refused before anything is written); a function re-running on its own
+# key replaces it and records what it replaced; ownership survives zarr/h5ad; a student of an earlier teacher run
+# is named by evaluate.
+
+
+@pytest.fixture
+def tissue():
+    """400 synthetic cells with counts and the user's own obs['cell_type'], no image."""
+    return nk.datasets.synthetic_tissue(n_cells=400, n_niches=3, random_state=0, image=False, progress=False)
+
+
+@pytest.fixture
+def slide():
+    """600 cells on an H&E image, the user's obs['teacher_niche'] (no record), colour features, a split."""
+    sdata = _cells(n=600)
+    fake_histology_features(sdata, patch_size_um=40.0)
+    nk.pp.spatial_split(sdata)
+    return sdata
+
+
+def _everything(sdata) -> dict:
+    """:func:`_snapshot` plus the table's obsp, layers and X, and the object's attrs."""
+    t = sdata.tables["table"]
+    return {
+        "base": _snapshot(sdata),
+        "obsp": {k: t.obsp[k].copy() for k in t.obsp},
+        "layers": {k: t.layers[k].copy() for k in t.layers},
+        "X": None if t.X is None else t.X.copy(),
+        "attrs": _canonical(dict(sdata.attrs)),
+    }
+
+
+def _dense(x):
+    return x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+
+
+def _assert_nothing_changed(before: dict, sdata) -> None:
+    _assert_unchanged(before["base"], sdata)
+    t = sdata.tables["table"]
+    assert sorted(t.obsp) == sorted(before["obsp"]) and sorted(t.layers) == sorted(before["layers"])
+    for k, v in before["obsp"].items():
+        np.testing.assert_array_equal(_dense(t.obsp[k]), _dense(v))
+    for k, v in before["layers"].items():
+        np.testing.assert_array_equal(_dense(t.layers[k]), _dense(v))
+    if before["X"] is not None:
+        np.testing.assert_array_equal(_dense(t.X), _dense(before["X"]))
+    assert _canonical(dict(sdata.attrs)) == before["attrs"]
+
+
+def test_claim_names_the_key_its_writer_and_both_fixes():
+    from nichekd._core.records import claim
+
+    adata = ad.AnnData(np.zeros((4, 1), dtype=np.float32))
+    adata.obs["mine"] = ["a"] * 4
+    adata.obsm["emb"] = np.zeros((4, 2))
+    adata.obsp["graph"] = np.eye(4)
+    adata.uns["notes"] = {"x": 1}
+    for slot, key in (("obs", "mine"), ("obsm", "emb"), ("obsp", "graph"), ("uns", "notes")):
+        with pytest.raises(
+            ValueError, match=rf"{slot}\['{key}'\].*not written by nichekd.*key_added=.*overwrite=True"
+        ):
+            claim(adata, [(slot, key)], writer="teacher_niches")
+    done = claim(adata, [("obs", "niche"), ("uns", "niche")], writer="teacher_niches")
+    adata.obs["niche"] = "N0"
+    adata.uns["niche"] = {"params": {}}
+    done.record(adata)
+    with pytest.raises(
+        ValueError, match=r"obs\['niche'\], which already holds teacher niches of nk.tl.teacher_niches"
+    ):
+        claim(adata, [("obs", "niche")], writer="histology_baseline")
+    again = claim(adata, [("obs", "niche"), ("uns", "niche")], writer="teacher_niches")  # its own: a re-run
+    assert again.provenance() == {
+        "replaced": ["obs/niche", "uns/niche"],
+        "replaced_from": ["teacher_niches"] * 2,
+    }
+    forced = claim(adata, [("obs", "mine")], writer="teacher_niches", overwrite=True)
+    assert forced.provenance()["replaced_from"] == ["user"]
+
+
+_USER = r", which holds data not written by nichekd"
+
+
+def _user_keys(t) -> None:
+    """The user's own data under keys the writers below are asked to write."""
+    rng = np.random.default_rng(0)
+    t.obs["mysplit"] = "mine"
+    t.obsm["feat"] = rng.random((t.n_obs, 4))
+    t.obsm["mine"] = np.zeros((t.n_obs, 6))
+    t.obsm["X_scVI"] = np.zeros((t.n_obs, 3))  # a latent computed with scvi-tools directly, under its key
+    t.uns["probe"] = {"my": "notes"}
+
+
+# writer: (on the H&E slide?, the call, what the refusal names); the user's keys are set by _user_keys
+_REFUSALS = {
+    "spatial_split": (False, lambda s: nk.pp.spatial_split(s, key_added="mysplit", buffer_um=10.0),
+                      r"obs\['mysplit'\]" + _USER),
+    "cell_types": (False, lambda s: nk.pp.cell_types(s), r"obs\['cell_type'\]" + _USER),  # the default key
+    "histology_features": (
+        False, lambda s: nk.pp.histology_features(s, backbone="precomputed", features_key="feat", key_added="spatial"),
+        r"obsm\['spatial'\] \(the coordinates\)" + _USER),
+    "histology_features_dask": (
+        True, lambda s: nk.pp.histology_features_dask(s, backbone="stain", key_added="spatial", progress=False),
+        r"obsm\['spatial'\] \(the coordinates\)" + _USER),
+    "augmented_features": (True, lambda s: nk.pp.augmented_features(s, features_key="he_features", key_added="mine"),
+                           r"obsm\['mine'\]" + _USER),
+    "scvi_latent": (False, lambda s: nk.pp.scvi_latent(s, max_epochs=1, progress=False),
+                    r"obsm\['X_scVI'\]" + _USER),
+    "set_units": (True, lambda s: nk.pp.set_units(s, microns_per_unit=0.5),  # the reader's scale differs
+                  r"\['S1'\]\['scalefactors'\]\['microns_per_pixel'\]" + _USER + r" \(yours\)\. Pass overwrite=True"),
+    "tissue_mask": (True, lambda s: nk.pp.tissue_mask(s, key_added="S1_cells"),  # the user's cells element
+                    r"shapes element 'S1_cells'" + _USER),
+    "teacher_niches": (False, lambda s: nk.tl.teacher_niches(s, n_niches=3, key_added="library", progress=False),
+                       r"obs\['library'\] \(the section of each observation\)" + _USER),
+    "distill": (True, lambda s: distill(s, features_key="he_features", key_added="he_features", progress=False),
+                r"uns\['he_features'\], which already holds histology features of nk.pp.histology_features"),
+    "histology_baseline": (  # the user's teacher labels
+        True, lambda s: nk.tl.histology_baseline(s, method="kmeans", n_niches=2, features_key="he_features",
+                                                 key_added="teacher_niche"),
+        r"obs\['teacher_niche'\]" + _USER),
+    "annotation_probe": (
+        True, lambda s: nk.tl.annotation_probe(s, annotation_key="teacher_niche", keys=["teacher_niche"],
+                                               key_added="probe"),
+        r"uns\['probe'\]" + _USER),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(_REFUSALS))
+def test_every_writer_refuses_the_users_keys(name, request):
+    on_slide, call, match = _REFUSALS[name]
+    sdata = request.getfixturevalue("slide" if on_slide else "tissue")
+    _user_keys(sdata.tables["table"])
+    before = _everything(sdata)
+    with pytest.raises(
+        ValueError, match=match + (r".*key_added=.*overwrite=True" if name != "set_units" else "")
+    ):
+        call(sdata)
+    _assert_nothing_changed(before, sdata)
+
+
+@pytest.mark.parametrize("dask", [False, True])
+def test_prediction_refuses_the_users_column(trained_student, dask):
+    sdata, model, _ = trained_student
+    t = sdata.tables["table"]
+    t.obs["mine"] = "x"
+    before = _everything(sdata)
+    predict = nk.tl.predict_niches_dask if dask else predict_niches
+    with pytest.raises(
+        ValueError, match=r"obs\['mine'\], which holds data not written by nichekd.*overwrite=True"
+    ):
+        predict(sdata, model, key_added="mine", progress=False) if dask else predict(
+            sdata, model, key_added="mine"
+        )
+    _assert_nothing_changed(before, sdata)
+
+
+def test_aggregate_bins_refuses_the_users_table():
+    from test_hd_bins import _spatialdata_io_hd
+
+    sdata = _spatialdata_io_hd()
+    tables = {k: v.copy() for k, v in sdata.tables.items()}
+    with pytest.raises(
+        ValueError, match=r"table element 'square_008um', which holds data not written by nichekd"
+    ):
+        nk.pp.aggregate_bins(sdata, bin_size_um=16, table_key="square_008um", key_added="square_008um")
+    assert sorted(sdata.tables) == sorted(tables) and sorted(sdata.shapes) == ["hd_square_008um"]
+    pd.testing.assert_frame_equal(sdata.tables["square_008um"].obs, tables["square_008um"].obs)
+    nk.pp.aggregate_bins(sdata, bin_size_um=16, table_key="square_008um")
+    nk.pp.aggregate_bins(sdata, bin_size_um=16, table_key="square_008um")  # its own table: a re-run
+    assert sdata.attrs["nichekd"]["writers"]["tables"]["square_016um"] == "aggregate_bins"
+    params = sdata.tables["square_016um"].uns["aggregate_bins"]["params"]
+    assert "tables/square_016um" in params["replaced"]
+
+
+def test_a_baseline_cannot_replace_the_teacher(tissue):
+    t = tissue.tables["table"]
+    nk.tl.teacher_niches(tissue, n_niches=3, progress=False)
+    t.obsm["feat"] = np.random.default_rng(0).random((t.n_obs, 8)).astype(np.float32)
+    before = _everything(tissue)
+    with pytest.raises(
+        ValueError,
+        match=r"obs\['teacher_niche'\], which already holds teacher niches of nk.tl.teacher_niches",
+    ):
+        nk.tl.histology_baseline(
+            tissue, method="kmeans", n_niches=3, features_key="feat", key_added="teacher_niche"
+        )
+    _assert_nothing_changed(before, tissue)
+
+
+@pytest.mark.parametrize(
+    "name", ["spatial_split", "teacher_niches", "cell_types", "distill", "histology_baseline"]
+)
+def test_a_rerun_replaces_its_own_keys_and_records_them(name, request):
+    import warnings
+
+    if name in ("distill", "histology_baseline"):
+        sdata = request.getfixturevalue("slide")
+        key = "student_niche" if name == "distill" else "he_kmeans_niche"
+
+        def run():
+            if name == "distill":
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)
+                    distill(sdata, features_key="he_features", architecture="mlp", epochs=1, progress=False)
+            else:
+                nk.tl.histology_baseline(sdata, method="kmeans", n_niches=2, features_key="he_features")
+    else:
+        sdata = request.getfixturevalue("tissue")
+        key = {"spatial_split": "mysplit", "teacher_niches": "teacher_niche", "cell_types": "leiden"}[name]
+
+        def run():
+            if name == "spatial_split":
+                nk.pp.spatial_split(sdata, key_added=key, buffer_um=10.0)
+            elif name == "teacher_niches":
+                nk.tl.teacher_niches(sdata, n_niches=3, progress=False)
+            else:
+                nk.pp.cell_types(sdata, key_added=key)
+
+    run()
+    t = sdata.tables["table"]
+    from nichekd._core.records import written_by
+
+    assert written_by(t, "obs", key) == name and "replaced" not in t.uns[key]["params"]
+    run()  # no overwrite needed: the same function on its own key (scanpy's behaviour)
+    params = t.uns[key]["params"]
+    assert f"obs/{key}" in list(params["replaced"]) and set(params["replaced_from"]) == {name}
+
+
+def test_overwrite_replaces_the_users_data_but_never_the_region_key(tissue):
+    from nichekd._core.records import written_by
+
+    t = tissue.tables["table"]
+    nk.tl.teacher_niches(tissue, n_niches=3, key_added="cell_type", overwrite=True, progress=False)
+    assert written_by(t, "obs", "cell_type") == "teacher_niches"
+    params = t.uns["cell_type"]["params"]
+    assert list(params["replaced"]) == ["obs/cell_type"] and list(params["replaced_from"]) == ["user"]
+    before = _everything(tissue)
+    with pytest.raises(
+        ValueError, match=r"obs\['region'\] is the table's region key.*even with overwrite=True"
+    ):
+        nk.tl.teacher_niches(tissue, n_niches=3, key_added="region", overwrite=True, progress=False)
+    with pytest.raises(ValueError, match=r"obs\['instance_id'\] is the table's instance key"):
+        nk.pp.spatial_split(tissue, key_added="instance_id", buffer_um=10.0, overwrite=True)
+    _assert_nothing_changed(before, tissue)
+
+
+def test_distill_replaces_its_student_and_predict_refuses_it(trained_student):
+    import warnings
+
+    sdata, model, _ = trained_student
+    t = sdata.tables["table"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        distill(sdata, features_key="he_features", architecture="mlp", epochs=1, progress=False)
+    params = t.uns["student_niche"]["params"]
+    assert "obs/student_niche" in list(params["replaced"]) and set(params["replaced_from"]) == {"distill"}
+    before = _everything(sdata)
+    with pytest.raises(ValueError, match=r"already holds predictions of nk.tl.distill.*overwrite=True"):
+        predict_niches(sdata, model)
+    _assert_nothing_changed(before, sdata)
+
+
+def test_ownership_survives_zarr_and_h5ad(tissue, tmp_path):
+    import spatialdata as sd
+
+    from nichekd._core.records import written_by
+
+    nk.tl.teacher_niches(tissue, n_niches=3, progress=False)
+    nk.pp.spatial_split(tissue, buffer_um=10.0)
+    back = sd.read_zarr(nk.io.write(tissue, tmp_path / "t.zarr"))
+    t = back.tables["table"]
+    t.write_h5ad(tmp_path / "t.h5ad")
+    for table in (t, ad.read_h5ad(tmp_path / "t.h5ad")):
+        assert written_by(table, "obs", "teacher_niche") == "teacher_niches"
+        assert written_by(table, "obsp", "spatial_connectivities") == "teacher_niches"
+        assert written_by(table, "obs", "split") == "spatial_split"
+        assert written_by(table, "obs", "cell_type") is None  # the user's
+    nk.tl.teacher_niches(back, n_niches=3, progress=False)  # its own keys, read back: a re-run
+    before = _everything(back)
+    with pytest.raises(
+        ValueError, match=r"obs\['split'\], which already holds the split of nk.pp.spatial_split"
+    ):
+        nk.pp.cell_types(back, key_added="split")
+    _assert_nothing_changed(before, back)
+
+
+def test_stores_without_records_fall_back_to_the_params_record(tissue):
+    from nichekd._core.records import written_by
+
+    t = tissue.tables["table"]
+    nk.tl.teacher_niches(tissue, n_niches=3, key_added="t3", progress=False)
+    del t.uns["nichekd"]  # a store written before the ownership records
+    assert written_by(t, "obs", "t3") == written_by(t, "obsm", "t3_proba") == "teacher_niches"
+    assert written_by(t, "obsp", "spatial_connectivities") == "teacher_niches"  # nichekd's graph: in microns
+    assert written_by(t, "obs", "t3_entropy") is None  # not something the teacher writes
+    t.uns["mine"] = {"params": {"alpha": 1}}
+    t.obs["mine"] = "x"
+    assert written_by(t, "obs", "mine") is None  # a params record of no known function: the user's
+    nk.tl.teacher_niches(tissue, n_niches=3, key_added="t3", progress=False)  # allowed without overwrite
+    with pytest.raises(ValueError, match="not written by nichekd"):
+        nk.tl.teacher_niches(tissue, n_niches=3, key_added="mine", progress=False)
+
+
+def test_teacher_keeps_a_squidpy_graph(tissue):
+    import squidpy as sq
+
+    from nichekd._core.records import written_by
+
+    t = tissue.tables["table"]
+    sq.gr.spatial_neighbors(t, coord_type="generic", n_neighs=6)
+    graph, record = t.obsp["spatial_connectivities"].copy(), _canonical(t.uns["spatial_neighbors"])
+    with pytest.warns(UserWarning, match=r"obsp\['spatial_connectivities'\].*squidpy.*kept.*overwrite=True"):
+        nk.tl.teacher_niches(tissue, n_niches=3, progress=False)
+    assert (t.obsp["spatial_connectivities"] != graph).nnz == 0 and _canonical(
+        t.uns["spatial_neighbors"]
+    ) == record
+    assert t.uns["teacher_niche"]["params"]["graph_exported"] is False and "teacher_niche" in t.obs
+    nk.tl.teacher_niches(tissue, n_niches=3, overwrite=True, progress=False)
+    assert written_by(t, "obsp", "spatial_connectivities") == "teacher_niches"
+    assert t.uns["spatial_neighbors"]["params"]["units"] == "micrometer"
+    # squidpy run again after the teacher: its graph (recorded as the teacher's, rebuilt since) is kept too
+    sq.gr.spatial_neighbors(t, coord_type="generic", n_neighs=4)
+    graph = t.obsp["spatial_connectivities"].copy()
+    with pytest.warns(UserWarning, match="nichekd did not write"):
+        nk.tl.teacher_niches(tissue, n_niches=3, progress=False)
+    assert (t.obsp["spatial_connectivities"] != graph).nnz == 0
+
+
+def test_evaluate_names_a_student_of_an_earlier_teacher_run(slide):
+    import warnings
+
+    t = slide.tables["table"]
+
+    def teacher():
+        nk.tl.teacher_niches(slide, n_niches=None, method="labels", labels_key="teacher_niche", key_added="teacher",
+                             progress=False)  # fmt: skip
+
+    def student(teacher_key="teacher", key_added="student_niche"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            distill(slide, teacher_key=teacher_key, features_key="he_features", architecture="mlp", epochs=1,
+                    key_added=key_added, progress=False)  # fmt: skip
+
+    def stale_warnings(call):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        return [str(w.message) for w in caught if "another run of the teacher" in str(w.message)]
+
+    teacher()
+    student()
+    evaluate = lambda **kw: nk.tl.evaluate(slide, teacher_key="teacher", **kw)  # noqa: E731
+    assert not stale_warnings(evaluate)
+    teacher()  # re-run: the student learned from the earlier run
+    found = stale_warnings(evaluate)
+    assert len(found) == 1 and "re-run after nk.tl.distill" in found[0]
+    assert "nk.tl.distill(sdata, teacher_key='teacher', key_added='student_niche'" in found[0]
+    assert stale_warnings(lambda: nk.tl.compare_compositions(
+        slide, teacher_key="teacher", student_key="student_niche", cell_type_key="teacher_niche", n_permutations=0
+    ))  # fmt: skip
+    student()  # the fix
+    assert not stale_warnings(evaluate)
+    # labels without a teacher record, edited by hand after distill
+    student(teacher_key="teacher_niche", key_added="s2")
+    flip = np.random.default_rng(0).random(t.n_obs) < 0.1
+    new = t.obs["teacher_niche"].astype(str).to_numpy()
+    new[flip] = np.where(new[flip] == "pink", "purple", "pink")
+    t.obs["teacher_niche"] = pd.Categorical(new, categories=["pink", "purple"])
+    found = stale_warnings(lambda: nk.tl.evaluate(slide, teacher_key="teacher_niche", predictions=["s2"]))
+    assert len(found) == 1 and "labels or probabilities changed" in found[0]
+    # a subset of the cells is not another teacher run
+    part = t[:300].copy()
+    assert not stale_warnings(lambda: nk.tl.evaluate(part, teacher_key="teacher", split_key=None))

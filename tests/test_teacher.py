@@ -135,6 +135,19 @@ def test_save_load_roundtrip_without_pickle(small, tmp_path, method):
     assert list(loaded.predict(small)) == list(teacher.predict(small))
 
 
+def test_a_gpu_trained_teacher_loads_on_a_cpu(small, tmp_path):
+    """The device a teacher ran on is not saved: a teacher trained on a GPU predicts here after load (it used to
+    load with device="cuda" and fail)."""
+    teacher = NicheTeacher(3, method="transformer", transformer_kwargs={"n_steps": 20}, progress=False).fit(
+        small
+    )
+    teacher.device = "cuda"  # as if fitted on a GPU machine
+    loaded = NicheTeacher.load(teacher.save(tmp_path / "t"))
+    assert loaded.device == "auto"
+    teacher.device = "cpu"
+    np.testing.assert_allclose(loaded.predict_proba(small), teacher.predict_proba(small), atol=1e-5)
+
+
 def test_predict_on_new_data_needs_same_genes(small):
     teacher = NicheTeacher(3, progress=False).fit(small)
     other = multi_library_tissue(seed=0)  # same generator: same genes, new cells are the same cells here

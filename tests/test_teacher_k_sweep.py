@@ -40,10 +40,11 @@ def test_cell_types_fallback_finds_types():
 
     a = multi_library_tissue(n_per_lib=400, n_types=4)
     x_before = a.X.copy()
-    out = nk.pp.cell_types(a, resolution=0.3, copy=True)
-    assert "cell_type_leiden" not in a.obs and (a.X != x_before).nnz == 0
+    # obs['cell_type'] holds the true types (the user's): the clusters go to another key (issue 21)
+    out = nk.pp.cell_types(a, resolution=0.3, copy=True, key_added="leiden_copy")
+    assert "leiden_copy" not in a.obs and (a.X != x_before).nnz == 0
     nk.pp.cell_types(a, resolution=0.3, key_added="cell_type_leiden")
-    assert (a.obs["cell_type_leiden"] == out.obs["cell_type"]).all()  # same seed, same clusters
+    assert (a.obs["cell_type_leiden"] == out.obs["leiden_copy"]).all()  # same seed, same clusters
     assert adjusted_rand_score(a.obs["cell_type"], a.obs["cell_type_leiden"]) > 0.5
     assert a.obs["cell_type_leiden"].cat.categories[0] == "C0"
     assert a.uns["cell_type_leiden"]["params"]["resolution"] == 0.3

@@ -61,6 +61,11 @@ figsize
     Figure size in inches.""",
     "copy": """\
 Return a modified copy of the table instead of writing into it (then ``None`` is returned).""",
+    "overwrite": """\
+Also replace keys this call writes that hold another function's results or data nichekd did not write (the
+user's). Without it such keys are refused before anything is written (a ``ValueError`` naming them); re-running
+this function on its own keys replaces them, as in scanpy, and the run records what it replaced
+(``params['replaced']``). The table's region and instance keys are never replaced.""",
 }
 
 

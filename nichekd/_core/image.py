@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,10 +18,50 @@ def _strided_sample(arr: Any, spatial_axes: tuple[int, int]) -> np.ndarray:
     return np.asarray(arr[tuple(slice(None, None, s) for s in step)])
 
 
+def dtype_rule(dtype: Any, sample: Any, source: str = "image") -> tuple[float | None, str]:
+    """``(scale, rule)`` that takes pixel values of ``dtype`` to 8 bits: ``round(x * scale)`` clipped to
+    ``[0, 255]`` (``scale`` is ``None`` for ``uint8``, kept as it is), and the rule as text to record.
+
+    ``sample`` (an array, or a function returning one, called only where the rule needs values) is a strided
+    sample of the *whole* image: the rule depends on it for floats (``[0, 1]`` or ``[0, 255]``) and signed
+    integers (negative values refused), and it is taken once per image, so every tile of an image is scaled
+    alike. Non-finite sample values are ignored (see :class:`PixelRule` for what becomes of them).
+    """
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return None, "uint8 kept"
+    if dtype == np.bool_:
+        raise ValueError(f"The {source} is a binary mask ({dtype}), not an H&E image.")
+
+    def values() -> np.ndarray:
+        return np.asarray(sample() if callable(sample) else sample)
+
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        if info.min < 0:
+            got = values()
+            if got.size and float(got.min()) < 0:
+                raise ValueError(
+                    f"The {source} ({dtype}) has negative values; it is not a brightfield H&E image."
+                )
+        return 255.0 / info.max, f"{dtype} scaled by its range: x * 255 / {info.max}"
+    if np.issubdtype(dtype, np.floating):
+        got = values().astype(np.float64)
+        finite = got[np.isfinite(got)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                f"The {source} is {dtype} with values in [{lo:.4g}, {hi:.4g}]: neither [0, 1] nor [0, 255], so "
+                "its intensity range is unknown. Rescale it to uint8 (0-255) yourself."
+            )
+        return (255.0, f"{dtype} in [0, 1]: x * 255") if hi <= 1.0 else (1.0, f"{dtype} in [0, 255]: kept")
+    raise ValueError(f"The {source} has dtype {dtype}; an H&E image must hold numbers (uint8 RGB).")
+
+
 def to_uint8(image: Any, *, spatial_axes: tuple[int, int] = (0, 1), source: str = "image") -> tuple[Any, str]:
     """An 8-bit copy of ``image`` (numpy or dask, kept lazy) and the rule used, as text to record.
 
-    Rules, by dtype: ``uint8`` is kept; other integer types are scaled by their full range
+    Rules, by dtype (:func:`dtype_rule`): ``uint8`` is kept; other integer types are scaled by their full range
     (``x * 255 / dtype_max``, e.g. 16-bit ``x / 257``; negative values of signed types are refused); floats are
     taken as ``[0, 1]`` (``x * 255``) when a strided sample of the image stays within ``[0, 1]``, as
     ``[0, 255]`` when it stays within that, and refused otherwise (their range is unknown). Results are
@@ -32,35 +73,140 @@ def to_uint8(image: Any, *, spatial_axes: tuple[int, int] = (0, 1), source: str 
     >>> int(arr.max()), rule
     (255, 'uint16 scaled by its range: x * 255 / 65535')
     """
-    dtype = np.dtype(image.dtype)
-    if dtype == np.uint8:
-        return image, "uint8 kept"
-    if dtype == np.bool_:
-        raise ValueError(f"The {source} is a binary mask ({dtype}), not an H&E image.")
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        if info.min < 0 and float(_strided_sample(image, spatial_axes).min()) < 0:
-            raise ValueError(
-                f"The {source} ({dtype}) has negative values; it is not a brightfield H&E image."
-            )
-        scale, rule = 255.0 / info.max, f"{dtype} scaled by its range: x * 255 / {info.max}"
-    elif np.issubdtype(dtype, np.floating):
-        sample = _strided_sample(image, spatial_axes).astype(np.float64)
-        finite = sample[np.isfinite(sample)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-        if lo < 0 or hi > 255:
-            raise ValueError(
-                f"The {source} is {dtype} with values in [{lo:.4g}, {hi:.4g}]: neither [0, 1] nor [0, 255], so "
-                "its intensity range is unknown. Rescale it to uint8 (0-255) yourself."
-            )
-        scale, rule = (
-            (255.0, f"{dtype} in [0, 1]: x * 255") if hi <= 1.0 else (1.0, f"{dtype} in [0, 255]: kept")
-        )
-    else:
-        raise ValueError(f"The {source} has dtype {dtype}; an H&E image must hold numbers (uint8 RGB).")
+    scale, rule = dtype_rule(image.dtype, lambda: _strided_sample(image, spatial_axes), source)
+    if scale is None:
+        return image, rule
     lib = _array_lib(image)
     out = lib.clip(lib.round(image.astype(np.float32) * np.float32(scale)), 0, 255).astype(np.uint8)
     return out, rule
+
+
+# Channel names (the ``c`` coordinate of an image element, case-insensitive) that say which channel is which.
+_RGB_NAMES = {"r": 0, "red": 0, "g": 1, "green": 1, "b": 2, "blue": 2}
+_ALPHA_NAMES = ("a", "alpha")
+_GREY_NAMES = ("l", "grey", "gray", "luminance")
+
+
+def rgb_channels(names: Any, dtype: Any, source: str = "image", *, grey: bool = True) -> tuple[int, ...]:
+    """Positions, along ``c``, of the red, green and blue channels of an image whose channels are ``names``
+    (one position for a grayscale image, where ``grey`` allows it); an error saying why it is not H&E otherwise.
+
+    Names are read case-insensitively: ``r, g, b`` (or ``red, green, blue``) in any order, with an optional
+    alpha channel ``a`` that is dropped; unnamed channels (spatialdata's default ``0, 1, 2``) are RGB in that
+    order, and a fourth unnamed channel is taken as alpha for ``uint8`` images (RGBA PNGs). Any other name (a
+    stain or marker: ``DAPI``, ``CD45``, ...) marks a fluorescence or multiplex image, which is no H&E.
+
+    Examples
+    --------
+    >>> rgb_channels(["b", "g", "r"], np.uint8)
+    (2, 1, 0)
+    >>> rgb_channels([0, 1, 2, 3], np.uint8)
+    (0, 1, 2)
+    """
+    shown = [str(n) for n in names]
+    low = [n.strip().lower() for n in shown]
+    n = len(low)
+    if n and len(set(low)) == n and set(low) == {str(i) for i in range(n)}:  # unnamed: spatialdata's default
+        order = tuple(low.index(str(i)) for i in range(n))
+        if n == 3 or (n == 4 and np.dtype(dtype) == np.uint8):
+            return order[:3]
+        if n == 1 and grey:
+            return order
+        if n == 4:
+            raise ValueError(
+                f"The {source} has 4 unnamed channels of {np.dtype(dtype)}: an RGBA scan is 8-bit, so this looks "
+                "like a fluorescence or multiplex image, not H&E (if it is RGBA, name its channels "
+                "c_coords=['r', 'g', 'b', 'a'])."
+            )
+        kind = " (grayscale)" if n == 1 else ""
+        raise ValueError(f"The {source} has {n} channel{'s' if n != 1 else ''}{kind}; H&E needs 3 (RGB).")
+    if n == 1 and grey and low[0] in _GREY_NAMES:
+        return (0,)
+    colours = [c for c in low if c in _RGB_NAMES]
+    others = [shown[i] for i, c in enumerate(low) if c not in _RGB_NAMES and c not in _ALPHA_NAMES]
+    alphas = [c for c in low if c in _ALPHA_NAMES]
+    if not others and len(alphas) <= 1 and sorted(_RGB_NAMES[c] for c in colours) == [0, 1, 2]:
+        return tuple(next(i for i, c in enumerate(low) if _RGB_NAMES.get(c) == k) for k in range(3))
+    if others:
+        raise ValueError(
+            f"The {source} has channels {shown}: {others if others != shown else 'these'} are no red, green, "
+            "blue or alpha channels, so it is a fluorescence or multiplex image, not H&E (RGB)."
+        )
+    raise ValueError(
+        f"The {source} has channels {shown}: not one red, one green and one blue, so not H&E (RGB)."
+    )
+
+
+@dataclass(frozen=True)
+class PixelRule:
+    """How the pixels of one image become RGB ``uint8``: the same rule for every tile of that image.
+
+    ``channels`` are the positions of red, green and blue along ``c`` (one position for a grayscale image,
+    repeated to RGB); ``scale`` and ``rule`` come from :func:`dtype_rule` on a sample of the whole image.
+    NaN and infinite pixel values (scanner padding) become background, white glass.
+    """
+
+    channels: tuple[int, ...]
+    scale: float | None
+    rule: str
+
+    @property
+    def read(self) -> slice:
+        """The span of ``c`` to read (every channel the rule uses)."""
+        return slice(min(self.channels), max(self.channels) + 1)
+
+    def to_rgb(self, block: np.ndarray, background: int = 255) -> tuple[np.ndarray, int]:
+        """``(3, h, w)`` uint8 of a ``(c, h, w)`` numpy block read over :attr:`read`, and how many of its
+        pixels were NaN or infinite (set to ``background``)."""
+        take = [c - self.read.start for c in self.channels]
+        if take != list(range(block.shape[0])):
+            block = block[take]
+        bad = 0
+        if self.scale is not None:
+            finite = np.isfinite(block) if block.dtype.kind == "f" else None
+            if finite is not None and not finite.all():
+                holes = ~finite.all(0)
+                bad = int(holes.sum())
+                block = np.where(finite, block, 0)
+            block = np.clip(np.round(block.astype(np.float32) * np.float32(self.scale)), 0, 255).astype(
+                np.uint8
+            )
+            if bad:
+                block[:, holes] = background
+        if block.shape[0] == 1:  # grey: replicate so that encoders see RGB
+            block = np.repeat(block, 3, axis=0)
+        return block, bad
+
+
+def pixel_rule(data: Any, sample_from: Any = None, *, source: str = "image", grey: bool = True) -> PixelRule:
+    """The :class:`PixelRule` of an image element level ``data`` (an xarray ``(c, y, x)`` DataArray, or an
+    array with positional channels).
+
+    The channels come from ``data``'s ``c`` coordinate (:func:`rgb_channels`); the dtype rule from a strided
+    sample of ``sample_from`` (default ``data``), a level of the same image small enough to sample cheaply.
+    """
+    names = (
+        data.coords["c"].values if hasattr(data, "coords") and "c" in data.coords else range(data.shape[0])
+    )
+    channels = rgb_channels(list(names), data.dtype, source, grey=grey)
+    ref = data if sample_from is None else sample_from
+    raw = getattr(ref, "data", ref)
+    c_axis = list(ref.dims).index("c") if hasattr(ref, "dims") else 0
+    spatial = tuple(i for i in range(raw.ndim) if i != c_axis)
+
+    def sample() -> np.ndarray:
+        step = [1] * raw.ndim
+        for ax in spatial:
+            step[ax] = max(1, raw.shape[ax] // _RANGE_SAMPLE_SIDE)
+        sub = raw[tuple(slice(None, None, k) for k in step)]
+        # synchronous: this may run in a dask worker thread, which must never wait on its own cluster
+        sub = np.asarray(sub.compute(scheduler="synchronous") if hasattr(sub, "compute") else sub)
+        return np.take(sub, list(channels), axis=c_axis)
+
+    scale, rule = dtype_rule(data.dtype, sample, source)
+    if channels[:3] != (0, 1, 2) and len(channels) == 3:
+        rule += f"; channels {[str(n) for n in names]} read as RGB"
+    return PixelRule(channels=channels, scale=scale, rule=rule)
 
 
 def _array_lib(arr: Any):

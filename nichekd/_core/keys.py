@@ -29,3 +29,16 @@ def shapes_name(library: str, kind: str = "spot") -> str:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
     return f"{library}_{kind}s"
+
+
+def features_key(backbone_name: str) -> str:
+    """The default ``obsm`` key of features from a backbone: ``X_<name>`` with ``:`` and ``/`` made ``_``.
+
+    Takes the backbone's registered name (``BackboneSpec.name``), never a module's ``repr``.
+
+    Examples
+    --------
+    >>> features_key("hf-hub:MahmoodLab/UNI2-h")
+    'X_hf-hub_MahmoodLab_UNI2-h'
+    """
+    return "X_" + str(backbone_name).replace(":", "_").replace("/", "_")

@@ -10,6 +10,18 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from .runtime import keep_torch_threads
+from .validate import check_positive
+
+# the neighbour count a radius is chosen for when none is given (the paper's "radius per dataset for a target
+# neighbour count"): the teacher, the student and the baselines share it
+DEFAULT_N_NEIGHBORS = 10
+# neighbour tokens per cell at most: beyond this the lists' memory explodes for no gain
+MAX_NEIGHBORS = 1024
+
+
+def default_max_neighbors(n_neighbors_target: float) -> int:
+    """The student's neighbour cap for a target count: twice the target (nearest first)."""
+    return int(np.ceil(2 * float(n_neighbors_target)))
 
 
 @dataclass
@@ -54,8 +66,7 @@ def estimate_radius(
     a random subset of query cells estimates the mean (the trees still hold every cell).
     """
     xy = np.asarray(xy, dtype=float)
-    if n_neighbors_target <= 0:
-        raise ValueError(f"n_neighbors_target must be positive, got {n_neighbors_target}.")
+    n_neighbors_target = check_positive("n_neighbors_target", n_neighbors_target)
     codes = _group_codes(groups, len(xy))
     k = int(np.ceil(n_neighbors_target * 2)) + 1
     rng = np.random.default_rng(random_state)
@@ -79,7 +90,27 @@ def estimate_radius(
     # mean count within r = (#pairs with distance <= r) / n_cells: pick the distance at that rank
     rank = int(round(n_neighbors_target * len(d))) - 1
     rank = int(np.clip(rank, 0, len(finite) - 1))
-    return float(finite[rank])
+    radius = float(finite[rank])
+    if radius <= 0:
+        raise ValueError(_zero_radius_message(xy, codes, n_neighbors_target))
+    return radius
+
+
+def _zero_radius_message(xy: np.ndarray, codes: np.ndarray, n_neighbors_target: float) -> str:
+    """Why the estimated radius is 0: every observation at one position, or many duplicated positions."""
+    spans = [np.ptp(xy[codes == g], axis=0).max() for g in np.unique(codes) if (codes == g).sum() > 1]
+    if all(span == 0 for span in spans):
+        return (
+            "All observations share one position (within each section), so no neighbourhood radius exists: "
+            "check obsm['spatial'] / the coordinates (a reader, a transform or units that collapsed them)."
+        )
+    n_unique = len(np.unique(xy, axis=0))
+    return (
+        f"Most observations share their position with at least {n_neighbors_target:g} others ({n_unique} "
+        f"distinct positions for {len(xy)} observations), so the radius for n_neighbors_target="
+        f"{n_neighbors_target:g} neighbours is 0: check obsm['spatial'] / the coordinates (duplicated rows?), "
+        "or pass radius_um= explicitly."
+    )
 
 
 def radius_neighbours(

@@ -9,6 +9,13 @@ its intrinsic coordinates are level-0 coordinates divided by the per-axis shape 
 Patches are read chunk-wise: patches are grouped by image tiles, each tile region (plus a margin for the
 patches that stick out of it) is read once from the dask array, and every patch of the group is resampled
 from it in one ``grid_sample`` call. Reading one patch at a time through dask is an order of magnitude slower.
+
+Pixel values follow one rule per image (:attr:`ImagePyramid.pixel_rule`, from :mod:`nichekd._core.image`), the
+readers' rule, so that an image element made by hand or by another tool reads like one from a nichekd reader:
+channels by their names (``b, g, r`` reordered, alpha dropped), 16-bit values by their dtype's range and floats
+as ``[0, 1]`` or ``[0, 255]`` decided once from a sample of the whole image (never tile by tile, so patches of
+one image stay comparable). NaN and infinite pixels (scanner padding) are read as background, white glass, with
+one warning per image naming their share of the pixels read.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ class ImageLevel:
     index: int
     data: Any  # xarray.DataArray with dims (c, y, x), usually dask-backed
     to_um: np.ndarray  # (3, 3) affine: intrinsic (x, y) of this level -> coordinate-system (x, y)
+    pixels: Any = None  # the image's _Pixels (one pixel rule shared by every level); None: from this level
 
     @property
     def shape_yx(self) -> tuple[int, int]:
@@ -85,6 +93,104 @@ class ImagePyramid:
         ok = [lv for lv in self.levels if lv.mpp <= target_mpp * (1 + 1e-6)]
         return max(ok, key=lambda lv: lv.mpp) if ok else self.levels[0]
 
+    @property
+    def pixel_rule(self):
+        """The :class:`~nichekd._core.image.PixelRule` of this image: channels and 8-bit scaling, worked out
+        once from the whole image and applied alike to every tile of every level (its ``rule`` is the text to
+        record)."""
+        return _level_rule(self.levels[0])
+
+
+class _Pixels:
+    """The pixel rule of one image element, worked out once (on first use) and shared by all its levels, and
+    a count of the NaN/infinite pixels read from it."""
+
+    def __init__(self, name: str, arrays: list[Any]):
+        import threading
+
+        self.name, self._arrays, self._rule = name, arrays, None
+        self._lock = threading.Lock()
+        self.nonfinite, self.read, self.warned = 0, 0, False
+
+    def __repr__(self) -> str:
+        return f"_Pixels({self.name!r})"
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        import threading
+
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    @property
+    def rule(self):
+        with self._lock:
+            if self._rule is None:
+                self._rule = _image_rule(self.name, self._arrays)
+            return self._rule
+
+    def count(self, nonfinite: int, read: int) -> None:
+        with self._lock:
+            self.nonfinite += int(nonfinite)
+            self.read += int(read)
+
+
+def _image_rule(name: str, arrays: list[Any]):
+    """The pixel rule of an image from its levels: channels from their names, the dtype rule from a strided
+    sample of the coarsest level still >= 512 px on its long side (the whole image, cheaply)."""
+    import warnings
+
+    from .image import _RANGE_SAMPLE_SIDE, pixel_rule
+
+    ref = arrays[0]
+    for arr in arrays:  # finest first: keep the coarsest one that is still large enough
+        if max(int(arr.sizes["y"]), int(arr.sizes["x"])) >= _RANGE_SAMPLE_SIDE:
+            ref = arr
+    rule = pixel_rule(arrays[0], ref, source=f"image {name!r}")
+    if len(rule.channels) == 1:
+        warnings.warn(
+            f"Image {name!r} is grayscale: read as RGB by repeating the channel. Stain colour is lost, so "
+            "colour-based features differ from those of a colour scan.",
+            UserWarning,
+            stacklevel=4,
+        )
+    if rule.scale is not None:
+        warnings.warn(
+            f"Image {name!r} is {arrays[0].dtype}, not 8-bit: every tile is read with one rule for the whole "
+            f"image ({rule.rule}).",
+            UserWarning,
+            stacklevel=4,
+        )
+    return rule
+
+
+def _level_rule(level: ImageLevel):
+    """The pixel rule of the image ``level`` belongs to (from the level itself when it was built alone)."""
+    if level.pixels is not None:
+        return level.pixels.rule
+    from .image import pixel_rule
+
+    return pixel_rule(level.data, source="image")
+
+
+def _warn_nonfinite(pixels: _Pixels | None, before: tuple[int, int]) -> None:
+    """Warn once per image when pixels read since ``before`` (``(nonfinite, read)``) were NaN or infinite."""
+    if pixels is None or pixels.warned:
+        return
+    bad, read = pixels.nonfinite - before[0], pixels.read - before[1]
+    if bad:
+        import warnings
+
+        pixels.warned = True
+        warnings.warn(
+            f"Image {pixels.name!r}: {bad} of the {read} pixels read ({bad / max(read, 1):.2%}) are NaN or "
+            f"infinite; they are read as background (white glass, {BACKGROUND}). Fill them (or crop the image) "
+            "if they lie on tissue.",
+            UserWarning,
+            stacklevel=3,
+        )
+
 
 def _level_arrays(element) -> list[Any]:
     """The ``(c, y, x)`` DataArray of every level, finest first, for a DataTree or a DataArray."""
@@ -134,11 +240,12 @@ def image_pyramid(
                 f"Image {image_key!r} must have dims (c, y, x) (a 2D RGB image), got {arr.dims}."
             )
     h0, w0 = int(arrays[0].sizes["y"]), int(arrays[0].sizes["x"])
+    pixels = _Pixels(image_key, arrays)  # one pixel rule for every level, worked out on first use
     levels = []
     for i, arr in enumerate(arrays):
         # level-k intrinsic -> level-0 intrinsic is a pure per-axis scale (pixel areas nest, no half-pixel shift)
         sx, sy = w0 / int(arr.sizes["x"]), h0 / int(arr.sizes["y"])
-        levels.append(ImageLevel(index=i, data=arr, to_um=to_um0 @ np.diag([sx, sy, 1.0])))
+        levels.append(ImageLevel(index=i, data=arr, to_um=to_um0 @ np.diag([sx, sy, 1.0]), pixels=pixels))
     return ImagePyramid(name=image_key, coordinate_system=coordinate_system, levels=tuple(levels))
 
 
@@ -174,26 +281,24 @@ def check_patch_geometry(pyramid: ImagePyramid, centres_um: np.ndarray, patch_si
 
 
 def _read_region(level: ImageLevel, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    """``(3, y1 - y0, x1 - x0)`` uint8 region; parts outside the image are background."""
+    """``(3, y1 - y0, x1 - x0)`` uint8 RGB region; parts outside the image, and NaN pixels, are background.
+
+    Pixels become RGB uint8 by the image's one rule (:attr:`ImagePyramid.pixel_rule`: channels by name, 16-bit and
+    float values scaled alike on every tile), never by what one tile holds.
+    """
     h, w = level.shape_yx
     out = np.full((3, y1 - y0, x1 - x0), BACKGROUND, dtype=np.uint8)
     cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
     if cx1 <= cx0 or cy1 <= cy0:
         return out
-    block = level.data.data[:3, cy0:cy1, cx0:cx1]
+    rule = _level_rule(level)
+    block = level.data.data[rule.read, cy0:cy1, cx0:cx1]
     # synchronous: tiles are already read ahead in our own threads, and a dask worker thread must never wait on
     # its own cluster (dask.config.set(scheduler=...) is process-global, so it cannot protect a worker thread)
     block = np.asarray(block.compute(scheduler="synchronous") if hasattr(block, "compute") else block)
-    if block.dtype != np.uint8:
-        if (
-            np.issubdtype(block.dtype, np.floating)
-            and level.data.dtype.kind == "f"
-            and float(block.max()) <= 1.0
-        ):
-            block = block * 255.0
-        block = np.clip(block, 0, 255).astype(np.uint8)
-    if block.shape[0] == 1:  # grey: replicate so that encoders see RGB
-        block = np.repeat(block, 3, axis=0)
+    block, nonfinite = rule.to_rgb(block, BACKGROUND)
+    if level.pixels is not None:
+        level.pixels.count(nonfinite, block.shape[1] * block.shape[2])
     out[:, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = block
     return out
 
@@ -288,6 +393,8 @@ def iter_patches(
     """
     centres = np.asarray(centres_um, dtype=float).reshape(-1, 2)
     lv = level if level is not None else pyramid.level_for(patch_size_um / out_px)
+    _level_rule(lv)  # the image's pixel rule (and its warning) is worked out here, not in a reader thread
+    counted = (lv.pixels.nonfinite, lv.pixels.read) if lv.pixels is not None else (0, 0)
     h, w = lv.shape_yx
     scale = patch_size_um / out_px / min(lv.mpp_xy)  # level pixels per output pixel (finest axis)
     px = lv.um_to_px(centres)
@@ -346,6 +453,7 @@ def iter_patches(
                     [x0, y0], dtype=np.float32
                 )
                 yield sub, _sample(region, grids, scale)
+    _warn_nonfinite(lv.pixels, counted)
 
 
 def read_patches(

@@ -6,23 +6,30 @@ readers, or by a colleague's code all go through the same path:
 
 1. **Libraries** (tissue sections): the values of ``obs[library_key]``; by default the ``"library"`` column when
    the table has one, else one library per annotated element (the table's ``region_key``).
-2. **Coordinates**: the centroids of the annotated shapes element (matched through ``instance_key``),
-   transformed to the library's coordinate system; ``obsm['spatial']`` only where no element is annotated
-   (an AnnData alone).
+2. **Coordinates**: the centroids of the annotated shapes element (matched through ``instance_key``), or of
+   the annotated labels element (a segmentation mask: the centroid of each label's pixels on its
+   full-resolution level, matched through ``instance_key``), transformed to the library's coordinate system;
+   ``obsm['spatial']`` only where no element is annotated (an AnnData alone).
 3. **Units**: microns per coordinate-system unit, from (in this order) the ``microns_per_unit`` argument, the
    table's ``uns['spatial'][library]['scalefactors']['microns_per_pixel']`` (Space Ranger's key: microns per unit
-   of ``obsm['spatial']`` and of the annotated shapes), the physical size of the annotated shapes where the
+   of ``obsm['spatial']`` and of the annotated shapes; for a labels element, whose pixels take their size from
+   its transformation, microns per unit of the coordinate system), the physical size of the annotated shapes where the
    technology fixes it (Visium spots are 55 um wide, Visium HD bins are named by their size), or Xenium's
    convention (shapes in microns). Visium's scale comes from the spot array (``obs['array_row']``,
    ``obs['array_col']``: spots 100 um apart) where the table has it, else from Space Ranger's
    ``spot_diameter_fullres`` (a 65 um circle, as 10x documents it). Where none applies, an error names the argument to pass. Pixels are never
    taken for microns.
-4. **Image**: among the images registered to the same coordinate system, the finest one whose extent holds the
-   spots; a constant placeholder (such as an all-black ``hires`` image) is skipped with a warning.
+4. **Image**: among the images registered to the same coordinate system, the finest H&E one whose extent holds
+   the spots; a constant placeholder (such as an all-black ``hires`` image) is skipped with a warning, and images
+   that are no H&E (fluorescence channels such as ``DAPI``, two channels) are skipped and named, with the reason,
+   where no image is left. An image is H&E when its channels (the ``c`` coordinate) are red, green and blue
+   (``r, g, b`` in any order, alpha dropped) or unnamed (``0, 1, 2``); see :func:`image_problem`.
+   :func:`resolve_image` applies the same rule where there is no table (tissue detection).
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +38,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .keys import SPATIAL_KEY, TABLE_KEY
+from .image import rgb_channels
+from .keys import SPATIAL_KEY, TABLE_KEY, image_name
 from .patches import _level_arrays, image_pyramid
 from .table import _region_key, get_table, library_column, spatial_coords
 from .units import (
@@ -63,6 +71,7 @@ class Library:
     diameter_um: float | None  # spot/bin/cell size where the shapes give one
     technology: str = "unknown"
     image_note: str = ""  # why no image was chosen, for the error message
+    image_problems: tuple[str, ...] = ()  # images of the coordinate system that are no usable H&E, and why
 
 
 @dataclass
@@ -88,19 +97,27 @@ class SpatialContext:
 
         lib = self.library(name)
         key = image_key or lib.image
+        cs = lib.coordinate_system
         if key is None:
             images = sorted(getattr(self.sdata, "images", {}) or {})
+            if lib.image_problems:
+                raise ValueError(
+                    f"Library {name!r} has no usable H&E image in its coordinate system {cs!r}. "
+                    f"{_why(lib.image_problems, lib.image_note)} Pass image_key= with an H&E (RGB) image "
+                    f"registered to {cs!r}, or add one (images present: {images})."
+                )
             raise ValueError(
                 f"Library {name!r} has no H&E image registered to its coordinate system "
-                f"{lib.coordinate_system!r} (images present: {images}){lib.image_note}. Add the image with that "
+                f"{cs!r} (images present: {images}){lib.image_note}. Add the image with that "
                 "coordinate system (spatialdata.transformations.set_transformation), or pass image_key= (and "
                 "coordinate_system=)."
             )
-        cache_key = (key, lib.coordinate_system, lib.microns_per_unit)
+        cache_key = (key, cs, lib.microns_per_unit)
         if cache_key not in self._pyramids:
-            self._pyramids[cache_key] = image_pyramid(
-                self.sdata, key, lib.coordinate_system, microns_per_unit=lib.microns_per_unit
-            )
+            check_he_image(self.sdata, key, cs)
+            pyramid = image_pyramid(self.sdata, key, cs, microns_per_unit=lib.microns_per_unit)
+            pyramid.pixel_rule  # noqa: B018  channels and bit depth: refused here, before any patch is read
+            self._pyramids[cache_key] = pyramid
         return self._pyramids[cache_key]
 
 
@@ -125,8 +142,12 @@ def _microns_per_shape_unit(
     shapes: Any,
     rows: np.ndarray | None = None,
     centroids: np.ndarray | None = None,
+    raster: bool = False,
 ) -> tuple[float | None, float | None, str]:
-    """``(microns per intrinsic unit of the annotated shapes, element width in microns, technology)``."""
+    """``(microns per intrinsic unit of the annotated shapes, element width in microns, technology)``.
+
+    ``raster``: the element is a labels element (positions in coordinate-system units): Xenium's convention
+    (shapes in microns) does not apply to it."""
     names = [library] + ([region] if region else [])
     spatial = table.uns.get("spatial", {}) or {}
     if not any(n in spatial for n in names) and len(spatial) == 1:
@@ -160,7 +181,7 @@ def _microns_per_shape_unit(
         if d:
             return VISIUM_FULLRES_DIAMETER_UM / d, VISIUM_SPOT_UM, "visium"
     if (
-        reader == "xenium"
+        reader == "xenium" and not raster
     ):  # spatialdata-io keeps Xenium shapes in microns, scaled to pixels by their transform
         return 1.0, width, "xenium"
     return None, None, technology
@@ -175,24 +196,105 @@ def _centroids(shapes: Any) -> np.ndarray:
 
 
 def _check_table_coords(
-    table: ad.AnnData, rows: np.ndarray, centroids: np.ndarray, lib: str, region: str
+    table: ad.AnnData,
+    rows: np.ndarray,
+    centroids: np.ndarray,
+    lib: str,
+    region: str,
+    *,
+    any_units: bool = False,
 ) -> None:
-    """Refuse a table whose ``obsm['spatial']`` disagrees with its element (e.g. rescaled by hand): nichekd reads
-    positions from the element, and a user looking at the table would be misled."""
+    """Refuse a table whose ``obsm['spatial']`` disagrees with its element (e.g. rescaled by hand, or stale):
+    nichekd reads positions from the element, and a user looking at the table would be misled.
+
+    ``any_units``: ``obsm['spatial']`` may hold the same positions in other units (one scale and offset, e.g.
+    microns beside a mask in pixels, or pixel-index centroids half a pixel off); only other positions are refused.
+    """
     if SPATIAL_KEY not in table.obsm:
         return
     xy = np.asarray(table.obsm[SPATIAL_KEY], dtype=float)[rows, :2]
     if xy.shape != centroids.shape or not np.isfinite(xy).all():
         return
     extent = float(np.ptp(centroids, axis=0).max()) if len(centroids) > 1 else 1.0
-    off = np.linalg.norm(xy - centroids, axis=1) > max(1e-3 * extent, 1e-6)
+    ref = centroids
+    off = np.linalg.norm(xy - ref, axis=1) > max(1e-3 * extent, 1e-6)
+    if any_units and off.mean() > 0.01 and len(xy) > 1:
+        c, x = centroids - centroids.mean(0), xy - xy.mean(0)
+        scale = float((c * x).sum() / max(float((c * c).sum()), 1e-300))
+        ref = scale * c + xy.mean(0)
+        extent = float(np.ptp(xy, axis=0).max())
+        off = np.linalg.norm(xy - ref, axis=1) > max(1e-3 * extent, 1e-6)
     if off.mean() > 0.01:
+        units = " (not even in other units)" if any_units else ""
         raise ValueError(
             f"obsm['spatial'] of library {lib!r} disagrees with the centroids of its element {region!r} for "
-            f"{off.mean():.0%} of the rows (e.g. {np.round(xy[np.argmax(off)], 2).tolist()} vs "
-            f"{np.round(centroids[np.argmax(off)], 2).tolist()}). nichekd reads positions from the element: fix "
+            f"{off.mean():.0%} of the rows{units} (e.g. {np.round(xy[np.argmax(off)], 2).tolist()} vs "
+            f"{np.round(ref[np.argmax(off)], 2).tolist()}). nichekd reads positions from the element: fix "
             "obsm['spatial'] (same units as the element) or delete it."
         )
+
+
+def _label_ids(ids: np.ndarray, dtype: Any) -> np.ndarray:
+    """Table instance ids as label values (``obs`` may hold them as strings or floats)."""
+    ids = np.asarray(ids)
+    if np.issubdtype(np.dtype(dtype), np.integer) and ids.dtype.kind in "OUSf":
+        with contextlib.suppress(TypeError, ValueError):
+            as_float = ids.astype(np.float64)
+            if np.all(as_float == np.round(as_float)):
+                return as_float.astype(np.int64)
+    return ids
+
+
+def _label_centroids(element: Any, ids: np.ndarray, lib: str, region: str, instance_key: str) -> np.ndarray:
+    """``(n, 2)`` intrinsic ``(x, y)`` of the centroid of each label in ``ids``, on the full-resolution level.
+
+    Pixel ``(col, row)`` covers ``[col, col + 1) x [row, row + 1)`` (spatialdata's geometry), so a pixel counts at
+    its centre ``(col + 0.5, row + 0.5)``; the mask is read block by block (dask chunks), never whole.
+    """
+    arr = _level_arrays(element)[0]
+    if set(arr.dims) != {"y", "x"}:
+        raise ValueError(f"Labels element {region!r} must be 2D with dims (y, x), got {tuple(arr.dims)}.")
+    arr = arr.transpose("y", "x")
+    data = arr.data
+    if hasattr(data, "chunks"):
+        ys, xs = np.cumsum((0, *data.chunks[0])), np.cumsum((0, *data.chunks[1]))
+        blocks = (
+            (int(ys[i]), int(xs[j]), data.blocks[i, j])
+            for i in range(len(ys) - 1)
+            for j in range(len(xs) - 1)
+        )
+    else:
+        blocks = iter([(0, 0, data)])
+    parts = []
+    for y0, x0, block in blocks:
+        block = np.asarray(block.compute(scheduler="synchronous") if hasattr(block, "compute") else block)
+        flat = block.ravel()
+        where = np.flatnonzero(flat != 0)  # 0 is background
+        if not where.size:
+            continue
+        values, inv = np.unique(flat[where], return_inverse=True)
+        w = block.shape[1]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "n": np.bincount(inv),
+                    "x": np.bincount(inv, weights=where % w + (x0 + 0.5)),
+                    "y": np.bincount(inv, weights=where // w + (y0 + 0.5)),
+                },
+                index=values,
+            )
+        )
+    sums = pd.concat(parts).groupby(level=0).sum() if parts else pd.DataFrame({"n": [], "x": [], "y": []})
+    pos = pd.Index(sums.index).get_indexer(_label_ids(ids, arr.dtype))
+    if (pos < 0).any():
+        missing = np.asarray(ids)[pos < 0]
+        raise ValueError(
+            f"{int((pos < 0).sum())} observations of library {lib!r} have no label in the mask {region!r} "
+            f"(matched through obs[{instance_key!r}], e.g. {missing[:3].tolist()}; the mask holds {len(sums)} "
+            "labels besides background 0); the table and its labels element disagree."
+        )
+    n = sums["n"].to_numpy(dtype=float)[pos]
+    return np.c_[sums["x"].to_numpy()[pos] / n, sums["y"].to_numpy()[pos] / n]
 
 
 def _image_extent(sdata: Any, name: str, cs: str) -> tuple[np.ndarray, np.ndarray]:
@@ -215,19 +317,61 @@ def _is_placeholder(sdata: Any, name: str) -> bool:
     return float(sub.std()) < 1e-3
 
 
-def _is_rgb(element: Any) -> bool:
-    """An RGB(A) image: 3 channels, or 4 channels of 8-bit values (RGBA PNGs as spatialdata-io reads them)."""
+def image_problem(sdata: Any, name: str, *, grey: bool = False) -> str | None:
+    """Why image element ``name`` is no usable H&E image, as a sentence (``None`` when it is one).
 
-    arr = _level_arrays(element)[0]
-    n = int(arr.sizes.get("c", 0))
-    return n == 3 or (n == 4 and arr.dtype == np.uint8)
+    The one rule every nichekd function applies to an image, made by a reader or by hand: dims ``(c, y, x)``;
+    channels named red, green and blue (``r, g, b`` in any order, an alpha channel dropped) or unnamed
+    (spatialdata's default ``0, 1, 2``; a fourth unnamed channel is alpha for ``uint8``), see
+    :func:`nichekd._core.image.rgb_channels`; one channel (grayscale) only where ``grey``; and not constant
+    (a blank placeholder, such as spatialdata-io's all-black ``hires`` image of some Visium outputs).
+    """
+    problem = _channel_problem(sdata, name, grey=grey)
+    if problem is None and _is_placeholder(sdata, name):
+        problem = _blank(name)
+    return problem
+
+
+def _channel_problem(sdata: Any, name: str, *, grey: bool = False) -> str | None:
+    arr = _level_arrays(sdata.images[name])[0]
+    if set(arr.dims) != {"c", "y", "x"}:
+        return f"The image {name!r} has dims {tuple(arr.dims)}, not (c, y, x): it is no 2D RGB image."
+    names = arr.coords["c"].values if "c" in arr.coords else range(int(arr.sizes["c"]))
+    try:
+        rgb_channels(list(names), arr.dtype, f"image {name!r}", grey=grey)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _why(problems: tuple[str, ...] | list[str], note: str = "") -> str:
+    """The sentences saying why the images of a coordinate system were not used."""
+    off = f" Besides,{note[1:]}." if note else ""
+    return " ".join(problems) + off
+
+
+def _blank(name: str) -> str:
+    return f"The image {name!r} is blank (constant pixels): a placeholder, not an H&E scan."
+
+
+def check_he_image(sdata: Any, name: str, coordinate_system: str | None = None) -> None:
+    """Raise (ValueError) naming what is wrong with image ``name`` as an H&E image and the fix (see
+    :func:`image_problem`; grayscale images pass, and are read as RGB with a warning)."""
+    problem = image_problem(sdata, name, grey=True)
+    if problem is not None:
+        where = f" registered to {coordinate_system!r}" if coordinate_system else ""
+        others = sorted(n for n in (getattr(sdata, "images", {}) or {}) if n != name)
+        raise ValueError(
+            f"{problem} Pass image_key= with an H&E (RGB) image{where}"
+            + (f" (other images: {others})." if others else ".")
+        )
 
 
 def _choose_image(
     sdata: Any, cs: str, xy_cs: np.ndarray, prefer: list[str], image_key: str | None
-) -> tuple[str | None, list[str], str]:
-    """The finest non-placeholder image in ``cs`` that holds the spots; the placeholders skipped; a note on
-    images the spots lie off."""
+) -> tuple[str | None, list[str], str, tuple[str, ...]]:
+    """The finest H&E image in ``cs`` that holds the spots; the placeholders skipped; a note on images the
+    spots lie off; why the other images of ``cs`` are no usable H&E (:func:`image_problem`)."""
     from spatialdata.transformations import get_transformation
 
     if image_key is not None:
@@ -242,10 +386,11 @@ def _choose_image(
                 f"(it is registered to {_coordinate_systems(sdata.images[image_key])}). Register it with "
                 "spatialdata.transformations.set_transformation, or pass coordinate_system=."
             )
-        return image_key, [], ""
+        return image_key, [], "", ()
     candidates = []
     skipped = []
     off = []
+    problems = []
     for name, element in (getattr(sdata, "images", {}) or {}).items():
         if cs not in (get_transformation(element, get_all=True) or {}):
             continue
@@ -254,10 +399,12 @@ def _choose_image(
         if inside < _MIN_ON_IMAGE:
             off.append(f"{name!r} holds {inside:.0%}")
             continue
-        if not _is_rgb(element):  # fluorescence (e.g. Xenium morphology) is no H&E
-            continue
-        if _is_placeholder(sdata, name):
+        problem = _channel_problem(sdata, name)  # fluorescence (e.g. Xenium morphology), 2 channels, ...
+        if problem is None and _is_placeholder(sdata, name):
+            problem = _blank(name)
             skipped.append(name)
+        if problem is not None:
+            problems.append(problem)
             continue
 
         unit_per_px = image_pyramid(sdata, name, cs).levels[0].mpp
@@ -269,8 +416,84 @@ def _choose_image(
         else ""
     )
     if not candidates:
-        return None, skipped, note
-    return min(candidates)[2], skipped, ""
+        return None, skipped, note, tuple(problems)
+    return min(candidates)[2], skipped, "", tuple(problems)
+
+
+def resolve_image(
+    sdata: Any,
+    image_key: str | None = None,
+    coordinate_system: str | None = None,
+    *,
+    cs_argument: str = "coordinate_system",
+) -> tuple[str, str]:
+    """``(image element, coordinate system)`` of the H&E image of an object read without a table (a slide).
+
+    The same rule as :func:`resolve` (:func:`image_problem`): with ``image_key`` that image, refused with the
+    reason when it is no usable H&E; else the one H&E image (of ``coordinate_system`` when given; an image
+    named after it, such as ``{library}_he``, first). The coordinate system defaults to the image's only one
+    (its only one besides ``"global"``). ``cs_argument`` is the caller's name for the coordinate system, for
+    the messages (``library`` in :func:`nichekd.pp.tissue_mask`).
+    """
+    from spatialdata.transformations import get_transformation
+
+    if not hasattr(sdata, "images"):
+        raise TypeError(
+            f"Expected a SpatialData object with an H&E image, got {type(sdata).__name__}; read the slide with "
+            "nichekd.io.read_wsi."
+        )
+    images = dict(sdata.images)
+    if image_key is None:
+        pool = [
+            n
+            for n, el in images.items()
+            if coordinate_system is None or coordinate_system in (get_transformation(el, get_all=True) or {})
+        ]
+        if coordinate_system is not None and images and not pool:
+            systems = sorted(
+                {c for el in images.values() for c in (get_transformation(el, get_all=True) or {})}
+            )
+            raise KeyError(
+                f"No image is registered to {cs_argument} {coordinate_system!r}; the object's images "
+                f"{sorted(images)} are registered to {systems}. Pass one of those as {cs_argument}=."
+            )
+        problems = {n: image_problem(sdata, n) for n in pool}
+        usable = [n for n in pool if problems[n] is None]
+        if coordinate_system is not None:
+            usable = [n for n in usable if n.startswith(coordinate_system)] or usable
+            if image_name(coordinate_system) in usable:
+                usable = [image_name(coordinate_system)]
+        if len(usable) != 1:
+            where = f" registered to {coordinate_system!r}" if coordinate_system is not None else ""
+            if usable:
+                raise ValueError(
+                    f"Pass image_key= or {cs_argument}=: the object has {len(usable)} H&E images{where} {usable}."
+                )
+            why = " ".join(p for p in problems.values() if p)
+            raise ValueError(
+                f"No usable H&E image{where} among the object's images {sorted(images)}"
+                + (f": {why}" if why else ".")
+                + " Pass image_key= with an H&E (RGB) image"
+                + (f", or another {cs_argument}=." if coordinate_system is not None else ".")
+            )
+        image_key = usable[0]
+    if image_key not in images:
+        raise KeyError(f"No image element {image_key!r}; the object has images {sorted(images)}.")
+    systems = sorted(get_transformation(images[image_key], get_all=True) or {})
+    if coordinate_system is None:
+        named = [c for c in systems if c != "global"]
+        if len(named) == 1 or len(systems) == 1:
+            coordinate_system = (named or systems)[0]
+        else:
+            raise ValueError(
+                f"Pass {cs_argument}=: image {image_key!r} is registered to the coordinate systems {systems}."
+            )
+    if coordinate_system not in systems:
+        raise KeyError(
+            f"Image {image_key!r} is not registered to {cs_argument} {coordinate_system!r}; it has {systems}."
+        )
+    check_he_image(sdata, image_key, coordinate_system)
+    return image_key, coordinate_system
 
 
 def _choose_cs(sdata: Any, region_el: Any, coordinate_system: str | None, library: str) -> str:
@@ -373,6 +596,26 @@ def resolve(
             )
             xy_cs = centroids @ aff[:2, :2].T + aff[:2, 2]
             unit_scale = _linear_scale(aff)  # coordinate-system units per shape unit
+        elif is_sdata and region is not None and region in (getattr(sdata, "labels", {}) or {}):
+            # a segmentation mask: each observation is a label; its position is the centroid of its pixels on
+            # the full-resolution level, mapped by the element's own transformation (never obsm['spatial'], and
+            # never a downscaled level, whose pixels are larger)
+            mask = sdata.labels[region]
+            cs = _choose_cs(sdata, mask, coordinate_system, lib)
+            aff = _affine(mask, cs)
+            if instance_key not in table.obs:
+                raise ValueError(
+                    f"The table annotates labels element {region!r} but has no obs[{instance_key!r}] (the label "
+                    "of each observation); parse it with spatialdata.models.TableModel(instance_key=...)."
+                )
+            px = _label_centroids(mask, table.obs[instance_key].to_numpy()[rows], lib, region, instance_key)
+            xy_cs = px @ aff[:2, :2].T + aff[:2, 2]
+            _check_table_coords(table, rows, xy_cs, lib, region, any_units=True)
+            # the pixels of a mask have no physical size of their own: its scale factor is per coordinate unit
+            unit_scale = 1.0
+            mpsu, diameter_um, technology = _microns_per_shape_unit(
+                sdata, table, lib, region, None, rows, xy_cs, raster=True
+            )
         else:
             cs = coordinate_system if coordinate_system is not None else (str(lib) if is_sdata else None)
             xy_cs = spatial_coords(table)[rows]
@@ -395,10 +638,10 @@ def resolve(
             )
         if not np.isfinite(xy_cs).all():
             raise ValueError(f"Library {lib!r} has NaN or infinite coordinates; drop those observations.")
-        image, note = None, ""
+        image, note, problems = None, "", ()
         if images and is_sdata and cs is not None:
             key_i = image_key.get(str(lib)) if isinstance(image_key, dict) else image_key
-            image, skipped, note = _choose_image(
+            image, skipped, note, problems = _choose_image(
                 sdata, cs, xy_cs, [str(lib)] + ([region] if region else []), key_i
             )
             if skipped and image is not None:
@@ -410,9 +653,8 @@ def resolve(
             if need_image and image is None:
                 raise ValueError(
                     f"Library {lib!r} has no usable H&E image in coordinate system {cs!r}"
-                    + (f" (skipped constant placeholder images {skipped})" if skipped else "")
-                    + note
-                    + f"; images present: {sorted(getattr(sdata, 'images', {}) or {})}. Register the H&E to {cs!r} "
+                    + (f". {_why(problems, note)} Images" if problems else f"{note}; images")
+                    + f" present: {sorted(getattr(sdata, 'images', {}) or {})}. Register the H&E to {cs!r} "
                     "or pass image_key= and coordinate_system=."
                 )
         xy_um[rows] = xy_cs * mpu
@@ -426,6 +668,7 @@ def resolve(
             diameter_um=diameter_um,
             technology=technology,
             image_note=note,
+            image_problems=problems if image is None else (),
         )
     return SpatialContext(
         sdata=sdata, table=table, library_key=key, labels=labels, libraries=libraries, xy_um=xy_um

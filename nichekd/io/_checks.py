@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
+
+from .._core.validate import check_counts as _check_counts
 
 # Standard deviation (uint8 grey levels) below which an image is treated as a blank placeholder.
 BLANK_STD = 2.0
@@ -254,22 +255,14 @@ def check_image(image: Any, source: str | Path) -> None:
 
 
 def check_counts(x: Any, source: str | Path) -> None:
-    """Raise unless ``x`` holds raw counts: finite, non-negative integers."""
-    data = x.data if sparse.issparse(x) else np.asarray(x)
-    if data.size == 0:
-        return
-    if not np.isfinite(data).all():
-        raise ValueError(f"The count matrix from {source} has NaN or infinite values; pass raw counts.")
-    if (data < 0).any():
-        raise ValueError(
-            f"The count matrix from {source} has negative values: it looks normalised or scaled. "
-            "Pass the raw counts (e.g. the filtered_feature_bc_matrix, or adata.layers['counts'])."
-        )
-    if not np.allclose(data, np.round(data)):
-        raise ValueError(
-            f"The count matrix from {source} has non-integer values: it looks normalised or log-transformed. "
-            "Pass the raw counts (e.g. adata.raw or adata.layers['counts'])."
-        )
+    """Raise unless ``x`` holds raw counts: finite, non-negative integers (the one rule of
+    :func:`nichekd._core.validate.check_counts`, strict on integers: a reader reads raw count files)."""
+    _check_counts(
+        x,
+        f"The count matrix from {source}",
+        integers=True,
+        fix="Pass the raw counts (e.g. the filtered_feature_bc_matrix, adata.raw or adata.layers['counts']).",
+    )
 
 
 def check_barcodes(

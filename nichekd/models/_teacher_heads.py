@@ -12,10 +12,10 @@ from typing import Any
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 from scipy.special import logsumexp
 from tqdm.auto import tqdm
 
+from .._core.cell_types import cell_type_weights
 from .._core.runtime import one_blas_thread
 from ._teacher_latent import _CHUNK
 
@@ -94,50 +94,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 # -------------------------------------------------------------------------------------------- composition
 def cell_type_matrix(adata: ad.AnnData, key: str, encoder: dict[str, Any], fit: bool) -> np.ndarray:
-    """Per-cell cell-type one-hot (obs categories) or fractions (obsm); the types are learnt into ``encoder``."""
+    """Per-cell cell-type one-hot (obs labels) or fractions (obsm, rows summed to 1); the types are learnt into
+    ``encoder`` (see :func:`nichekd._core.cell_types.cell_type_weights`)."""
+    arr, types = cell_type_weights(adata, key, None if fit else encoder["cell_types"])
+    if fit:
+        encoder["cell_types"] = types
     if key in adata.obsm:
-        frac = adata.obsm[key]
-        names = [str(c) for c in frac.columns] if isinstance(frac, pd.DataFrame) else None
-        arr = np.asarray(frac, dtype=np.float64)
-        if fit:
-            encoder["cell_types"] = names or [str(i) for i in range(arr.shape[1])]
-        elif names is not None:
-            missing = [c for c in encoder["cell_types"] if c not in names]
-            if missing:
-                raise KeyError(f"obsm[{key!r}] lacks the fitted cell types {missing[:5]}.")
-            arr = np.asarray(frac[encoder["cell_types"]], dtype=np.float64)
-        elif arr.shape[1] != len(encoder["cell_types"]):
-            raise ValueError(
-                f"obsm[{key!r}] has {arr.shape[1]} columns, the teacher was fitted on "
-                f"{len(encoder['cell_types'])}."
-            )
-        if not np.isfinite(arr).all() or (arr < 0).any():
-            raise ValueError(f"obsm[{key!r}] must hold finite, non-negative cell-type fractions.")
         tot = arr.sum(1, keepdims=True)
         if (tot <= 0).any():
             raise ValueError(f"obsm[{key!r}] has rows summing to 0; drop those spots.")
-        return (arr / tot).astype(np.float32)
-    if key not in adata.obs:
-        raise KeyError(
-            f"cell_type_key={key!r} is neither an obs column nor an obsm key; available obs columns: "
-            f"{list(adata.obs.columns)[:20]}. Run nichekd.pp.cell_types to create one."
-        )
-    col = adata.obs[key]
-    if col.isna().any():
-        raise ValueError(f"obs[{key!r}] has missing cell types; fill or drop those cells.")
-    values = col.astype(str).to_numpy()
-    if fit:
-        cats = list(col.cat.categories.astype(str)) if hasattr(col, "cat") else sorted(set(values))
-        encoder["cell_types"] = [c for c in cats if c in set(values)]
-    cats = encoder["cell_types"]
-    lookup = {c: i for i, c in enumerate(cats)}
-    unknown = sorted(set(values) - set(lookup))
-    if unknown:
-        raise ValueError(f"obs[{key!r}] has cell types the teacher was not fitted on: {unknown[:5]}.")
-    idx = np.fromiter((lookup[v] for v in values), dtype=np.int64, count=len(values))
-    onehot = np.zeros((len(values), len(cats)), dtype=np.float32)
-    onehot[np.arange(len(values)), idx] = 1.0
-    return onehot
+        arr = arr / tot
+    return arr.astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------------- labels

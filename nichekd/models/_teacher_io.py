@@ -139,6 +139,7 @@ def load_teacher(cls: type, path: str | Path) -> Any:
     try:
         cfg = dict(meta["config"])
         cfg.pop("n_niches")
+        cfg.pop("device", None)  # saved by versions before 0.2: where it ran, never replayed
         self = cls(meta["n_niches"], **cfg)
         self.radius_um_ = meta["radius_um_"]
         self.niche_names_ = list(meta["niche_names_"])

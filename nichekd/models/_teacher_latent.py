@@ -6,32 +6,17 @@ Part of :mod:`nichekd.models.teacher` (preprocessing); the heads are in :mod:`._
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 from scipy import sparse
 
 from .._core.neighbors import Neighbourhoods, neighbour_mean
+from .._core.validate import check_counts  # noqa: F401  (one rule for counts, re-exported here)
 
 TARGET_SUM = 1e4
 _CHUNK = 65_536
-
-
-def check_counts(x: Any, where: str = "X") -> None:
-    """Raise if counts contain NaN/inf or negative values (they would silently corrupt the latent)."""
-    data = x.data if sparse.issparse(x) else np.asarray(x)
-    if not np.issubdtype(data.dtype, np.number):
-        raise ValueError(f"{where} must be numeric counts, got dtype {data.dtype}.")
-    if data.size and not np.isfinite(data).all():
-        raise ValueError(
-            f"{where} contains NaN or infinite values; fix or drop those cells/genes, or pass use_rep= with a "
-            "finite representation."
-        )
-    if data.size and (data < 0).any():
-        raise ValueError(
-            f"{where} contains negative values: raw counts are expected (log-normalised or scaled data is not "
-            "counts). Put raw counts in X, or pass use_rep= with a latent in obsm."
-        )
 
 
 def log_normalise(x: Any, target_sum: float = TARGET_SUM) -> sparse.csr_matrix:
@@ -44,7 +29,9 @@ def log_normalise(x: Any, target_sum: float = TARGET_SUM) -> sparse.csr_matrix:
     import scanpy as sc
 
     tmp = ad.AnnData(sparse.csr_matrix(x, dtype=np.float32, copy=True))
-    sc.pp.normalize_total(tmp, target_sum=target_sum)
+    with warnings.catch_warnings():  # cells without counts: check_zero_counts decides when to warn, and how
+        warnings.filterwarnings("ignore", message="Some cells have zero counts", category=UserWarning)
+        sc.pp.normalize_total(tmp, target_sum=target_sum)
     sc.pp.log1p(tmp)
     return sparse.csr_matrix(tmp.X, dtype=np.float32)
 

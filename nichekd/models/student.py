@@ -28,7 +28,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .._core import validate as _val
-from .._core.neighbors import Neighbourhoods, radius_neighbours
+from .._core.neighbors import (
+    DEFAULT_N_NEIGHBORS,
+    MAX_NEIGHBORS,
+    Neighbourhoods,
+    default_max_neighbors,
+    estimate_radius,
+    radius_neighbours,
+)
 from .._core.runtime import resolve_device, seed_everything, versions
 from ._context import context_means, context_reach
 from ._integrity import arrays_digest, definition_digest, json_safe
@@ -46,6 +53,11 @@ DEFINING_FIELDS = ("n_niches", "niche_names", "radius_um", "architecture", "max_
                    "d_model", "n_layers", "n_heads", "hidden", "dropout", "n_components", "n_features",
                    "encoder", "features_key", "train_mean_neighbors", "context_scales", "n_members")  # fmt: skip
 PCA_MAX_CELLS = 20_000
+# seed-ensemble members at most (training time grows with each)
+MAX_MEMBERS = 32
+MAX_CONTEXT_SCALES = 8
+# training settings the model carries; fit(epochs=...) and the like still work, with a FutureWarning
+TRAINING_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "min_epochs")
 MIN_STEPS_PER_EPOCH = 32
 MIN_BATCH = 32
 
@@ -87,15 +99,19 @@ class NicheStudent:
     Parameters
     ----------
     n_niches
-        Number of niches ``K`` (the teacher's).
+        Number of niches ``K`` (the teacher's); default: the width of the logits ``fit`` is given.
     radius_um
-        Neighbourhood radius in microns (the teacher's, reused at prediction).
+        Neighbourhood radius in microns (the teacher's, reused at prediction); default: estimated at ``fit`` on
+        the training cells for ``n_neighbors_target`` neighbours (``nk.tl.distill`` takes the teacher's).
     niche_names
         Names of the ``K`` niches in output order; default ``"N0"``, ``"N1"``, ...
     architecture
         ``"transformer"`` or ``"mlp"``.
+    n_neighbors_target
+        Mean neighbour count the radius is chosen for when ``radius_um`` is not given (default 10, the
+        teacher's default).
     max_neighbors
-        Neighbours per cell at most (nearest first), the cell itself excluded.
+        Neighbours per cell at most (nearest first), the cell itself excluded; default twice the target.
     temperature
         Distillation temperature ``T``.
     d_model, n_layers, n_heads
@@ -119,6 +135,23 @@ class NicheStudent:
     n_members
         Members of a seed ensemble (seeds ``random_state``, ``random_state + 1``, ...): predictions average
         their probabilities. Training time grows ``n_members``-fold.
+    epochs, batch_size, lr, weight_decay
+        Optimisation (AdamW). With few training cells the batch shrinks (down to 32) so that an epoch takes
+        at least 32 steps; the size used is ``batch_size_used``.
+    patience
+        Stop after this many epochs without a better validation loss; the best weights are kept.
+    min_epochs
+        Epochs trained before validation may select or stop: the first epochs' under-confident models
+        can score a low validation loss yet predict niches poorly.
+    val_fraction, val_blocks
+        Share of the training cells ``nk.tl.distill`` holds out for early stopping, as ``val_blocks`` spatial
+        blocks per section (``fit`` takes the masks it is given).
+    tta
+        ``nk.tl.distill`` predicts with test-time augmentation: the mean of the probabilities over the
+        original features and every augmented view (``nk.pp.augmented_features``).
+
+    The defaults are those of ``nk.tl.distill``: ``NicheStudent(**settings).fit(...)`` on the cells and masks
+    ``distill`` uses trains the same model as ``distill(sdata, model=NicheStudent(**settings))``.
 
     Examples
     --------
@@ -126,49 +159,81 @@ class NicheStudent:
     >>> rng = np.random.default_rng(0)
     >>> xy, feats = rng.uniform(0, 500, (300, 2)), rng.normal(size=(300, 16)).astype("float32")
     >>> teacher = rng.normal(size=(300, 3))
-    >>> model = NicheStudent(3, radius_um=60.0, architecture="mlp").fit(feats, teacher, xy, epochs=2)
+    >>> model = NicheStudent(3, radius_um=60.0, architecture="mlp", epochs=2).fit(feats, teacher, xy)
     >>> model.predict_proba(feats, xy).shape
     (300, 3)
     """
 
     def __init__(
         self,
-        n_niches: int,
+        n_niches: int | None = None,
         *,
-        radius_um: float,
+        radius_um: float | None = None,
         niche_names: Sequence[str] | None = None,
         architecture: str = "transformer",
-        max_neighbors: int = 16,
+        n_neighbors_target: float | None = None,
+        max_neighbors: int | None = None,
         temperature: float = 2.0,
         d_model: int = 64,
         n_layers: int = 1,
         n_heads: int = 4,
         hidden: int = 256,
         dropout: float = 0.1,
-        n_components: int | None = 128,
+        n_components: int | None = 32,
+        n_members: int = 1,
+        epochs: int = 30,
+        batch_size: int = 512,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        patience: int = 5,
+        min_epochs: int = 10,
+        val_fraction: float = 0.1,
+        val_blocks: int = 4,
+        tta: bool = False,
         encoder: dict | None = None,
         features_key: str | None = None,
         context_scales: Sequence[float] = (),
-        n_members: int = 1,
     ):
         if architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}.")
-        if int(n_niches) < 2:
-            raise ValueError(f"n_niches must be at least 2, got {n_niches}.")
-        if not np.isfinite(radius_um) or radius_um <= 0:
-            raise ValueError(f"radius_um must be a positive number of microns, got {radius_um}.")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}.")
-        names = (
-            [f"N{i}" for i in range(int(n_niches))] if niche_names is None else [str(n) for n in niche_names]
-        )
-        if len(names) != int(n_niches):
-            raise ValueError(f"niche_names has {len(names)} names for {n_niches} niches.")
-        self.n_niches = int(n_niches)
+        if niche_names is not None and n_niches is None:
+            n_niches = len(niche_names)
+        if n_niches is not None:
+            _val.check_int("n_niches", n_niches, minimum=2)
+        if radius_um is not None:
+            _val.check_positive("radius_um", radius_um, unit="microns")
+        if n_neighbors_target is not None:
+            _val.check_positive("n_neighbors_target", n_neighbors_target)
+        _val.check_optional_int("max_neighbors", max_neighbors, maximum=MAX_NEIGHBORS)
+        _val.check_positive("temperature", temperature)
+        names = None
+        if n_niches is not None:
+            names = (
+                [f"N{i}" for i in range(int(n_niches))]
+                if niche_names is None
+                else [str(n) for n in niche_names]
+            )
+            if len(names) != int(n_niches):
+                raise ValueError(f"niche_names has {len(names)} names for {n_niches} niches.")
+        for name, value in (("epochs", epochs), ("batch_size", batch_size), ("patience", patience),
+                            ("val_blocks", val_blocks), ("d_model", d_model), ("n_layers", n_layers),
+                            ("n_heads", n_heads), ("hidden", hidden)):  # fmt: skip
+            _val.check_int(name, value)
+        _val.check_int("min_epochs", min_epochs, minimum=0)
+        _val.check_int("n_members", n_members, maximum=MAX_MEMBERS)
+        _val.check_positive("lr", lr)
+        _val.check_nonnegative("weight_decay", weight_decay)
+        _val.check_fraction("val_fraction", val_fraction)
+        _val.check_fraction("dropout", dropout)
+        if n_components is not None:
+            _val.check_int("n_components", n_components)
+        # None until fit: K from the teacher's logits, the radius estimated for n_neighbors_target neighbours
+        self.n_niches = None if n_niches is None else int(n_niches)
         self.niche_names = names
-        self.radius_um = float(radius_um)
+        self.radius_um = None if radius_um is None else float(radius_um)
         self.architecture = architecture
-        self.max_neighbors = int(max_neighbors)
+        self.n_neighbors_target = None if n_neighbors_target is None else float(n_neighbors_target)
+        self.max_neighbors = None if max_neighbors is None else int(max_neighbors)
         self.temperature = float(temperature)
         self.d_model = int(d_model)
         self.n_layers = int(n_layers)
@@ -176,18 +241,25 @@ class NicheStudent:
         self.hidden = int(hidden)
         self.dropout = float(dropout)
         self.n_components = None if n_components is None else int(n_components)
+        # training: fit reads these (distill too, so that both train the same model)
+        self.epochs = int(epochs)
+        self.batch_size = int(batch_size)
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.patience = int(patience)
+        self.min_epochs = int(min_epochs)
+        self.val_fraction = float(val_fraction)
+        self.val_blocks = int(val_blocks)
+        self.tta = bool(tta)
         self.encoder = dict(encoder or {})
         self.features_key = features_key
         # obs column of the split it was trained with: prediction keeps neighbourhoods within its parts
         self.split_key: str | None = None
-        if int(n_members) < 1:
-            raise ValueError(f"n_members must be at least 1, got {n_members}.")
         self.n_members = int(n_members)
-        self.context_scales = tuple(float(c) for c in context_scales)
-        if any(not np.isfinite(c) or c <= 0 for c in self.context_scales):
-            raise ValueError(
-                f"context_scales must be positive multiples of the radius, got {context_scales}."
-            )
+        # positive multiples of the radius, one context token each ("24" is no list of scales)
+        self.context_scales = _val.check_number_list(
+            "context_scales", () if context_scales is None else context_scales, max_length=MAX_CONTEXT_SCALES
+        )
         self.n_features: int | None = None
         self.feature_mean: np.ndarray | None = None
         self.feature_std: np.ndarray | None = None
@@ -197,6 +269,7 @@ class NicheStudent:
         self.module: nn.Module | None = None
         # mean neighbour count of the training cells: predict_niches tiles H&E-only slides to match it
         self.train_mean_neighbors: float | None = None
+        self.batch_size_used: int | None = None  # the mini-batch size fit used (capped for small data)
 
     # -- construction ------------------------------------------------------------------------------------
     def _build(self) -> nn.Module:
@@ -324,6 +397,41 @@ class NicheStudent:
             out[s : s + chunk] = z if self.projection is None else z @ self.projection
         return out
 
+    def _take_training_overrides(self, training: dict[str, Any]) -> None:
+        """Training settings passed to ``fit`` (the old API): set on the model, with a FutureWarning."""
+        unknown = sorted(set(training) - set(TRAINING_FIELDS))
+        if unknown:
+            raise TypeError(f"NicheStudent.fit() got unexpected keyword arguments {unknown}.")
+        if training:
+            warnings.warn(
+                f"NicheStudent.fit({', '.join(f'{k}=' for k in training)}) is deprecated: the model carries its "
+                f"training settings, pass them as NicheStudent({', '.join(f'{k}=...' for k in training)}).",
+                FutureWarning,
+                stacklevel=3,
+            )
+        for name in ("epochs", "batch_size", "patience"):
+            if name in training:
+                setattr(self, name, _val.check_int(name, training[name]))
+        if "min_epochs" in training:
+            self.min_epochs = _val.check_int("min_epochs", training["min_epochs"], minimum=0)
+        if "lr" in training:
+            self.lr = _val.check_positive("lr", training["lr"])
+        if "weight_decay" in training:
+            self.weight_decay = _val.check_nonnegative("weight_decay", training["weight_decay"])
+
+    def _resolve_neighbourhood(
+        self, xy: np.ndarray, train: np.ndarray, groups: np.ndarray | None, random_state: int
+    ) -> None:
+        """The radius (estimated on the training cells for the target count) and the neighbour cap, if unset."""
+        target = DEFAULT_N_NEIGHBORS if self.n_neighbors_target is None else self.n_neighbors_target
+        if self.radius_um is None:
+            self.radius_um = estimate_radius(
+                xy[train], target, groups=None if groups is None else np.asarray(groups)[train],
+                random_state=random_state,
+            )  # fmt: skip
+        if self.max_neighbors is None:
+            self.max_neighbors = default_max_neighbors(target)
+
     # -- training ----------------------------------------------------------------------------------------
     def fit(
         self,
@@ -335,15 +443,10 @@ class NicheStudent:
         train_mask: np.ndarray | None = None,
         val_mask: np.ndarray | None = None,
         views: np.ndarray | None = None,
-        epochs: int = 30,
-        batch_size: int = 512,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        patience: int = 5,
-        min_epochs: int = 0,
         device: str = "auto",
         random_state: int = 0,
         progress: bool = True,
+        **training: Any,
     ) -> NicheStudent:
         """Fit on ``train_mask`` cells against the teacher's logits, early-stopping on ``val_mask`` cells.
 
@@ -363,41 +466,40 @@ class NicheStudent:
             Optional ``(N, V, D)`` features of augmented views of every patch (``nk.pp.augmented_features``):
             every epoch each cell (and each neighbour) draws one of its ``V + 1`` versions (original or a
             view). Validation always uses the originals.
-        epochs, batch_size, lr, weight_decay
-            Optimisation (AdamW). With few training cells the batch shrinks (down to 32) so that an epoch takes
-            at least 32 steps; the size used is ``batch_size_used``.
-        patience
-            Stop after this many epochs without a better validation loss; the best weights are kept.
-        min_epochs
-            Epochs trained before validation may select or stop: the first epochs' under-confident models
-            can score a low validation loss yet predict niches poorly.
         device
             ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         random_state
             Seed of initialisation, shuffling and dropout.
         progress
             Show a progress bar.
+        **training
+            Deprecated: ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``patience``, ``min_epochs`` belong
+            to the model (``NicheStudent(epochs=...)``); given here they set the model's value, with a warning.
 
         Returns
         -------
-        ``self``, fitted.
+        ``self``, fitted. ``n_niches`` (when not given) comes from the logits' width; ``radius_um`` (when not
+        given) is estimated on the training cells for ``n_neighbors_target`` neighbours.
 
         Examples
         --------
-        >>> model = NicheStudent(3, radius_um=60.0).fit(feats, teacher, xy, epochs=2)  # doctest: +SKIP
+        >>> model = NicheStudent(3, radius_um=60.0, epochs=2).fit(feats, teacher, xy)  # doctest: +SKIP
         """
         import torch
 
         from ._student_nets import Ensemble
 
-        _val.check_int("epochs", epochs)
-        _val.check_int("batch_size", batch_size)
-        _val.check_int("patience", patience)
-        _val.check_positive("lr", lr)
-        _val.check_nonnegative("weight_decay", weight_decay)
+        self._take_training_overrides(training)
+        epochs, batch_size, lr = self.epochs, self.batch_size, self.lr
+        weight_decay, patience, min_epochs = self.weight_decay, self.patience, self.min_epochs
+        _val.check_seed("random_state", random_state)
         xy = np.asarray(xy, dtype=np.float64)
         x = self._check_features(features, xy)
         t = np.asarray(teacher_logits, dtype=np.float32)
+        if t.ndim != 2 or len(t) != len(x):
+            raise ValueError(f"teacher_logits must be ({len(x)}, n_niches), got {t.shape}.")
+        if self.n_niches is None:
+            self.n_niches, self.niche_names = t.shape[1], [f"N{i}" for i in range(t.shape[1])]
         if t.shape != (len(x), self.n_niches):
             raise ValueError(f"teacher_logits must be ({len(x)}, {self.n_niches}), got {t.shape}.")
         train = np.ones(len(x), bool) if train_mask is None else np.asarray(train_mask, bool)
@@ -413,6 +515,7 @@ class NicheStudent:
                 f"Only {int(train.sum())} training cells for {self.n_niches} niches; need at least "
                 f"{max(2 * self.n_niches, 10)}. Use a larger training split or fewer niches."
             )
+        self._resolve_neighbourhood(xy, train, groups, random_state)
         self.n_features = x.shape[1]
         device = resolve_device(device)
         rng = seed_everything(random_state)
@@ -629,6 +732,11 @@ class NicheStudent:
                 "n_features": self.n_features,
                 "n_components": self.n_components,
                 "train_mean_neighbors": self.train_mean_neighbors,
+                "batch_size_used": self.batch_size_used,
+                "n_neighbors_target": self.n_neighbors_target,
+                "training": {
+                    k: getattr(self, k) for k in (*TRAINING_FIELDS, "val_fraction", "val_blocks", "tta")
+                },
                 "context_scales": list(self.context_scales),
                 "n_members": self.n_members,
                 "history": self.history,
@@ -757,6 +865,8 @@ class NicheStudent:
                 features_key=cfg.get("features_key"),
                 context_scales=cfg.get("context_scales", ()),
                 n_members=cfg.get("n_members", 1),
+                n_neighbors_target=cfg.get("n_neighbors_target"),
+                **dict(cfg.get("training") or {}),
             )
             model.n_features = int(cfg["n_features"])
         except (KeyError, TypeError, ValueError) as err:
@@ -766,6 +876,7 @@ class NicheStudent:
         model.history = cfg.get("history", {"train_loss": [], "val_loss": []})
         model.best_epoch = cfg.get("best_epoch")
         model.train_mean_neighbors = cfg.get("train_mean_neighbors")
+        model.batch_size_used = cfg.get("batch_size_used")
         model.split_key = cfg.get("split_key")
         for name in ("feature_mean", "feature_std"):
             if name not in tensors:

@@ -28,6 +28,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._core import validate as _val
 from .._core.keys import LIBRARY_KEY, SPATIAL_KEY
 from .._core.neighbors import Neighbourhoods, estimate_radius, radius_neighbours
 from .._core.spatial import micron_coords
@@ -76,6 +77,12 @@ __all__ = [
 METHODS = ("aggregate", "composition", "transformer", "labels")
 DEFAULT_N_NEIGHBORS = 10
 MIN_CELLS_PER_LIBRARY = 10
+# hops of neighbourhood means (features grow n_rings-fold; CellCharter uses 3)
+MAX_RINGS = 10
+COUNTS_FIX = (
+    "Put the raw counts in X (e.g. from adata.layers['counts'] or adata.raw), or pass use_rep= with a latent "
+    "in obsm."
+)
 
 
 # ------------------------------------------------------------------------------------------------ teacher
@@ -258,37 +265,40 @@ class NicheTeacher:
             "max_fit_cells",
             "transformer_kwargs",
             "random_state",
-            "device",
         )
+        # the device is where this machine ran it, not part of the model: a teacher trained on a GPU loads and
+        # predicts on a CPU (device="auto" after load)
         return {k: getattr(self, k) for k in keys}
 
     def _check_params(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
+        """Every option, checked before any data is read (one rule per kind: :mod:`nichekd._core.validate`)."""
+        _val.check_choice("method", self.method, METHODS)
         if self.method == "labels":
             if self.labels_key is None:
                 raise ValueError("method='labels' needs labels_key= (the obs column with the annotation).")
-            if not 0 <= self.label_smoothing < 1:
-                raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
-        elif self.n_niches is None or int(self.n_niches) != self.n_niches or self.n_niches < 2:
-            raise ValueError(f"n_niches must be an integer >= 2, got {self.n_niches!r}.")
+            _val.check_fraction("label_smoothing", self.label_smoothing)
+        elif self.n_niches is None:
+            raise ValueError("n_niches must be an integer >= 2, got None.")
+        else:
+            _val.check_int("n_niches", self.n_niches, minimum=2)
         if self.method == "composition" and self.cell_type_key is None:
             raise ValueError(
                 "method='composition' needs cell_type_key= (obs cell types or obsm fractions); without cell "
                 "types, run nichekd.pp.cell_types first (Leiden clusters of expression)."
             )
-        if self.radius_um is not None and (not np.isfinite(self.radius_um) or self.radius_um <= 0):
-            raise ValueError(f"radius_um must be a positive number of microns, got {self.radius_um!r}.")
-        if self.n_rings < 1:
-            raise ValueError(f"n_rings must be >= 1, got {self.n_rings}.")
-        if self.weights not in ("gaussian", "uniform"):
-            raise ValueError(f"weights must be 'gaussian' or 'uniform', got {self.weights!r}.")
+        _val.check_optional_positive("radius_um", self.radius_um, unit="microns")
+        _val.check_positive("n_neighbors_target", self.n_neighbors_target)
+        _val.check_optional_int("max_neighbors", self.max_neighbors)
+        _val.check_int("n_rings", self.n_rings, maximum=MAX_RINGS)
+        _val.check_choice("weights", self.weights, ("gaussian", "uniform"))
+        _val.check_int("n_comps", self.n_comps)
+        _val.check_int("n_top_genes", self.n_top_genes)
         if self.calibrate is not None and self.calibrate not in CALIBRATIONS:
             raise ValueError(f"calibrate must be None or one of {CALIBRATIONS}, got {self.calibrate!r}.")
-        if not np.isfinite(self.reg_covar) or self.reg_covar < 0:
-            raise ValueError(f"reg_covar must be a non-negative number, got {self.reg_covar!r}.")
-        if self.covariance_type not in ("full", "diag"):
-            raise ValueError(f"covariance_type must be 'full' or 'diag', got {self.covariance_type!r}.")
+        _val.check_nonnegative("reg_covar", self.reg_covar)
+        _val.check_choice("covariance_type", self.covariance_type, ("full", "diag"))
+        _val.check_int("max_fit_cells", self.max_fit_cells, minimum=2)
+        _val.check_seed("random_state", self.random_state)
 
     def _check_libraries(self, adata: ad.AnnData, codes: np.ndarray, names: list[str]) -> None:
         sizes = np.bincount(codes, minlength=len(names))
@@ -349,7 +359,9 @@ class NicheTeacher:
                     f"{[g for g, p in zip(names, genes, strict=True) if p < 0][:5]}); predict on data with the "
                     "same genes."
                 )
-        check_counts(x)
+        check_counts(x, "X", fix=COUNTS_FIX, warn=fit)
+        # all-zero tables give one niche (refused); many zero cells blur them (warned once, when fitting)
+        _val.check_zero_counts(x, "X", warn_fraction=_val.ZERO_COUNT_WARN_FRACTION if fit else 1.0)
         xn = log_normalise(x)  # library size over all genes of this table, as at fit time
         if fit:
             pca = fit_expression_pca(xn, self.n_comps, self.n_top_genes, self.max_fit_cells, rng)
@@ -387,6 +399,11 @@ class NicheTeacher:
         )
         codes, names = self._library_codes(adata)
         self._check_libraries(adata, codes, names)
+        if fit:  # before any neighbour list is allocated (its width grows with the target)
+            sizes = np.bincount(codes, minlength=len(names))
+            _val.check_neighbour_target(
+                self.n_neighbors_target, {n: int(c) for n, c in zip(names, sizes, strict=True) if c > 0}
+            )
         rng = np.random.default_rng(self.random_state)
         if fit:
             self.encoder_ = {}

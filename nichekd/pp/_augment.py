@@ -14,13 +14,17 @@ from typing import Any
 import anndata as ad
 import numpy as np
 
+from .._core import validate as _val
 from .._core.docs import inject_docs
 from .._core.keys import LIBRARY_KEY, TABLE_KEY
-from .._core.records import store_params
+from .._core.records import claim, store_params
 from .._core.runtime import resolve_device
 from .._core.table import get_table, library_labels
 from ..models import encoders as _enc
 from . import _features
+
+# views per patch: obsm holds n_views times the features, and each view is a full encoder pass
+MAX_VIEWS = 64
 
 
 def hed_jitter(patches: np.ndarray, rng: np.random.Generator, sigma: float = 0.05) -> np.ndarray:
@@ -131,7 +135,8 @@ def augmented_features(
     random_state
         %(random_state)s
     overwrite
-        Recompute when ``key_added`` already holds views of the same settings.
+        %(overwrite)s
+        Also recomputes views that ``key_added`` holds with the same settings (otherwise they are reused).
     table_key, library_key
         Table and its ``obs`` column of sections.
     copy
@@ -150,6 +155,13 @@ def augmented_features(
     >>> sdata.tables["table"].obsm["he_aug"].shape  # doctest: +SKIP
     (500, 108)
     """
+    _val.check_int("n_views", n_views, maximum=MAX_VIEWS)
+    _val.check_nonnegative("hed_sigma", hed_sigma)
+    if _val.check_nonnegative("scale_range", scale_range) >= 0.5:
+        raise ValueError(f"scale_range must be in [0, 0.5), got {scale_range!r}.")
+    _val.check_int("batch_size", batch_size)
+    _val.check_int("num_workers", num_workers, minimum=0)
+    _val.check_seed("random_state", random_state)
     table = get_table(sdata, table_key)
     if isinstance(sdata, ad.AnnData):
         raise ValueError("augmented_features needs the SpatialData object with its H&E images, not a table.")
@@ -164,13 +176,10 @@ def augmented_features(
             f"obsm[{features_key!r}] was not computed from images by nichekd (backbone "
             f"{src.get('backbone')!r}); augmented views need the encoder and the patch size."
         )
-    if int(n_views) < 1:
-        raise ValueError(f"n_views must be at least 1, got {n_views}.")
-    if not 0 <= scale_range < 0.5:
-        raise ValueError(f"scale_range must be in [0, 0.5), got {scale_range}.")
-    if hed_sigma < 0:
-        raise ValueError(f"hed_sigma must be non-negative, got {hed_sigma}.")
     key_added = key_added or f"{features_key}_aug"
+    written = claim(
+        table, [("obsm", key_added), ("uns", key_added)], writer="augmented_features", overwrite=overwrite
+    )
     settings = {
         "features_key": features_key, "n_views": int(n_views), "hed_sigma": float(hed_sigma),
         "flips": bool(flips), "rotations": bool(rotations), "scale_range": float(scale_range),
@@ -254,7 +263,9 @@ def augmented_features(
 
     target = table.copy() if copy else table
     target.obsm[key_added] = stacked.reshape(table.n_obs, -1).astype(np.float32)
-    store_params(target, key_added, {**settings, "scales": scales.tolist(), "n_features": int(d)})
+    store_params(
+        target, key_added, {**settings, "scales": scales.tolist(), "n_features": int(d)}, claim=written
+    )
     return target if copy else None
 
 

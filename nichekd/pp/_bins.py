@@ -10,13 +10,16 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .._core import validate as _val
+from .._core.docs import inject_docs
 from .._core.keys import INSTANCE_KEY, REGION_KEY, SPATIAL_KEY, TABLE_KEY
-from .._core.records import store_params
+from .._core.records import claim, store_params
 from .._core.spatial import _affine, _centroids, resolve
 from .._core.table import _region_key
 from .._core.units import _HD_BIN, _linear_scale
 
 
+@inject_docs
 def aggregate_bins(
     sdata: Any,
     *,
@@ -53,7 +56,9 @@ def aggregate_bins(
     key_added
         Name of the new table; default ``f"square_{bin_size_um:03d}um"`` (spatialdata-io's naming).
     overwrite
-        Replace an existing table or shapes element of the same name.
+        %(overwrite)s
+        Here the keys are the new table and shapes elements (their ownership is recorded in
+        ``sdata.attrs['nichekd']``).
 
     Returns
     -------
@@ -76,12 +81,11 @@ def aggregate_bins(
     from spatialdata.models import ShapesModel, TableModel
     from spatialdata.transformations import get_transformation
 
+    _val.check_positive("bin_size_um", bin_size_um, unit="microns")
     if isinstance(sdata, ad.AnnData):
         raise ValueError(
             "aggregate_bins needs the SpatialData object (it adds a shapes element), not a table."
         )
-    if not np.isfinite(bin_size_um) or bin_size_um <= 0:
-        raise ValueError(f"bin_size_um must be a positive number of microns, got {bin_size_um!r}.")
     size_tag = f"square_{int(round(bin_size_um)):03d}um"
     key_added = key_added or size_tag
     ctx = resolve(sdata, table_key=table_key, library_key=library_key, images=False)
@@ -117,16 +121,17 @@ def aggregate_bins(
             if _HD_BIN.search(lib.region)
             else f"{name}_{size_tag}"
         )
-        for kind, store, key in (
-            ("table", sdata.tables, key_added),
-            ("shapes element", sdata.shapes, element),
-        ):
-            if key in store and not overwrite:
-                raise ValueError(f"A {kind} {key!r} already exists; pass overwrite=True or key_added=.")
         names.append(element)
         pos = pd.Index(shapes.index).get_indexer(table.obs[instance_key].to_numpy()[lib.rows])
         plans.append((name, lib, f, shapes, element, _centroids(shapes)[pos]))
 
+    # the new table and shapes: a re-run replaces its own, anything else only with overwrite=True
+    written = claim(
+        sdata,
+        [("tables", key_added)] + [("shapes", e) for e in names],
+        writer="aggregate_bins",
+        overwrite=overwrite,
+    )
     group_rows, group_cols, members, n_new = [], [], [], 0
     obs_parts, shapes_out, centres_all = [], {}, []
     for name, lib, f, shapes, element, xy in plans:
@@ -205,9 +210,10 @@ def aggregate_bins(
     store_params(
         out,
         "aggregate_bins",
-        {"bin_size_um": float(bin_size_um), "source_table": table_key, "source_elements": [p[1].region for p in plans],
+        {**written.provenance(), "bin_size_um": float(bin_size_um), "source_table": table_key, "source_elements": [p[1].region for p in plans],
          "factor": {p[0]: p[2] for p in plans}, "source_bins": int(sum(members)), "library_key": ctx.library_key},
     )  # fmt: skip
     for element, shapes in shapes_out.items():
         sdata.shapes[element] = shapes
     sdata.tables[key_added] = out
+    written.record(sdata)

@@ -8,9 +8,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._core import validate as _val
 from .._core.docs import inject_docs
 from .._core.keys import TABLE_KEY
-from .._core.records import store_params
+from .._core.records import claim, store_params
 from .._core.runtime import keep_torch_threads
 from .._core.table import get_table
 
@@ -39,6 +40,7 @@ def cell_types(
     key_added: str = "cell_type",
     random_state: int = 0,
     copy: bool = False,
+    overwrite: bool = False,
 ) -> ad.AnnData | None:
     """Leiden clusters of expression as stand-in cell types (a documented fallback, not an annotation).
 
@@ -67,6 +69,8 @@ def cell_types(
         %(random_state)s
     copy
         %(copy)s
+    overwrite
+        %(overwrite)s
 
     Returns
     -------
@@ -77,13 +81,16 @@ def cell_types(
     >>> nk.pp.cell_types(sdata, resolution=0.8)
     >>> nk.tl.teacher_niches(sdata, n_niches=6, method="composition", cell_type_key="cell_type")
     """
+    _val.check_positive("resolution", resolution)
+    _val.check_int("n_comps", n_comps)
+    _val.check_int("n_neighbors", n_neighbors)
+    _val.check_seed("random_state", random_state)
     import scanpy as sc
 
-    from ..models.teacher import check_counts, log_normalise
+    from ..models.teacher import COUNTS_FIX, log_normalise
 
     adata = get_table(sdata, table_key)
-    if resolution <= 0:
-        raise ValueError(f"resolution must be positive, got {resolution}.")
+    written = claim(adata, [("obs", key_added), ("uns", key_added)], writer="cell_types", overwrite=overwrite)
     if adata.n_obs < 3:
         raise ValueError(f"Need at least 3 cells to cluster, got {adata.n_obs}.")
     work = ad.AnnData(obs=pd.DataFrame(index=adata.obs_names))
@@ -95,7 +102,8 @@ def cell_types(
             raise ValueError(f"obsm[{use_rep!r}] has NaN or infinite values.")
         work.obsm["X_rep"] = rep
     else:
-        check_counts(adata.X)
+        _val.check_counts(adata.X, "X", fix=COUNTS_FIX)
+        _val.check_zero_counts(adata.X, "X")  # all-zero counts give one cluster
         # work on a private copy: the user's X is never normalised in place
         work = ad.AnnData(X=log_normalise(adata.X), obs=pd.DataFrame(index=adata.obs_names))
         n = int(min(n_comps, work.n_obs - 1, work.n_vars - 1))
@@ -131,5 +139,6 @@ def cell_types(
             "n_neighbors": n_neighbors,
             "random_state": random_state,
         },
+        claim=written,
     )
     return target if copy else None

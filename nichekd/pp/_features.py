@@ -11,20 +11,22 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .._core import patches as _image
+from .._core import validate as _val
 from .._core.docs import inject_docs
+from .._core.feature_record import FEATURE_SETTINGS, FITTED_SETTINGS, NAMING_SETTINGS, same_setting
 from .._core.keys import INSTANCE_KEY, LIBRARY_KEY, SPLIT_KEY, TABLE_KEY
-from .._core.records import store_params
+from .._core.keys import features_key as default_features_key
+from .._core.records import claim, store_params
 from .._core.runtime import resolve_device
 from .._core.spatial import _centroids, resolve
 from .._core.table import get_table, library_labels
 from ..models import encoders as _enc
 from . import _grid
 
-# Settings that define the features: a cached result is reused only if all of them match.
-_SETTINGS = ("backbone", "weights", "checkpoint_path", "patch_size_um", "input_size", "mpp", "mean", "std",
-             "features_key", "stain_normalization", "standardize", "image_key", "shapes_key", "grid_um")  # fmt: skip
+# a cached result is reused only if every setting that defines the features, and the names of the data, match
+_SETTINGS = tuple(k for k in FEATURE_SETTINGS if k not in FITTED_SETTINGS) + NAMING_SETTINGS
 # Keys recorded in params for provenance only; accepted (and ignored) on replay.
-_PROVENANCE = ("weights", "output_dim", "mpp_used", "pyramid_level", "embedding", "kind", "device_used",
+_PROVENANCE = ("weights", "output_dim", "mpp_used", "pyramid_level", "pixel_rule", "embedding", "kind", "device_used",
                "versions", "date", "table_key", "library_key", "normalization", "precision_used",
                "threads_used", "unset", "grid_nodes", "statistics_from", "fitted_statistics")  # fmt: skip
 
@@ -56,16 +58,6 @@ def _centres(sdata, table: ad.AnnData, lib, shapes_key: str) -> np.ndarray:
             f"{(pos < 0).sum()} observations of library {lib.name!r} have no shape in {shapes_key!r}."
         )
     return xy[pos] * lib.microns_per_unit
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float | int | np.floating | np.integer) and isinstance(
-        b, float | int | np.floating | np.integer
-    ):
-        return bool(np.isclose(float(a), float(b), rtol=1e-9, atol=1e-12))
-    if isinstance(a, list | tuple | np.ndarray) and isinstance(b, list | tuple | np.ndarray):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
 
 
 def fitted_statistics(
@@ -107,6 +99,32 @@ def _standardize(x: np.ndarray, labels: np.ndarray, fit: np.ndarray | None = Non
         mu, sd = x[ref].mean(0), x[ref].std(0)
         out[sel] = (x[sel] - mu) / np.where(sd > 1e-8, sd, 1.0)
     return out
+
+
+# an encoder input side beyond this (pixels) is no patch encoder's; memory grows with its square
+MAX_INPUT_SIZE = 4096
+
+
+def check_feature_args(**given: Any) -> None:
+    """The numeric and choice options of :func:`histology_features` that are given (also from
+    :func:`histology_features_dask`, before any task starts); the defaults are valid."""
+    checks = {
+        "patch_size_um": lambda v: _val.check_optional_positive("patch_size_um", v, unit="microns"),
+        "batch_size": lambda v: _val.check_int("batch_size", v),
+        "num_workers": lambda v: _val.check_int("num_workers", v, minimum=0),
+        "input_size": lambda v: _val.check_optional_int("input_size", v, maximum=MAX_INPUT_SIZE),
+        "mpp": lambda v: _val.check_optional_positive("mpp", v, unit="microns per pixel"),
+        "stain_normalization": lambda v: _val.check_choice(
+            "stain_normalization", v, (None, "macenko", "reinhard")
+        ),
+        "standardize": lambda v: _val.check_choice("standardize", v, (None, "library")),
+        "grid_um": lambda v: _val.check_optional_positive("grid_um", v, unit="microns"),
+        "precision": lambda v: _val.check_choice("precision", v, tuple(_enc.PRECISIONS)),
+        "n_threads": lambda v: _val.check_optional_int("n_threads", v),
+    }
+    for name, value in given.items():
+        if name in checks:
+            checks[name](value)
 
 
 @inject_docs
@@ -173,7 +191,8 @@ def histology_features(
     key_added
         ``obsm`` and ``uns`` key; default ``f"X_{backbone}"``.
     overwrite
-        Recompute even if ``key_added`` holds features computed with the same settings.
+        %(overwrite)s
+        Also recomputes features that ``key_added`` holds with the same settings (otherwise they are reused).
     num_workers
         Threads reading image tiles ahead of the encoder.
     checkpoint_path
@@ -230,6 +249,11 @@ def histology_features(
     unknown = set(provenance) - set(_PROVENANCE)
     if unknown:
         raise TypeError(f"histology_features() got unexpected keyword arguments {sorted(unknown)}.")
+    check_feature_args(
+        patch_size_um=patch_size_um, batch_size=batch_size, num_workers=num_workers, input_size=input_size,
+        mpp=mpp, stain_normalization=stain_normalization, standardize=standardize, grid_um=grid_um,
+        precision=precision, n_threads=n_threads,
+    )  # fmt: skip
     table = get_table(sdata, table_key)
     spec = _enc.resolve_spec(
         backbone, input_size=input_size, mpp=mpp, mean=mean, std=std, checkpoint_path=checkpoint_path
@@ -237,21 +261,7 @@ def histology_features(
     name = spec.name
     if key_added is None:
         precomputed_key = features_key if name == "precomputed" and features_key else None
-        key_added = precomputed_key or f"X_{name.replace(':', '_').replace('/', '_')}"
-    if stain_normalization not in (None, "macenko", "reinhard"):
-        raise ValueError(
-            f"stain_normalization must be None, 'macenko' or 'reinhard', got {stain_normalization!r}."
-        )
-    if standardize not in (None, "library"):
-        raise ValueError(f"standardize must be None or 'library', got {standardize!r}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    if grid_um is not None and (not np.isfinite(grid_um) or grid_um <= 0):
-        raise ValueError(f"grid_um must be a positive number of microns or None, got {grid_um!r}.")
-    if precision not in _enc.PRECISIONS:
-        raise ValueError(f"precision must be one of {_enc.PRECISIONS}, got {precision!r}.")
-    if n_threads is not None and n_threads < 1:
-        raise ValueError(f"n_threads must be at least 1 (or None for torch's setting), got {n_threads}.")
+        key_added = precomputed_key or default_features_key(name)
     if table.n_obs == 0:
         raise ValueError("The table has no observations.")
     labels = np.asarray(library_labels(table, library_key)).astype(str)
@@ -280,9 +290,13 @@ def histology_features(
     )
     if name == "precomputed" and key_added == features_key and existing is not None:
         return table.copy() if copy else None  # features computed by nichekd: keep their own provenance
+    # the user's own features registered in place keep their values (unless standardised): only the record is new
+    in_place = name == "precomputed" and key_added == features_key and standardize is None
+    targets = [("uns", key_added)] + ([] if in_place else [("obsm", key_added)])
+    written = claim(table, targets, writer="histology_features", overwrite=overwrite)
     if key_added in table.obsm and existing is not None and not overwrite:
         diff = [k for k in _SETTINGS if k in replay or k in existing]
-        diff = [k for k in diff if not _same(existing.get(k), replay.get(k))]
+        diff = [k for k in diff if not same_setting(existing.get(k), replay.get(k))]
         if precision != "auto" and spec.kind != "handcrafted":  # an explicit request must be honoured
             if existing.get("precision_used", "fp32") != precision:
                 diff.append("precision_used")
@@ -343,13 +357,15 @@ def histology_features(
         "normalization": {"mean": list(spec.mean), "std": list(spec.std), "scale": "x / 255"},
         "mpp_used": {lib: p["level"].mpp for lib, p in per_lib.items()},
         "pyramid_level": {lib: p["level"].index for lib, p in per_lib.items()},
+        # how each image's pixels became RGB uint8 (one rule per image: dtype range, channel order)
+        "pixel_rule": {lib: p["pyramid"].pixel_rule.rule for lib, p in per_lib.items()},
         "device_used": None if name == "precomputed" else str(getattr(encoder, "device", "cpu")),
         "precision": precision,
         "precision_used": None if name == "precomputed" else encoder.precision,
         "threads_used": None if name == "precomputed" else int(encoder.n_threads or _torch_threads()),
         "grid_nodes": None if readout is None else int(n_work),
     }  # fmt: skip
-    store_params(target, key_added, params)
+    store_params(target, key_added, params, claim=written)
     return target if copy else None
 
 

@@ -10,14 +10,23 @@ import pandas as pd
 
 from .._core import dask as _dask
 from .._core import patches as _image
+from .._core import validate as _val
 from .._core.docs import inject_docs
 from .._core.keys import INSTANCE_KEY, LIBRARY_KEY, REGION_KEY, SPATIAL_KEY, TABLE_KEY
-from .._core.records import store_params
+from .._core.keys import features_key as default_features_key
+from .._core.records import claim, store_params
 from .._core.spatial import Library, microns_record, resolve
 from .._core.table import get_table
 from ..io._build import make_shapes
 from ..models import encoders as _enc
-from ._features import _standardize, fit_rows, fitted_statistics, histology_features, statistics_from
+from ._features import (
+    _standardize,
+    check_feature_args,
+    fit_rows,
+    fitted_statistics,
+    histology_features,
+    statistics_from,
+)
 
 
 def _partition_table(
@@ -82,6 +91,7 @@ def histology_features_dask(
     standardize: str | None = None,
     progress: bool = True,
     copy: bool = False,
+    overwrite: bool = False,
     **kwargs: Any,
 ) -> ad.AnnData | None:
     """:func:`nichekd.pp.histology_features` in spatial partitions scheduled by dask.
@@ -110,6 +120,9 @@ def histology_features_dask(
         %(progress)s
     copy
         %(copy)s
+    overwrite
+        %(overwrite)s
+        Features are always recomputed (no reuse of features with the same settings).
     **kwargs
         Passed to :func:`~nichekd.pp.histology_features` (``backbone``, ``patch_size_um``, ``batch_size``,
         ``device``, ``stain_normalization`` with a ``stain_reference`` dict, ...).
@@ -135,7 +148,7 @@ def histology_features_dask(
     unknown = set(kwargs) - known
     if unknown:  # checked here, not in a worker after the cluster has started
         raise TypeError(f"histology_features_dask() got unexpected keyword arguments {sorted(unknown)}.")
-    for bad in ("shapes_key", "table", "overwrite"):
+    for bad in ("shapes_key", "table"):
         if bad in kwargs:
             raise TypeError(
                 f"histology_features_dask does not take {bad}=; put the centres in obsm['spatial'] "
@@ -146,8 +159,8 @@ def histology_features_dask(
             "With stain_normalization, pass stain_reference= as a dict (e.g. uns[key]['params']"
             "['stain_reference'] of an earlier run): a reference computed per partition would differ."
         )
-    if standardize not in (None, "library"):
-        raise ValueError(f"standardize must be None or 'library', got {standardize!r}.")
+    _val.check_int("partition_size", partition_size)
+    check_feature_args(standardize=standardize, **kwargs)  # every option, before any task starts
     table = get_table(sdata, table_key)
     if table.n_obs == 0:
         raise ValueError("The table has no observations.")
@@ -157,16 +170,22 @@ def histology_features_dask(
     if image_key is not None and len(set(labels)) > 1:
         raise ValueError("image_key= names one image but the table has several libraries.")
     backbone = kwargs.get("backbone", "efficientnet_lite0")
-    if key_added is None:
-        key_added = f"X_{str(getattr(backbone, '__name__', backbone)).replace(':', '_').replace('/', '_')}"
-    kwargs = {**kwargs, "key_added": key_added, "library_key": library_key}
-    if image_key is not None:
-        kwargs["image_key"] = image_key
-
     spec = _enc.resolve_spec(
         backbone, input_size=kwargs.get("input_size"), mpp=kwargs.get("mpp"), mean=kwargs.get("mean"),
         std=kwargs.get("std"), checkpoint_path=kwargs.get("checkpoint_path"),
     )  # fmt: skip
+    if key_added is None:
+        key_added = default_features_key(
+            spec.name
+        )  # the rule of histology_features, from the registered name
+    # the twin of histology_features: it may replace that function's features, nothing else without overwrite
+    written = claim(
+        table, [("obsm", key_added), ("uns", key_added)], writer="histology_features", overwrite=overwrite
+    )
+    kwargs = {**kwargs, "key_added": key_added, "library_key": library_key}
+    if image_key is not None:
+        kwargs["image_key"] = image_key
+
     if spec.name == "precomputed":
         raise ValueError("backbone='precomputed' reads no image: use nk.pp.histology_features.")
     patch_size_um = kwargs.get("patch_size_um") or spec.input_size * spec.mpp
@@ -214,5 +233,5 @@ def histology_features_dask(
         params.pop(drop, None)
     target = table.copy() if copy else table
     target.obsm[key_added] = feats
-    store_params(target, key_added, params)
+    store_params(target, key_added, params, claim=written)
     return target if copy else None

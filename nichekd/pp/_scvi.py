@@ -8,9 +8,10 @@ from typing import Any
 import anndata as ad
 import numpy as np
 
+from .._core import validate as _val
 from .._core.docs import inject_docs
 from .._core.keys import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY
-from .._core.records import store_params
+from .._core.records import claim, store_params
 from .._core.table import get_table, library_labels
 from ._split import resolve_split_key
 
@@ -45,6 +46,7 @@ def scvi_latent(
     random_state: int = 0,
     progress: bool = True,
     copy: bool = False,
+    overwrite: bool = False,
 ) -> ad.AnnData | None:
     """Fit (or load) an scVI model of the raw counts and write its latent to ``obsm[key_added]``.
 
@@ -91,6 +93,9 @@ def scvi_latent(
         %(progress)s
     copy
         %(copy)s
+    overwrite
+        %(overwrite)s
+        An ``obsm['X_scVI']`` computed with scvi-tools directly counts as the user's.
 
     Returns
     -------
@@ -103,19 +108,30 @@ def scvi_latent(
     >>> nk.pp.scvi_latent(sdata, max_epochs=50, save_path="scvi_mob/")  # doctest: +SKIP
     >>> nk.tl.teacher_niches(sdata, n_niches=5, use_rep="X_scVI")  # doctest: +SKIP
     """
-    from ..models._teacher_latent import check_counts
-
+    for name, value in (
+        ("n_latent", n_latent),
+        ("n_hidden", n_hidden),
+        ("n_layers", n_layers),
+        ("max_epochs", max_epochs),
+        ("batch_size", batch_size),
+    ):
+        _val.check_int(name, value)
+    _val.check_seed("random_state", random_state)
     adata = get_table(sdata, table_key)
+    written = claim(
+        adata, [("obsm", key_added), ("uns", key_added)], writer="scvi_latent", overwrite=overwrite
+    )
     if layer is not None and layer not in adata.layers:
         raise KeyError(f"No layers[{layer!r}]; layers are {list(adata.layers)}.")
     counts = adata.layers[layer] if layer is not None else adata.X
     if counts is None or adata.n_vars == 0:
         raise ValueError("The table has no counts: scVI needs raw counts in X (or layer=).")
-    check_counts(counts, f"layers[{layer!r}]" if layer is not None else "X")
+    where = f"layers[{layer!r}]" if layer is not None else "X"
+    _val.check_counts(counts, where, fix="scVI models raw counts: pass them in X or layer=.")
+    # an all-zero table has no library size to model
+    _val.check_zero_counts(counts, where, fix="or pass layer= with the raw counts")
     if batch_key is not None and batch_key not in adata.obs:
         raise KeyError(f"batch_key={batch_key!r} is not an obs column; pass batch_key=None for one batch.")
-    if max_epochs < 1 or n_latent < 1:
-        raise ValueError(f"max_epochs and n_latent must be >= 1, got {max_epochs} and {n_latent}.")
     if model_path is not None and not Path(model_path).is_dir():
         raise FileNotFoundError(
             f"model_path={str(model_path)!r} is not a folder written by scvi_latent(save_path=)."
@@ -185,5 +201,5 @@ def scvi_latent(
     extra = {}
     if history is not None and len(history):
         extra["elbo_train"] = np.asarray(history, dtype=float).ravel().tolist()
-    store_params(target, key_added, params, **extra)
+    store_params(target, key_added, params, claim=written, **extra)
     return target if copy else None

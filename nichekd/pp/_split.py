@@ -14,9 +14,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._core import validate as _val
 from .._core.docs import inject_docs
 from .._core.keys import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY
-from .._core.records import store_params
+from .._core.records import claim, store_params
 from .._core.spatial import micron_coords
 from .._core.table import get_table, library_labels
 
@@ -24,6 +25,12 @@ SPLIT_LABELS = ("train", "test", "buffer")
 METHODS = ("strips", "blocks", "libraries")
 TEACHER_GUARDS = ("widen", "within")
 READ_MARGIN_PX = 4
+# more strips or blocks than this cut sections into slivers thinner than any buffer (and cost memory)
+MAX_STRIPS = 100
+MAX_BLOCKS = 32
+# a section's train or test part smaller than this (observations, or share of the section) is warned about
+MIN_PART_CELLS = 50
+MIN_PART_FRACTION = 0.05
 
 
 def teacher_reach_um(params: dict) -> float | None:
@@ -243,6 +250,66 @@ def _grid_split(xy: np.ndarray, nx: int, ny: int, test_blocks: np.ndarray, buffe
     return labels
 
 
+def _check_spread(xy: np.ndarray, library: str, method: str) -> None:
+    """Refuse a section whose observations share one position (or, for strips, one ``y``): no split exists."""
+    if len(xy) == 0:
+        return
+    span = np.ptp(xy, axis=0)
+    if span.max() == 0 or (method == "strips" and span[1] == 0):
+        where = "one position" if span.max() == 0 else "one y coordinate (a horizontal line)"
+        raise ValueError(
+            f"All observations of section {library!r} share {where}, so no {method} split of it exists: check "
+            "obsm['spatial'] / the coordinates (a reader, a transform or units that collapsed them)"
+            + (", or use method='blocks'." if span.max() > 0 else ".")
+        )
+
+
+def _warn_small_parts(
+    labels: np.ndarray,
+    codes: np.ndarray,
+    lib_names: list[str],
+    method: str,
+    n_strips: int,
+    n_blocks: int,
+    buffer_um: float | None,
+) -> None:
+    """Warn when a section's train or test part holds fewer than ``MIN_PART_CELLS`` observations or
+    ``MIN_PART_FRACTION`` of the section: models train on little and scores on it are noise."""
+    small = []
+    if method == "libraries":  # whole sections: the parts are the held-out and the kept sections together
+        for part in ("train", "test"):
+            k = int((labels == part).sum())
+            if k < MIN_PART_CELLS:
+                small.append(f"{k} {part} observations in all")
+        fix = "hold out (or keep) larger sections, or use method='strips' / 'blocks' within sections."
+    else:
+        for li, lib in enumerate(lib_names):
+            in_lib = labels[codes == li]
+            if not len(in_lib):  # an unused category
+                continue
+            for part in ("train", "test"):
+                k = int((in_lib == part).sum())
+                if k < MIN_PART_CELLS or k < MIN_PART_FRACTION * len(in_lib):
+                    small.append(f"section {lib!r}: {k} {part} of {len(in_lib)}")
+        if method == "strips":
+            grid = f"fewer strips (n_strips={n_strips}) or another test_strip="
+        else:
+            grid = f"fewer blocks (n_blocks={n_blocks}) or a larger test_fraction="
+        fix = (
+            f"use {grid}, a smaller buffer_um= (now {buffer_um:.4g} um; the default is half the patch), or "
+            "method='libraries' with whole held-out sections."
+        )
+    if small:
+        warnings.warn(
+            f"The split leaves few observations in some parts ({'; '.join(small[:6])}"
+            f"{'; ...' if len(small) > 6 else ''}): fewer than {MIN_PART_CELLS} observations or under "
+            f"{MIN_PART_FRACTION:.0%} of a section. A student trains on little there and scores on it are "
+            f"noise. To fix it, {fix}",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 @inject_docs
 def spatial_split(
     sdata,
@@ -262,6 +329,7 @@ def spatial_split(
     table_key: str = TABLE_KEY,
     random_state: int = 0,
     copy: bool = False,
+    overwrite: bool = False,
 ) -> ad.AnnData | None:
     """Label cells ``train`` / ``test`` / ``buffer`` so that no tissue is shared across the split.
 
@@ -307,10 +375,18 @@ def spatial_split(
         %(random_state)s
     copy
         %(copy)s
+    overwrite
+        %(overwrite)s
 
     Returns
     -------
     The modified table if ``copy=True``, else ``None``.
+
+    Warns
+    -----
+    UserWarning
+        When a section's train or test part holds fewer than ``MIN_PART_CELLS`` (50) observations or under
+        ``MIN_PART_FRACTION`` (5%) of the section; the message names the settings to change.
 
     Examples
     --------
@@ -319,11 +395,19 @@ def spatial_split(
     >>> nk.pp.spatial_split(sdata, buffer_um=56)
     >>> sdata.tables["table"].obs["split"].value_counts()
     """
+    _val.check_choice("method", method, METHODS)
+    _val.check_choice("teacher_guard", teacher_guard, TEACHER_GUARDS)
+    n_strips = _val.check_int("n_strips", n_strips, minimum=2, maximum=MAX_STRIPS)
+    test_strip = _val.check_int("test_strip", test_strip, minimum=0, maximum=n_strips - 1)
+    n_blocks = _val.check_int("n_blocks", n_blocks, minimum=2, maximum=MAX_BLOCKS)
+    test_fraction = _val.check_fraction("test_fraction", test_fraction, low_open=True)
+    _val.check_optional_nonnegative("buffer_um", buffer_um, unit="microns")
+    _val.check_seed("random_state", random_state)
     adata = get_table(sdata, table_key)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    if teacher_guard not in TEACHER_GUARDS:
-        raise ValueError(f"teacher_guard must be one of {TEACHER_GUARDS}, got {teacher_guard!r}.")
+    # the keys written, checked before anything is computed or written
+    written = claim(
+        adata, [("obs", key_added), ("uns", key_added)], writer="spatial_split", overwrite=overwrite
+    )
     buffer_from = "given" if buffer_um is not None else None
     guard_applied = None
     xy = micron_coords(sdata, table_key=table_key, library_key=library_key)
@@ -341,19 +425,7 @@ def spatial_split(
                 )
             buffer_um = patch / 2.0
             buffer_from = f"half the widest patch read ({patch_key}: {patch:.4g} um)"
-        if not np.isfinite(buffer_um) or buffer_um < 0:
-            raise ValueError(f"buffer_um must be a non-negative number of microns, got {buffer_um}.")
         buffer_um, guard_applied = _teacher_guard(adata, float(buffer_um), teacher_key, teacher_guard)
-    if method == "strips":
-        if n_strips < 2:
-            raise ValueError(f"n_strips must be at least 2, got {n_strips}.")
-        if not 0 <= test_strip < n_strips:
-            raise ValueError(f"test_strip must be in [0, {n_strips - 1}], got {test_strip}.")
-    if method == "blocks":
-        if n_blocks < 2:
-            raise ValueError(f"n_blocks must be at least 2, got {n_blocks}.")
-        if not 0 < test_fraction < 1:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}.")
     if method == "libraries":
         if not test_libraries:
             raise ValueError(f"method='libraries' needs test_libraries=, a subset of {lib_names}.")
@@ -371,6 +443,8 @@ def spatial_split(
     codes = np.asarray(libs.codes)
     for li, lib in enumerate(lib_names):
         sel = np.flatnonzero(codes == li)
+        if method != "libraries":
+            _check_spread(xy[sel], lib, method)
         if method == "libraries":
             labels[sel] = "test" if lib in test_libraries else "train"
         elif method == "strips":
@@ -388,6 +462,7 @@ def spatial_split(
             f"The split leaves no {'train' if not (labels == 'train').any() else 'test'} cells "
             f"(buffer_um={buffer_um} may be too large for these sections)."
         )
+    _warn_small_parts(labels, codes, lib_names, method, n_strips, n_blocks, buffer_um)
 
     if copy:
         adata = adata.copy()
@@ -408,6 +483,6 @@ def spatial_split(
         "random_state": random_state,
     }
     counts = {lab: int((labels == lab).sum()) for lab in SPLIT_LABELS}
-    store_params(adata, key_added, params, counts=counts)
+    store_params(adata, key_added, params, claim=written, counts=counts)
     warn_features_fitted_on_all(adata, [k for k in adata.uns if k != key_added], key_added)
     return adata if copy else None

@@ -19,9 +19,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .._core import validate as _val
 from .._core.docs import inject_docs
-from .._core.keys import image_name
-from .._core.patches import image_pyramid
+from .._core.patches import _level_rule, image_pyramid
+from .._core.spatial import resolve_image
 
 # Hue (fraction of the colour wheel) of blue and green inks; H&E pinks and purples lie outside it.
 INK_HUE = (0.17, 0.68)
@@ -45,6 +46,7 @@ def tissue_mask(
     remove_ink: bool = True,
     key_added: str | None = None,
     copy: bool = False,
+    overwrite: bool = False,
 ):
     """Detect tissue on a low-resolution level of an H&E image and store it as polygons in microns.
 
@@ -53,7 +55,9 @@ def tissue_mask(
     sdata
         SpatialData holding the H&E image (e.g. from :func:`nichekd.io.read_wsi`).
     image_key
-        Image element; defaults to ``{library}_he`` or the only image.
+        Image element; defaults to the object's only H&E image (of ``library`` when given; ``{library}_he``
+        first), chosen by the rule of every nichekd function (:func:`nichekd._core.spatial.resolve_image`):
+        fluorescence, two-channel and blank images are no H&E.
     library
         Library (coordinate system, microns); defaults to the image's only coordinate system.
     level
@@ -74,6 +78,9 @@ def tissue_mask(
         Shapes element to write; default ``f"{library}_tissue"``.
     copy
         %(copy)s
+    overwrite
+        %(overwrite)s
+        Here the key is the shapes element ``key_added`` (a re-run replaces its own mask).
 
     Returns
     -------
@@ -89,27 +96,30 @@ def tissue_mask(
     >>> nk.pp.tissue_mask(sdata)  # doctest: +SKIP
     >>> centres = nk.pp.tissue_tiles(sdata, tile_size_um=112)  # doctest: +SKIP
     """
+    # every option before the image is read; a closing wider than 1 mm (or coarser than 1 mm per pixel)
+    # outlines nothing and its structuring element alone would not fit in memory
+    _val.check_optional_int("level", level, minimum=0)
+    _val.check_positive("target_mpp", target_mpp, unit="microns per pixel", maximum=1000.0)
+    _val.check_nonnegative("min_area_um2", min_area_um2, unit="square microns")
+    if _val.check_nonnegative("closing_um", closing_um, unit="microns") > 1000.0:
+        raise ValueError(f"closing_um must be at most 1000 microns, got {closing_um!r}.")
+    _val.check_optional_fraction("saturation_threshold", saturation_threshold, low_open=True)
     from spatialdata.models import ShapesModel
     from spatialdata.transformations import Identity
 
-    from .._core.records import _uns_safe
+    from .._core.records import _uns_safe, claim
     from .._core.runtime import versions
 
     image_key, library = _resolve_image(sdata, image_key, library)
-    if not np.isfinite(target_mpp) or target_mpp <= 0:
-        raise ValueError(f"target_mpp must be a positive number of microns per pixel, got {target_mpp!r}.")
-    if not np.isfinite(min_area_um2) or min_area_um2 < 0:
-        raise ValueError(f"min_area_um2 must be >= 0, got {min_area_um2!r}.")
-    if not np.isfinite(closing_um) or closing_um < 0:
-        raise ValueError(f"closing_um must be >= 0, got {closing_um!r}.")
-    if saturation_threshold is not None and not 0 < saturation_threshold < 1:
-        raise ValueError(f"saturation_threshold must lie in (0, 1), got {saturation_threshold!r}.")
     key_added = key_added or f"{library}_tissue"
     for kind in ("images", "labels", "points", "tables"):
         if key_added in getattr(sdata, kind):
             raise ValueError(
                 f"key_added={key_added!r} is already a {kind[:-1]} element; choose another name."
             )
+    written = (
+        None if copy else claim(sdata, [("shapes", key_added)], writer="tissue_mask", overwrite=overwrite)
+    )
 
     levels = image_pyramid(sdata, image_key, library).levels
     if level is not None and not 0 <= level < len(levels):
@@ -119,7 +129,7 @@ def tissue_mask(
         level = max(finer) if finer else 0
     chosen = levels[level]
     factor = max(1, int(np.floor(target_mpp / chosen.mpp + 1e-6)))
-    rgb = _read_level(chosen.data, factor)  # (y, x, 3) uint8
+    rgb = _read_level(chosen.data, factor, _level_rule(chosen))  # (y, x, 3) uint8, the image's pixel rule
     pixel_affine = chosen.to_um @ np.diag([factor, factor, 1.0])
     mpp = chosen.mpp * factor
 
@@ -149,10 +159,12 @@ def tissue_mask(
         "closing_um": float(closing_um),
         "saturation_threshold": float(threshold),
         "remove_ink": bool(remove_ink),
+        **written.provenance(),
         "versions": versions(),
     }
     record = sdata.attrs.setdefault("nichekd", {})
     record.setdefault("tissue", {})[key_added] = _uns_safe({"params": params})
+    written.record(sdata)
     return None
 
 
@@ -194,10 +206,8 @@ def tissue_tiles(
     """
     import shapely
 
-    if not np.isfinite(tile_size_um) or tile_size_um <= 0:
-        raise ValueError(f"tile_size_um must be a positive number of microns, got {tile_size_um!r}.")
-    if grid not in ("square", "hex"):
-        raise ValueError(f"grid must be 'square' or 'hex', got {grid!r}.")
+    _val.check_positive("tile_size_um", tile_size_um, unit="microns")
+    _val.check_choice("grid", grid, ("square", "hex"))
     if mask_key is None:
         _, library = _resolve_image(sdata, image_key, library)
         mask_key = f"{library}_tissue"
@@ -229,46 +239,30 @@ def tissue_tiles(
 
 
 def _resolve_image(sdata: Any, image_key: str | None, library: str | None) -> tuple[str, str]:
-    """Find the image element and the library (coordinate system) it is registered to."""
-    from spatialdata.transformations import get_transformation
-
-    if not hasattr(sdata, "images"):
-        raise TypeError(
-            f"Expected a SpatialData object with an H&E image, got {type(sdata).__name__}; read the slide with "
-            "nichekd.io.read_wsi."
-        )
-    if image_key is None:
-        if library is not None and image_name(library) in sdata.images:
-            image_key = image_name(library)
-        elif len(sdata.images) == 1:
-            image_key = next(iter(sdata.images))
-        else:
-            raise ValueError(
-                f"Pass image_key= or library=: the object has {len(sdata.images)} images {sorted(sdata.images)}."
-            )
-    if image_key not in sdata.images:
-        raise KeyError(f"No image {image_key!r}; the object has images {sorted(sdata.images)}.")
-    systems = sorted(get_transformation(sdata.images[image_key], get_all=True))
-    if library is None:
-        named = [s for s in systems if s != "global"]
-        if len(named) != 1:
-            raise ValueError(f"Pass library=: image {image_key!r} is registered to {systems}.")
-        library = named[0]
-    if library not in systems:
-        raise KeyError(f"Image {image_key!r} is not registered to library {library!r}; it has {systems}.")
-    return image_key, library
+    """Find the image element and the library (coordinate system) it is registered to: the one rule of
+    :func:`nichekd._core.spatial.resolve_image`."""
+    return resolve_image(sdata, image_key, library, cs_argument="library")
 
 
-def _read_level(arr: Any, factor: int) -> np.ndarray:
-    """Load one level as ``(y, x, 3)`` uint8, averaged over ``factor x factor`` blocks, strip by strip."""
+def _read_level(arr: Any, factor: int, rule: Any = None) -> np.ndarray:
+    """Load one level as ``(y, x, 3)`` uint8, averaged over ``factor x factor`` blocks, strip by strip.
+
+    Pixels become RGB uint8 by ``rule`` (the image's :class:`~nichekd._core.image.PixelRule`: channels by
+    name, 16-bit and float values scaled by one rule for the whole image, NaN as white glass); by default the
+    rule of ``arr`` itself.
+    """
     import dask.array as da
     from tqdm.auto import tqdm
 
+    from .._core.image import pixel_rule
+
+    if rule is None:
+        rule = pixel_rule(arr, source="image")
     data = arr.data if hasattr(arr, "data") else arr
     data = da.asarray(data)
-    if data.ndim != 3 or data.shape[0] < 3:
+    if data.ndim != 3 or (data.shape[0] < 3 and len(rule.channels) != 1):
         raise ValueError(f"Tissue detection needs an RGB (c, y, x) image, got shape {data.shape}.")
-    data = data[:3]
+    data = data[rule.read]
     h, w = (data.shape[1] // factor) * factor, (data.shape[2] // factor) * factor
     if h == 0 or w == 0:
         raise ValueError(
@@ -279,7 +273,7 @@ def _read_level(arr: Any, factor: int) -> np.ndarray:
     strip = max(factor, (max(data.chunks[1]) // factor) * factor)
     out = np.empty((h // factor, w // factor, 3), dtype=np.uint8)
     for y in tqdm(range(0, h, strip), desc="tissue mask", leave=False, disable=h <= strip):
-        block = np.asarray(data[:, y : y + strip].compute())
+        block, _ = rule.to_rgb(np.asarray(data[:, y : y + strip].compute()))
         if factor > 1:
             c, bh, bw = block.shape
             block = block.reshape(c, bh // factor, factor, bw // factor, factor).mean(axis=(2, 4))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
+from .._core import validate as _val
 from .._core.docs import inject_docs
 from .._core.keys import TABLE_KEY
+from .._core.records import SCALE_SLOT, claim
 from .._core.spatial import _affine, resolve
 from .._core.units import _linear_scale
 
@@ -21,6 +21,7 @@ def set_units(
     coordinate_system: str | None = None,
     table_key: str = TABLE_KEY,
     library_key: str | None = None,
+    overwrite: bool = False,
 ) -> None:
     """Say how many microns one unit of a coordinate system is, where the object does not record it.
 
@@ -44,14 +45,17 @@ def set_units(
         %(table_key)s
     library_key
         %(library_key)s
+    overwrite
+        Replace a different scale the object already records for a library (e.g. Space Ranger's
+        ``microns_per_pixel``); without it such a library is refused and nothing is written. A scale set by
+        ``set_units`` itself, or an equal one, is replaced without it.
 
     Examples
     --------
     >>> import nichekd as nk
     >>> nk.pp.set_units(sdata, microns_per_unit=0.2125, coordinate_system="global")  # 0.2125 um per pixel  # doctest: +SKIP
     """
-    if not np.isfinite(microns_per_unit) or microns_per_unit <= 0:
-        raise ValueError(f"microns_per_unit must be a positive number, got {microns_per_unit!r}.")
+    _val.check_positive("microns_per_unit", microns_per_unit)
     # resolving with the given scale validates the libraries and coordinate systems before anything is written
     ctx = resolve(
         sdata,
@@ -71,8 +75,25 @@ def set_units(
             scale = _linear_scale(_affine(sdata.shapes[lib.region], lib.coordinate_system))
         records[name] = float(microns_per_unit) * scale
     spatial = dict(ctx.table.uns.get("spatial", {}) or {})
+    old = {
+        name: ((spatial.get(name) or {}).get("scalefactors") or {}).get("microns_per_pixel")
+        for name in records
+    }
+    changed = [
+        name
+        for name, value in records.items()
+        if old[name] is None or abs(float(old[name]) - value) > 1e-9 * value
+    ]
+    written = claim(
+        ctx.table,
+        [(SCALE_SLOT, name) for name in changed],
+        writer="set_units",
+        overwrite=overwrite,
+        rename=None,
+    )
     for name, value in records.items():
         entry = dict(spatial.get(name, {}) or {})
         entry["scalefactors"] = {**dict(entry.get("scalefactors", {}) or {}), "microns_per_pixel": value}
         spatial[name] = entry
     ctx.table.uns["spatial"] = spatial
+    written.record(ctx.table)

@@ -17,14 +17,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .._core import validate as _val
 from .._core.docs import inject_docs
 from .._core.keys import LIBRARY_KEY, TABLE_KEY
-from .._core.records import store_params
+from .._core.records import claim, store_params
 from .._core.runtime import one_blas_thread
 from .._core.spatial import micron_coords
 from .._core.table import get_table, library_labels
+from ..pp._split import MAX_BLOCKS
 
 GROUPINGS = ("libraries", "blocks")
+KERNELS = ("linear", "poly", "rbf", "sigmoid")
+# random draws averaged for the chance level (each one a full prediction of the held-out fold)
+MAX_CHANCE = 10_000
 CHANCE = "chance"
 
 
@@ -109,6 +114,7 @@ def annotation_probe(
     key_added: str = "annotation_probe",
     random_state: int = 0,
     subset: str | None = None,
+    overwrite: bool = False,
 ) -> pd.DataFrame:
     """Predict an external annotation from niche assignments with an SVM; macro-F1 on held-out groups.
 
@@ -167,6 +173,8 @@ def annotation_probe(
     subset
         Deprecated: use ``split_key`` (and ``split``). A split column probes its ``"test"`` cells, a boolean
         column its ``True`` cells.
+    overwrite
+        %(overwrite)s
 
     Returns
     -------
@@ -186,12 +194,18 @@ def annotation_probe(
     >>> df[["macro_f1", "sd"]]  # test cells of 151509 and 151510, one-hot for both keys  # doctest: +SKIP
     >>> nk.tl.annotation_probe(sdata, annotation_key="layer", keys=["student_niche"], split_key=None)  # doctest: +SKIP
     """
+    _val.check_choice("groups", groups, GROUPINGS)
+    _val.check_int("n_blocks", n_blocks, minimum=2, maximum=MAX_BLOCKS)
+    _val.check_choice("kernel", kernel, KERNELS)
+    _val.check_positive("C", C)
+    _val.check_int("max_train", max_train, minimum=2)
+    _val.check_int("n_chance", n_chance, maximum=MAX_CHANCE)
+    _val.check_seed("random_state", random_state)
     from sklearn.dummy import DummyClassifier
     from sklearn.svm import SVC
 
     adata = get_table(sdata, table_key)
-    if groups not in GROUPINGS:
-        raise ValueError(f"groups must be one of {GROUPINGS}, got {groups!r}.")
+    written = claim(adata, [("uns", key_added)], writer="annotation_probe", overwrite=overwrite)
     if isinstance(keys, str) or not len(keys):
         raise ValueError(f"keys must be a non-empty list of niche assignments, got {keys!r}.")
     keys = list(keys)
@@ -199,8 +213,6 @@ def annotation_probe(
         raise ValueError(f"{CHANCE!r} is reserved for the chance level; rename that assignment.")
     if annotation_key not in adata.obs:
         raise KeyError(f"No obs[{annotation_key!r}]; obs has {list(adata.obs.columns)[:20]}.")
-    if groups == "blocks" and n_blocks < 2:
-        raise ValueError(f"n_blocks must be at least 2, got {n_blocks}.")
     _check_keys(adata, keys, use_proba)
 
     # which cells are probed: the held-out side of the split (default), a deprecated subset, or all
@@ -316,5 +328,6 @@ def annotation_probe(
         key_added,
         params,
         results={str(k): {str(c): v for c, v in row.items()} for k, row in out.iterrows()},
+        claim=written,
     )
     return out

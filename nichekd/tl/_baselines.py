@@ -10,10 +10,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._core import validate as _val
 from .._core.docs import inject_docs
 from .._core.keys import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY
 from .._core.neighbors import estimate_radius, neighbour_mean, radius_neighbours
-from .._core.records import store_params
+from .._core.records import claim, store_params
 from .._core.runtime import keep_torch_threads
 from .._core.spatial import micron_coords
 from .._core.table import get_table, library_labels
@@ -172,6 +173,7 @@ def histology_baseline(
     random_state: int = 0,
     max_cells: int | None = LEIDEN_MAX_CELLS,
     copy: bool = False,
+    overwrite: bool = False,
 ) -> ad.AnnData | None:
     """Niches from histology features alone, without a teacher: the baselines the student must beat.
 
@@ -223,6 +225,8 @@ def histology_baseline(
         full Visium HD section would take hours). ``None``: every cell in the graph.
     copy
         %(copy)s
+    overwrite
+        %(overwrite)s
 
     Returns
     -------
@@ -234,9 +238,17 @@ def histology_baseline(
     >>> nk.tl.histology_baseline(sdata, method="leiden", n_niches=6, features_key="he_features")
     >>> nk.tl.histology_baseline(sdata, method="teacher", n_niches=6, features_key="he_features")
     """
+    _val.check_choice("method", method, METHODS)
+    _val.check_choice("teacher_method", teacher_method, (None, "aggregate", "transformer"))
+    _val.check_int("n_niches", n_niches, minimum=2)
+    _val.check_optional_positive("radius_um", radius_um, unit="microns")
+    _val.check_positive("n_neighbors_target", n_neighbors_target)
+    _val.check_int("n_comps", n_comps)
+    _val.check_optional_int("n_components", n_components)
+    _val.check_seed("random_state", random_state)
+    if max_cells is not None and _val.check_int("max_cells", max_cells, minimum=2) <= n_niches:
+        raise ValueError(f"max_cells must be larger than n_niches ({n_niches}), got {max_cells!r}.")
     adata = get_table(sdata, table_key)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     features_key = resolve_features_key(adata, features_key)
     if features_key not in adata.obsm:
         raise KeyError(
@@ -251,6 +263,9 @@ def histology_baseline(
     if int(n_niches) < 2 or int(n_niches) >= adata.n_obs:
         raise ValueError(f"n_niches must be in [2, n_cells), got {n_niches} for {adata.n_obs} cells.")
     key_added = key_added or f"he_{method}_niche"
+    written = claim(
+        adata, [("obs", key_added), ("uns", key_added)], writer="histology_baseline", overwrite=overwrite
+    )
     params = {
         "method": method,
         "n_niches": int(n_niches),
@@ -268,7 +283,13 @@ def histology_baseline(
             f"{int(fit.sum())} training cells in obs[{split_key!r}] for {n_niches} niches; the baseline is "
             "fitted on training cells: use a split with more of them."
         )
-    groups = split_groups(library_labels(adata, library_key), split)
+    libs = library_labels(adata, library_key)
+    if neighbourhood or method == "teacher":  # before any neighbour list is allocated
+        names, sizes = np.unique(np.asarray(libs).astype(str)[fit], return_counts=True)
+        _val.check_neighbour_target(
+            n_neighbors_target, dict(zip(names.tolist(), sizes.tolist(), strict=True)), unit="training cells"
+        )
+    groups = split_groups(libs, split)
     params["split_key"] = split_key
     params["fitted_on"] = "all" if split is None else "train"
     if method == "teacher":
@@ -317,7 +338,7 @@ def histology_baseline(
     cats = sorted(set(labels), key=lambda s: (len(s), s))
     adata.obs[key_added] = pd.Categorical(labels, categories=cats)
     params["n_found"] = len(cats)
-    store_params(adata, key_added, params)
+    store_params(adata, key_added, params, claim=written)
     return adata if copy else None
 
 

@@ -32,6 +32,7 @@ There is one Jensen-Shannon divergence in nichekd: :func:`jensen_shannon` (base 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,14 +41,19 @@ import pandas as pd
 from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 
+from .._core import validate as _val
+from .._core.cell_types import cell_type_weights
 from .._core.docs import inject_docs
 from .._core.keys import TABLE_KEY
+from .._core.records import stale_teacher
 from .._core.table import get_table
 
 _EPS = 1e-12
 NULLS = ("labels", "pairings", "optimal_vs_random_pairings")
 DEGENERATE_NULLS = ("optimal_vs_random_pairings",)
 PAIRINGS = ("auto", "names", "overlap")
+# the null distribution is held in memory (one float per permutation); p-values need far fewer
+MAX_PERMUTATIONS = 10_000_000
 
 
 def _categorical(adata, key: str) -> pd.Categorical:
@@ -64,25 +70,6 @@ def _categorical(adata, key: str) -> pd.Categorical:
     else:
         cats = sorted(set(values))
     return pd.Categorical(values, categories=cats)
-
-
-def cell_type_matrix(adata, cell_type_key: str) -> tuple[np.ndarray, list[str]]:
-    """``(n, T)`` cell-type weights: one-hot of an obs categorical, or per-spot fractions from obsm."""
-    if cell_type_key in adata.obsm:
-        frac = adata.obsm[cell_type_key]
-        names = (
-            [str(c) for c in frac.columns]
-            if isinstance(frac, pd.DataFrame)
-            else [str(i) for i in range(np.shape(frac)[1])]
-        )
-        arr = np.asarray(frac, dtype=np.float64)
-        if not np.isfinite(arr).all() or (arr < 0).any():
-            raise ValueError(f"obsm[{cell_type_key!r}] must hold finite, non-negative cell-type fractions.")
-        return arr, names
-    cat = _categorical(adata, cell_type_key)
-    onehot = np.zeros((len(cat), len(cat.categories)))
-    onehot[np.arange(len(cat)), cat.codes] = 1.0
-    return onehot, list(cat.categories)
 
 
 def _composition(codes: np.ndarray, n_groups: int, weights: np.ndarray) -> np.ndarray:
@@ -129,7 +116,7 @@ def niche_composition(
     """
     adata = get_table(sdata, table_key)
     niches = _categorical(adata, niche_key)
-    weights, types = cell_type_matrix(adata, cell_type_key)
+    weights, types = cell_type_weights(adata, cell_type_key)
     comp = _composition(niches.codes.astype(np.int64), len(niches.categories), weights)
     if normalize:
         comp = _normalise_rows(comp)
@@ -350,15 +337,17 @@ def compare_compositions(
     >>> nk.tl.compare_compositions(sdata, teacher_key="teacher_niche", student_key="student_niche", cell_type_key="cell_type", null="optimal_vs_random_pairings").degenerate
     True
     """
+    _val.check_int("n_permutations", n_permutations, minimum=0, maximum=MAX_PERMUTATIONS)
+    _val.check_seed("random_state", random_state)
+    _val.check_int("batch_size", batch_size)
+    _val.check_choice("null", null, NULLS)
+    _val.check_choice("pairing", pairing, PAIRINGS)
     adata = get_table(sdata, table_key)
-    if n_permutations < 0:
-        raise ValueError(f"n_permutations must be >= 0, got {n_permutations}.")
-    if null not in NULLS:
-        raise ValueError(f"null must be one of {NULLS}, got {null!r}.")
-    if pairing not in PAIRINGS:
-        raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}.")
     la, lb = _categorical(adata, teacher_key), _categorical(adata, student_key)
-    weights, types = cell_type_matrix(adata, cell_type_key)
+    stale = stale_teacher(adata, student_key, teacher_key)  # a student of an earlier run of this teacher
+    if stale is not None:
+        warnings.warn(stale, UserWarning, stacklevel=2)
+    weights, types = cell_type_weights(adata, cell_type_key)
     ca, cb = la.codes.astype(np.int64), lb.codes.astype(np.int64)
     ka, kb = len(la.categories), len(lb.categories)
     comp_a = _normalise_rows(_composition(ca, ka, weights))

@@ -14,19 +14,23 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from tqdm.auto import tqdm
 
+from .._core import validate as _val
 from .._core.docs import inject_docs
 from .._core.keys import LIBRARY_KEY, SPATIAL_KEY, TABLE_KEY
 from .._core.spatial import micron_coords, microns_record
 from .._core.table import get_table, library_labels
-from ..pp._split import _grid_split
+from ..pp._split import MAX_BLOCKS, _grid_split
 from ._baselines import METHODS as BASELINES
 from ._distill import resolve_features_key, teacher_targets
 
 FOLDS = ("libraries", "blocks")
 _SPLIT = "_cv_split"
+
+
+# arguments of nk.tl.distill itself (the rest of distill_kwargs sets the student)
+_DISTILL_OWN = ("augmented_key", "device", "progress")
 
 
 def _slim_table(adata: ad.AnnData, keys_obs: Sequence[str], keys_obsm: Sequence[str],
@@ -52,6 +56,49 @@ def _block_folds(xy: np.ndarray, libs: np.ndarray, n_blocks: int, buffer_um: flo
             labels[sel] = _grid_split(xy[sel], n_blocks, n_blocks, np.array([b]), buffer_um)
         folds[f"block{b}"] = labels
     return folds
+
+
+def _check_cv_args(folds, baselines, n_blocks, buffer_um, architecture, distill_kwargs, random_state) -> None:
+    """Every option of :func:`cross_validate`, the students' ``distill_kwargs`` included, before any work."""
+
+    _val.check_choice("folds", folds, FOLDS)
+    if isinstance(baselines, str) or not isinstance(baselines, Sequence):
+        raise TypeError(f"baselines must be a list of names from {BASELINES}, got {baselines!r}.")
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"Unknown baselines {unknown}; choose from {BASELINES}.")
+    _val.check_int("n_blocks", n_blocks, minimum=2, maximum=MAX_BLOCKS)
+    _val.check_optional_nonnegative("buffer_um", buffer_um, unit="microns")
+    _val.check_seed("random_state", random_state)
+    fold_student(architecture, distill_kwargs)  # every student setting checked before any fold runs
+
+
+def fold_student(architecture: str, distill_kwargs: Mapping[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+    """The unfitted student each fold trains and the other ``distill`` arguments, from ``distill_kwargs``
+    (``model=`` and the student's settings, e.g. ``epochs``; ``augmented_key``, ``device``, ``progress``)."""
+    import inspect
+
+    from ..models.student import NicheStudent
+    from ._distill import _init_arguments, student_settings
+
+    if distill_kwargs is not None and not isinstance(distill_kwargs, Mapping):
+        raise TypeError(f"distill_kwargs must be a dict of nk.tl.distill arguments, got {distill_kwargs!r}.")
+    settings = dict(distill_kwargs or {})
+    own = {k: settings.pop(k) for k in _DISTILL_OWN if k in settings}
+    template = student_settings(settings.pop("model", None), {})
+    allowed = set(inspect.signature(NicheStudent).parameters) - {
+        "n_niches",
+        "niche_names",
+        "encoder",
+        "features_key",
+    }
+    wrong = sorted(set(settings) - allowed)
+    if wrong:
+        raise TypeError(
+            f"distill_kwargs has keys that are not nk.tl.distill options or that cross_validate sets itself: "
+            f"{wrong} (pass architecture= and random_state= to cross_validate)."
+        )
+    return NicheStudent(**{**_init_arguments(template), "architecture": architecture, **settings}), own
 
 
 @inject_docs
@@ -146,12 +193,8 @@ def cross_validate(
     from ._baselines import histology_baseline
     from ._distill import distill
 
+    _check_cv_args(folds, baselines, n_blocks, buffer_um, architecture, distill_kwargs, random_state)
     adata = get_table(sdata, table_key)
-    if folds not in FOLDS:
-        raise ValueError(f"folds must be one of {FOLDS}, got {folds!r}.")
-    unknown = [b for b in baselines if b not in BASELINES]
-    if unknown:
-        raise ValueError(f"Unknown baselines {unknown}; choose from {BASELINES}.")
     logits, names, _ = teacher_targets(adata, teacher_key)
     teacher = adata.uns.get(teacher_key, {}).get("params", {}) if teacher_key in adata.uns else {}
     if teacher and teacher.get("method") != "labels" and teacher.get("split_key") is None:
@@ -197,8 +240,6 @@ def cross_validate(
                 raise ValueError(f"obs[{fold_key!r}] has one value ({values}): nothing to leave out.")
             fold_labels = {v: np.where(fold_of == v, "test", "train").astype(object) for v in values}
     else:
-        if int(n_blocks) < 2:
-            raise ValueError(f"n_blocks must be at least 2, got {n_blocks}.")
         if buffer_um is None:
             patch = adata.uns.get(features_key, {}).get("params", {}).get("patch_size_um")
             if patch is None:
@@ -228,7 +269,9 @@ def cross_validate(
     base = _slim_table(adata, keep_obs, keep_obsm, keep_uns)
     base.obsm[SPATIAL_KEY] = xy  # the working table is in microns, whatever the user's units
     base.uns["spatial"] = microns_record(libs)
-    kwargs = {"progress": False, **dict(distill_kwargs or {})}
+    template, kwargs = fold_student(architecture, distill_kwargs)
+    kwargs = {"progress": False, **kwargs}
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     rows = []
     for fold, lab in tqdm(fold_labels.items(), desc="cross-validation", disable=not progress):
@@ -237,9 +280,8 @@ def cross_validate(
         work.obs[_SPLIT] = pd.Categorical(lab.astype(str), categories=["train", "test", "buffer"])
         with warnings.catch_warnings():  # said once above, not per fold
             warnings.filterwarnings("ignore", message="The teacher .* was fitted on every cell")
-            distill(work, teacher_key=teacher_key, features_key=features_key, split_key=_SPLIT,
-                    architecture=architecture, random_state=random_state, key_added="_student",
-                    library_key=library_key, **kwargs)  # fmt: skip
+            distill(work, model=template, teacher_key=teacher_key, features_key=features_key, split_key=_SPLIT,
+                    random_state=random_state, key_added="_student", library_key=library_key, **kwargs)  # fmt: skip
         student = work.obs["_student"].astype(str).to_numpy()
         variants = [(m, False) for m in baselines]
         if neighbourhood_baselines:

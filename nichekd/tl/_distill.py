@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -11,8 +15,8 @@ import pandas as pd
 from .._core import validate as _val
 from .._core.docs import inject_docs
 from .._core.keys import LIBRARY_KEY, TABLE_KEY
-from .._core.neighbors import estimate_radius
-from .._core.records import store_params
+from .._core.neighbors import DEFAULT_N_NEIGHBORS, default_max_neighbors, estimate_radius
+from .._core.records import claim, store_params, teacher_record
 from .._core.spatial import micron_coords
 from .._core.table import get_table, library_labels
 from ..models.student import NicheStudent
@@ -21,7 +25,6 @@ from ..pp._split import check_split_guards, split_groups
 
 # hard-label teachers: one-hot targets are smoothed so that log-probabilities stay finite
 LABEL_SMOOTHING = 0.1
-DEFAULT_NEIGHBORS_TARGET = 10.0
 
 
 def teacher_targets(adata: ad.AnnData, teacher_key: str) -> tuple[np.ndarray, list[str], str]:
@@ -232,6 +235,16 @@ def _existing_names(adata: ad.AnnData, key_added: str) -> list[str] | None:
     return None
 
 
+def prediction_targets(key_added: str) -> list[tuple[str, str]]:
+    """The keys a prediction writes (``distill``, ``predict_niches``), for :func:`nichekd._core.records.claim`."""
+    return [
+        ("obs", key_added),
+        ("obs", f"{key_added}_entropy"),
+        ("obsm", f"{key_added}_proba"),
+        ("uns", key_added),
+    ]
+
+
 def write_niche_predictions(
     adata: ad.AnnData,
     key_added: str,
@@ -270,60 +283,83 @@ def write_niche_predictions(
     adata.obs[f"{key_added}_entropy"] = entropy
 
 
-def _check_distill_args(a: dict) -> None:
-    """Every numeric option of :func:`distill`, checked before anything is read."""
-    _val.check_positive("temperature", a["temperature"])
-    _val.check_choice("architecture", a["architecture"], ("transformer", "mlp"))
-    if a["radius_um"] is not None:
-        _val.check_positive("radius_um", a["radius_um"], unit="microns")
-    if a["n_neighbors_target"] is not None:
-        _val.check_positive("n_neighbors_target", a["n_neighbors_target"])
-    if a["max_neighbors"] is not None:
-        _val.check_int("max_neighbors", a["max_neighbors"])
-    for name in ("epochs", "batch_size", "patience", "d_model", "n_layers"):
-        _val.check_int(name, a[name])
-    if a["n_components"] is not None:
-        _val.check_int("n_components", a["n_components"])
-    _val.check_positive("lr", a["lr"])
-    _val.check_fraction("val_fraction", a["val_fraction"])  # 1.0 would leave nothing to train on
-    _val.check_fraction("dropout", a["dropout"])
-    _val.check_nonnegative("weight_decay", a["weight_decay"])
+def student_settings(model: Any, settings: Mapping[str, Any]) -> NicheStudent:
+    """The unfitted student ``distill`` trains: ``model`` (an unfitted NicheStudent, a dict of its arguments or
+    None) with the deprecated keyword settings of ``distill`` applied; the caller's object is never modified."""
+    if model is None:
+        model = {}
+    if isinstance(model, Mapping):
+        model = NicheStudent(**dict(model))
+    elif not isinstance(model, NicheStudent):
+        raise TypeError(
+            f"model must be an unfitted nk.models.NicheStudent or a dict of its arguments, got "
+            f"{type(model).__name__}."
+        )
+    elif model.is_fitted:
+        raise ValueError(
+            "model is already fitted; distill trains a new student from its settings: pass an unfitted "
+            "NicheStudent(...) (or nk.tl.predict_niches to apply a fitted one)."
+        )
+    model = copy.deepcopy(model)
+    if settings:
+        allowed = set(inspect.signature(NicheStudent).parameters) - {"n_niches", "niche_names", "encoder",
+                                                                     "features_key"}  # fmt: skip
+        unknown = sorted(set(settings) - allowed)
+        if unknown:
+            raise TypeError(f"distill() got unexpected keyword arguments {unknown}.")
+        warnings.warn(
+            f"distill({', '.join(f'{k}=' for k in settings)}) is deprecated: the student's settings belong to the "
+            f"model, pass model=nk.models.NicheStudent({', '.join(f'{k}=...' for k in settings)}).",
+            FutureWarning,
+            stacklevel=3,
+        )
+        merged = {**_init_arguments(model), **settings}
+        model = NicheStudent(**merged)
+    return model
+
+
+def _init_arguments(model: NicheStudent) -> dict[str, Any]:
+    """The constructor arguments that rebuild an unfitted ``model``."""
+    names = set(inspect.signature(NicheStudent).parameters)
+    return {k: getattr(model, k) for k in names if hasattr(model, k)}
+
+
+def _student_for(template: NicheStudent, names: list[str], teacher_params: Mapping[str, Any]) -> NicheStudent:
+    """The student to fit on this teacher: ``K`` and names from the teacher, the teacher's radius and neighbour
+    target where the template leaves them unset."""
+    if template.n_niches is not None and template.n_niches != len(names):
+        raise ValueError(
+            f"model has n_niches={template.n_niches} but the teacher has {len(names)} niches ({names[:10]}); "
+            "leave n_niches unset, distill takes the teacher's."
+        )
+    arguments = _init_arguments(template)
+    arguments.update(n_niches=len(names), niche_names=names)
+    if template.n_neighbors_target is None:
+        arguments["n_neighbors_target"] = float(teacher_params.get("n_neighbors_target", DEFAULT_N_NEIGHBORS))
+    if template.radius_um is None and teacher_params.get("radius_um") is not None:
+        arguments["radius_um"] = float(teacher_params["radius_um"])
+    if template.max_neighbors is None:
+        arguments["max_neighbors"] = default_max_neighbors(arguments["n_neighbors_target"])
+    return NicheStudent(**arguments)
 
 
 @inject_docs
 def distill(
     sdata,
     *,
+    model: NicheStudent | Mapping[str, Any] | None = None,
     teacher_key: str = "teacher_niche",
     features_key: str | None = None,
     split_key: str | None = "split",
-    temperature: float = 2.0,
-    architecture: str = "transformer",
-    radius_um: float | None = None,
-    n_neighbors_target: float | None = None,
-    max_neighbors: int | None = None,
-    epochs: int = 30,
-    batch_size: int = 512,
-    lr: float = 1e-3,
-    val_fraction: float = 0.1,
-    patience: int = 5,
-    min_epochs: int = 10,
-    val_blocks: int = 4,
-    context_scales: tuple[float, ...] | None = None,
-    n_members: int = 1,
-    d_model: int = 64,
-    n_layers: int = 1,
-    n_components: int | None = 32,
-    dropout: float = 0.1,
-    weight_decay: float = 1e-4,
     augmented_key: str | None = "auto",
-    tta: bool = False,
     device: str = "auto",
     random_state: int = 0,
     key_added: str = "student_niche",
     library_key: str = LIBRARY_KEY,
     table_key: str = TABLE_KEY,
     progress: bool = True,
+    overwrite: bool = False,
+    **settings: Any,
 ) -> NicheStudent:
     """Train a student on H&E features to reproduce the teacher's niches, and predict every cell.
 
@@ -334,57 +370,23 @@ def distill(
     ----------
     sdata
         :class:`~spatialdata.SpatialData` in the standard layout, or its table.
+    model
+        The student to train: an unfitted :class:`~nichekd.models.NicheStudent` (its settings: architecture,
+        temperature, network sizes, ``n_components``, training and validation; it is not modified) or a dict of
+        its arguments. Default ``NicheStudent()``: a transformer over neighbourhood tokens, ``T = 2``. Settings
+        it leaves unset come from the data: ``K`` and the niche names from the teacher, the radius from the
+        teacher's record (``uns[teacher_key]['params']['radius_um']``), else estimated on the training cells for
+        ``n_neighbors_target`` neighbours (the teacher's, else 10).
     teacher_key
         %(teacher_key)s
     features_key
         ``obsm`` key of the histology features (``nk.pp.histology_features``); default the only such key.
     split_key
         %(split_key)s
-    temperature
-        Distillation temperature ``T``.
-    architecture
-        ``"transformer"`` (tokens of the neighbourhood) or ``"mlp"`` (own + neighbourhood-mean features).
-    radius_um
-        Neighbourhood radius; default the teacher's (``uns[teacher_key]['params']['radius_um']``), else
-        estimated on the training cells so that the mean neighbour count is ``n_neighbors_target``.
-    n_neighbors_target
-        Target neighbour count when estimating the radius (default the teacher's, else 10).
-    max_neighbors
-        Neighbours kept per cell (nearest first); default twice the target.
-    epochs, batch_size, lr, patience
-        Optimisation; training stops after ``patience`` epochs without a better validation loss.
-    val_fraction
-        Share of training cells held out for early stopping, as ``val_blocks`` blocks per section.
-    min_epochs
-        Epochs before early stopping may select or stop (the first epochs' models can have a low validation
-        loss yet poor niches).
-    val_blocks
-        Validation blocks per section, spread at random (``1``: one band in ``x``).
-    context_scales
-        Tissue context beyond the neighbourhood: mean features in windows of half-width ``s * radius`` for
-        each ``s``, one token each (``None`` or ``()``: none, the default: ``(2, 4)`` left st_mob
-        leave-one-animal-out unchanged and lowered synthetic test-strip ARI, see
-        ``benchmarks/results_generalise.md``).
-    n_members
-        Seed ensemble: members trained from seeds ``random_state``, ``random_state + 1``, ... whose
-        probabilities are averaged (3 members: st_mob leave-one-animal-out ARI 0.300 vs 0.280 for single
-        students; training takes ``n_members`` times as long).
-    d_model, n_layers
-        Transformer width and depth.
-    n_components
-        Wide features are standardised and reduced to this many whitened principal components of the training
-        cells (``None``: keep all). 32 generalised best across st_mob sections (leave-one-section-out ARI
-        0.289 vs 0.277 with 128 and 0.283 with 16, EfficientNet-Lite0): whitening gives every kept component
-        unit variance, so many components amplify noise directions of 1280-d features.
-    dropout, weight_decay
-        Regularisation.
     augmented_key
         ``obsm`` key of augmented views of the features (``nk.pp.augmented_features``): each epoch every cell
         draws one version (original or a view). ``"auto"``: ``f"{features_key}_aug"`` when present; ``None``:
         no augmentation.
-    tta
-        Test-time augmentation: average the predicted probabilities over the original and the augmented views
-        (needs the views of the predicted cells).
     device
         %(device)s
     random_state
@@ -398,6 +400,12 @@ def distill(
         %(table_key)s
     progress
         %(progress)s
+    overwrite
+        %(overwrite)s
+        Re-running distill on its own ``key_added`` replaces the earlier student's predictions and record.
+    **settings
+        Deprecated: the student's settings (``architecture=``, ``epochs=``, ...) belong to ``model``; given
+        here they still work, with a FutureWarning naming ``model=NicheStudent(...)``.
 
     Returns
     -------
@@ -410,10 +418,12 @@ def distill(
     >>> nk.tl.teacher_niches(sdata, n_niches=6)
     >>> nk.pp.histology_features(sdata, key_added="he_features")
     >>> nk.pp.spatial_split(sdata)
-    >>> model = nk.tl.distill(sdata, features_key="he_features", architecture="mlp")
+    >>> model = nk.tl.distill(sdata, model=nk.models.NicheStudent(architecture="mlp"))
     """
-    _check_distill_args(locals())
+    template = student_settings(model, settings)
+    _val.check_seed("random_state", random_state)
     adata = get_table(sdata, table_key)
+    written = claim(adata, prediction_targets(key_added), writer="distill", overwrite=overwrite)
     logits, names, source = teacher_targets(adata, teacher_key)
     features_key = resolve_features_key(adata, features_key)
     if features_key not in adata.obsm:
@@ -440,7 +450,7 @@ def distill(
                 f"features_key={features_key!r}) first or pass augmented_key=None."
             )
         views = views_of(adata, features_key, key)
-    if tta and views is None:
+    if template.tta and views is None:
         raise ValueError(
             "tta=True needs augmented views of the features: run nk.pp.augmented_features(sdata, "
             f"features_key={features_key!r}) first."
@@ -460,28 +470,34 @@ def distill(
     labelled = np.isfinite(logits).all(1)
     trainable = (split == "train") & labelled
     teacher_params = adata.uns.get(teacher_key, {}).get("params", {}) if teacher_key in adata.uns else {}
-    if n_neighbors_target is None:
-        n_neighbors_target = float(teacher_params.get("n_neighbors_target", DEFAULT_NEIGHBORS_TARGET))
-    if radius_um is None and teacher_params.get("radius_um") is not None:
-        radius_um = float(teacher_params["radius_um"])
+    target = template.n_neighbors_target  # as _student_for resolves it
+    if target is None:
+        target = float(teacher_params.get("n_neighbors_target", DEFAULT_N_NEIGHBORS))
+    train_libs, train_sizes = np.unique(libs[trainable], return_counts=True)
+    # before any neighbour list is sized (the default width is twice the target) or allocated
+    _val.check_neighbour_target(
+        target, dict(zip(train_libs.tolist(), train_sizes.tolist(), strict=True)), unit="training cells"
+    )
+    model = _student_for(template, names, teacher_params)
+    n_neighbors_target = model.n_neighbors_target
     min_cells = max(2 * len(names), 10)
     if trainable.sum() < min_cells:
         raise ValueError(
             f"Only {int(trainable.sum())} labelled training cells (obs[{split_key!r}] == 'train'); need at "
             f"least {min_cells} for {len(names)} niches."
         )
-    if radius_um is None:
-        radius_um = estimate_radius(
+    if model.radius_um is None:  # per section, on the training cells (the student's own rule would pool them)
+        model.radius_um = estimate_radius(
             xy[trainable], n_neighbors_target, groups=libs[trainable], random_state=random_state
         )
-    if max_neighbors is None:
-        max_neighbors = int(np.ceil(2 * n_neighbors_target))
-    if int(val_blocks) < 1 or int(min_epochs) < 0:
-        raise ValueError(
-            f"val_blocks must be >= 1 (1: one band) and min_epochs >= 0, got {val_blocks} and {min_epochs}."
-        )
+    val_fraction = model.val_fraction
     val = validation_blocks(
-        xy, np.flatnonzero(trainable), libs, val_fraction, np.random.default_rng(random_state), val_blocks
+        xy,
+        np.flatnonzero(trainable),
+        libs,
+        val_fraction,
+        np.random.default_rng(random_state),
+        model.val_blocks,
     )
     if val_fraction > 0 and not val.any():
         warnings.warn(
@@ -495,49 +511,24 @@ def distill(
     part = np.where(val, "val", split)
     groups = split_groups(libs, part)
 
-    encoder = dict(adata.uns.get(features_key, {}).get("params", {})) if features_key in adata.uns else {}
-    model = NicheStudent(
-        len(names),
-        radius_um=radius_um,
-        niche_names=names,
-        architecture=architecture,
-        max_neighbors=max_neighbors,
-        temperature=temperature,
-        d_model=d_model,
-        n_layers=n_layers,
-        dropout=dropout,
-        n_components=n_components,
-        encoder=encoder,
-        features_key=features_key,
-        context_scales=tuple(context_scales or ()),
-        n_members=n_members,
+    model.encoder = (
+        dict(adata.uns.get(features_key, {}).get("params", {})) if features_key in adata.uns else {}
     )
+    model.features_key = features_key
     fit_logits = np.where(labelled[:, None], logits, 0.0).astype(np.float32)
     model.fit(
-        feats,
-        fit_logits,
-        xy,
-        groups=groups,
-        train_mask=train,
-        val_mask=val,
-        views=views,
-        epochs=epochs,
-        weight_decay=weight_decay,
-        batch_size=batch_size,
-        lr=lr,
-        patience=patience,
-        min_epochs=min_epochs,
-        device=device,
-        random_state=random_state,
-        progress=progress,
-    )
+        feats, fit_logits, xy, groups=groups, train_mask=train, val_mask=val, views=views, device=device,
+        random_state=random_state, progress=progress,
+    )  # fmt: skip
     # the stored answer is predict_niches' answer: neighbourhoods within (section, split part), the validation
     # band back in its part (it was a part of its own only to keep the validation loss honest)
     model.split_key = split_key
     proba = model.predict_proba(
-        feats, xy, groups=split_groups(libs, split), views=views if tta else None, device=device
+        feats, xy, groups=split_groups(libs, split), views=views if model.tta else None, device=device
     )
 
+    # which teacher run the student learned from (evaluate warns when the teacher changes after this)
+    learned_from = teacher_record(adata, teacher_key)
     # everything validated and computed: write
     write_niche_predictions(adata, key_added, proba, names)
     params = {
@@ -545,32 +536,33 @@ def distill(
         "teacher_source": source,
         "features_key": features_key,
         "split_key": split_key,
-        "temperature": temperature,
-        "architecture": architecture,
-        "radius_um": float(radius_um),
+        "temperature": model.temperature,
+        "architecture": model.architecture,
+        "radius_um": float(model.radius_um),
         "n_neighbors_target": float(n_neighbors_target),
-        "max_neighbors": int(max_neighbors),
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "val_fraction": val_fraction,
-        "patience": patience,
-        "min_epochs": min_epochs,
-        "val_blocks": val_blocks,
-        "context_scales": list(context_scales or ()),
-        "n_members": int(n_members),
-        "d_model": d_model,
-        "n_layers": n_layers,
-        "n_components": n_components,
-        "dropout": dropout,
-        "weight_decay": weight_decay,
+        "max_neighbors": int(model.max_neighbors),
+        "epochs": model.epochs,
+        "batch_size": model.batch_size,
+        "lr": model.lr,
+        "val_fraction": model.val_fraction,
+        "patience": model.patience,
+        "min_epochs": model.min_epochs,
+        "val_blocks": model.val_blocks,
+        "context_scales": list(model.context_scales),
+        "n_members": int(model.n_members),
+        "d_model": model.d_model,
+        "n_layers": model.n_layers,
+        "n_components": model.n_components,
+        "dropout": model.dropout,
+        "weight_decay": model.weight_decay,
         "augmented_key": None
         if views is None
         else (f"{features_key}_aug" if augmented_key == "auto" else augmented_key),
         "n_views": 0 if views is None else int(views.shape[1]),
-        "tta": tta,
+        "tta": model.tta,
         "random_state": random_state,
         "niche_names": names,
+        **learned_from,
     }
     history = {
         "train_loss": np.asarray(model.history["train_loss"], dtype=float),
@@ -580,5 +572,5 @@ def distill(
         "n_val": int(val.sum()),
         "batch_size_used": int(model.batch_size_used),
     }
-    store_params(adata, key_added, params, history=history)
+    store_params(adata, key_added, params, claim=written, history=history)
     return model

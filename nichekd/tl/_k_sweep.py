@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import adjusted_rand_score
 from tqdm.auto import tqdm
 
+from .._core import validate as _val
 from .._core.docs import inject_docs
 from .._core.keys import LIBRARY_KEY, TABLE_KEY
 from .._core.runtime import keep_torch_threads
@@ -18,6 +18,8 @@ from .._core.spatial import micron_coords
 from .._core.table import get_table
 from ..models.teacher import DEFAULT_N_NEIGHBORS, NicheTeacher
 
+# seeds per K: the labels of every pair of seeds are compared (quadratic in seeds)
+MAX_SEEDS = 100
 K_SWEEP_COLUMNS = (
     "k",
     "n_seeds",
@@ -101,12 +103,15 @@ def niche_k_sweep(
         raise ValueError(
             "method='labels' has a fixed K; a K sweep needs 'aggregate', 'composition' or 'transformer'."
         )
-    ks = sorted({int(k) for k in k_values})
-    if not ks or min(ks) < 2:
-        raise ValueError(f"k_values must be integers >= 2, got {ks}.")
-    if n_seeds < 1:
-        raise ValueError(f"n_seeds must be >= 1, got {n_seeds}.")
-    adata = get_table(sdata, table_key)
+    ks = sorted(
+        set(
+            _val.check_number_list(
+                "k_values", k_values, integer=True, minimum=2, open_minimum=False, allow_empty=False
+            )
+        )
+    )
+    _val.check_int("n_seeds", n_seeds, maximum=MAX_SEEDS)
+    _val.check_int("max_eval_cells", max_eval_cells, minimum=2)
     teacher = NicheTeacher(
         max(ks),
         method=method,
@@ -121,6 +126,8 @@ def niche_k_sweep(
         progress=False,
         **teacher_kwargs,
     )
+    teacher._check_params()  # every option of the teacher, before the table is read
+    adata = get_table(sdata, table_key)
     xy_um = micron_coords(sdata, table_key=table_key, library_key=library_key)
     inputs = teacher.prepare(
         adata, fit=True, xy_um=xy_um
@@ -128,6 +135,8 @@ def niche_k_sweep(
     rng = np.random.default_rng(random_state)
     n = inputs.n_obs
     eval_rows = np.sort(rng.choice(n, max_eval_cells, replace=False)) if n > max_eval_cells else np.arange(n)
+    from sklearn.metrics import adjusted_rand_score
+
     rows = []
     bar = tqdm(total=len(ks) * n_seeds, desc="K sweep", disable=not progress, leave=False)
     for k in ks:

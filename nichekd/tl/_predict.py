@@ -12,24 +12,19 @@ import numpy as np
 
 from .._core import validate as _val
 from .._core.docs import inject_docs
+from .._core.feature_record import FEATURE_SETTINGS, IMPLIED_SETTINGS, same_setting
 from .._core.keys import LIBRARY_KEY, REGION_KEY, TABLE_KEY, shapes_name
-from .._core.records import read_params, store_run
+from .._core.records import claim, read_params, store_run
 from .._core.spatial import resolve
 from .._core.table import get_table, library_labels, spatial_coords
 from ..io._build import build_library
 from ..models.student import NicheStudent
 from ..pp._split import split_groups
-from ._distill import check_niche_write, write_niche_predictions
+from ._distill import check_niche_write, prediction_targets, write_niche_predictions
 
-# settings of nk.pp.histology_features that determine the features (the rest is provenance or names the
-# data, e.g. the image element or the resolution actually used on one slide)
-ENCODER_KEYS = ("backbone", "weights", "checkpoint_path", "patch_size_um", "input_size", "mpp", "mean", "std",
-                "stain_normalization", "stain_reference", "standardize")  # fmt: skip
-# implied by a registered backbone, so histology_features records them only for custom encoders
-IMPLIED_KEYS = {"input_size", "mpp", "mean", "std"}
 # recorded per dataset: never replayed onto another slide
 DATASET_KEYS = {"versions", "date", "key_added", "table_key", "image_key", "shapes_key", "library_key", "copy",
-                "overwrite", "mpp_used", "pyramid_level", "device_used"}  # fmt: skip
+                "overwrite", "mpp_used", "pyramid_level", "pixel_rule", "device_used"}  # fmt: skip
 # below this share of the training neighbour count, predict_niches warns: the student sees too few neighbours
 NEIGHBOUR_WARN_RATIO = 0.5
 _MISSING = object()
@@ -38,18 +33,7 @@ _MISSING = object()
 def encoder_settings(params: dict[str, Any]) -> dict[str, Any]:
     """The entries of a ``histology_features`` params record that determine the features (None included)."""
     params = read_params(params)
-    return {k: params[k] for k in ENCODER_KEYS if k in params}
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        return set(a) == set(b) and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, int | float | np.number) and isinstance(b, int | float | np.number):
-        return bool(np.isclose(float(a), float(b)))
-    if isinstance(a, list | tuple | np.ndarray) and isinstance(b, list | tuple | np.ndarray):
-        a, b = np.asarray(a, dtype=object).ravel(), np.asarray(b, dtype=object).ravel()
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
+    return {k: params[k] for k in FEATURE_SETTINGS if k in params}
 
 
 def check_encoder(
@@ -57,7 +41,7 @@ def check_encoder(
 ) -> None:
     """Raise if features were computed with other encoder settings than the model's, or without a record.
 
-    Every setting of ``ENCODER_KEYS`` is compared, None included (records of older versions drop None
+    Every setting of ``FEATURE_SETTINGS`` is compared, None included (records of older versions drop None
     settings: a setting missing from a record is taken as None, except those a registered backbone implies).
     """
     if not params or not model.encoder:
@@ -72,12 +56,12 @@ def check_encoder(
         )
     mine, theirs = read_params(model.encoder), read_params(params)
     diff = []
-    for k in ENCODER_KEYS:
+    for k in FEATURE_SETTINGS:
         a, b = mine.get(k, _MISSING), theirs.get(k, _MISSING)
-        if (a is _MISSING or b is _MISSING) and (k in IMPLIED_KEYS or (a is _MISSING and b is _MISSING)):
+        if (a is _MISSING or b is _MISSING) and (k in IMPLIED_SETTINGS or (a is _MISSING and b is _MISSING)):
             continue
         a, b = (None if x is _MISSING else x for x in (a, b))
-        if not _same(a, b):
+        if not same_setting(a, b):
             diff.append((k, a, b))
     if diff:
         detail = ", ".join(f"{k}: model {_short(a)} vs data {_short(b)}" for k, a, b in diff)
@@ -296,7 +280,9 @@ def predict_niches(
         augmented views, ``obsm[f"{features_key}_aug"]`` (computed with :func:`nichekd.pp.augmented_features`
         when absent).
     overwrite
-        Replace predictions already held by the rows this call writes.
+        %(overwrite)s
+        Re-running ``predict_niches`` on its own ``key_added`` replaces the rows this call predicts (the
+        other rows are kept); predictions of ``distill`` under the same key need ``overwrite=True``.
     trust_features
         Accept ``obsm[features_key]`` without a ``histology_features`` record to compare with the model's: you
         vouch that it was computed exactly as for training.
@@ -322,7 +308,9 @@ def predict_niches(
         raise ValueError("The model is not fitted; train it with nk.tl.distill or load a saved one.")
     features_key = model.features_key or "he_features"
     new_tiles, new_mask, feat_params, aug_params = None, (None, None), None, None
-    if table_key in getattr(sdata, "tables", {}) or isinstance(sdata, ad.AnnData):
+    if isinstance(sdata, ad.AnnData) or getattr(sdata, "tables", None):
+        # a table's observations (spots, cells, Visium HD bins) are predicted, found as every function finds
+        # them; only an object without any table is tiled
         adata = get_table(sdata, table_key)
     else:
         adata, new_tiles, new_mask, tile_size_um = _tile_table(
@@ -342,7 +330,16 @@ def predict_niches(
     sel = np.flatnonzero(rows)
     if len(sel) == 0:
         raise ValueError("No observation to predict (shapes_key= / library= select none).")
-    check_niche_write(adata, key_added, model.niche_names, sel, overwrite=overwrite)
+    # every key this call writes, checked before any work: a re-run replaces its own predictions (the other
+    # rows are kept), another function's or the user's only with overwrite=True
+    written = claim(adata, prediction_targets(key_added), writer="predict_niches", overwrite=overwrite)
+    check_niche_write(adata, key_added, model.niche_names, sel, overwrite=True)  # other rows: same niches
+    claims = []
+    if new_tiles is not None:  # new elements: the tiles, their table and a tissue mask
+        tiles_key = [("shapes", shapes_name(str(libs[0]), "tile")), ("tables", table_key)]
+        claims.append(claim(sdata, tiles_key, writer="predict_niches", overwrite=overwrite))
+        if new_mask[1] is not None:
+            claims.append(claim(sdata, [("shapes", new_mask[0])], writer="tissue_mask", overwrite=overwrite))
     # tiles are built in microns; an existing table's coordinates are read from its elements
     xy = (
         spatial_coords(adata)
@@ -351,7 +348,7 @@ def predict_niches(
     )
 
     # features: reuse only when made with the model's settings, else replay its encoder
-    target = None
+    target, table_claims = None, []
     if features_key in adata.obsm:
         check_encoder(
             model, features_record(adata, features_key), features_key, trust_features=trust_features
@@ -365,8 +362,14 @@ def predict_niches(
             )
         from ..pp import histology_features
 
+        new_keys = [("obsm", features_key), ("uns", features_key)]
+        table_claims = [claim(adata, new_keys, writer="histology_features", overwrite=overwrite)]
         target = sdata if new_tiles is None else _with_tiles(sdata, adata, new_tiles, table_key)
-        work_table = histology_features(target, **_replay(model.encoder, features_key, table_key), copy=True)
+        replay = {
+            **_replay(model.encoder, features_key, table_key),
+            **({"overwrite": True} if overwrite else {}),
+        }
+        work_table = histology_features(target, **replay, copy=True)
         feats = np.asarray(work_table.obsm[features_key])
         feat_params = work_table.uns.get(features_key)
     if feats.ndim != 2 or feats.shape[1] != model.n_features:
@@ -379,6 +382,9 @@ def predict_niches(
     views, aug_key = None, f"{features_key}_aug"
     if tta:
         views, aug_params = _tta_views(sdata, adata, target, feats, feat_params, features_key, table_key)
+        if aug_params is not None and aug_key not in adata.obsm:
+            new_keys = [("obsm", aug_key), ("uns", aug_key)]
+            table_claims.append(claim(adata, new_keys, writer="augmented_features", overwrite=overwrite))
     # on an object that carries the model's split (the one it was trained on), neighbourhoods stay within
     # each split part as in distill, so both give the same answer; elsewhere within each section
     split_key = getattr(model, "split_key", None)
@@ -401,6 +407,8 @@ def predict_niches(
             sdata.shapes[new_mask[0]] = new_mask[1]
         sdata.shapes[shapes_name(lib, "tile")] = new_tiles
         sdata.tables[table_key] = adata
+        for c in claims:
+            c.record(sdata)
     if features_key not in adata.obsm:
         adata.obsm[features_key] = feats
         if feat_params is not None:
@@ -408,7 +416,9 @@ def predict_niches(
     if aug_params is not None and aug_key not in adata.obsm:
         adata.obsm[aug_key] = views.reshape(len(views), -1)
         adata.uns[aug_key] = aug_params
-    write_niche_predictions(adata, key_added, proba_sel, model.niche_names, rows=sel, overwrite=overwrite)
+    for c in table_claims:
+        c.record(adata)
+    write_niche_predictions(adata, key_added, proba_sel, model.niche_names, rows=sel, overwrite=True)
     store_run(
         adata,
         key_added,
@@ -431,6 +441,7 @@ def predict_niches(
             "overwrite": overwrite,
             "trust_features": trust_features,
         },
+        claim=written,
     )
 
 

@@ -11,11 +11,11 @@ from .._core import dask as _dask
 from .._core import validate as _val
 from .._core.docs import inject_docs
 from .._core.keys import LIBRARY_KEY, TABLE_KEY
-from .._core.records import store_run
+from .._core.records import claim, store_run
 from .._core.spatial import micron_coords
 from .._core.table import get_table, library_labels
 from ..models.student import NicheStudent
-from ._distill import check_niche_write, write_niche_predictions
+from ._distill import check_niche_write, prediction_targets, write_niche_predictions
 from ._predict import (
     _replay,
     check_encoder,
@@ -78,7 +78,8 @@ def predict_niches_dask(
     progress
         %(progress)s
     overwrite
-        Replace predictions already held under ``key_added`` (refused otherwise, before any work).
+        %(overwrite)s
+        As in ``predict_niches`` (whose twin this is: each may replace the other's predictions).
     trust_features
         Accept ``obsm[features_key]`` without a ``histology_features`` record (you vouch for it), as in
         ``predict_niches``.
@@ -102,7 +103,10 @@ def predict_niches_dask(
     if adata.n_obs == 0:
         raise ValueError("The table has no observations.")
     features_key = model.features_key or "he_features"
-    check_niche_write(adata, key_added, model.niche_names, overwrite=overwrite)
+    # every key written, checked before any work (the twin of predict_niches: the same writer)
+    written = claim(adata, prediction_targets(key_added), writer="predict_niches", overwrite=overwrite)
+    check_niche_write(adata, key_added, model.niche_names, overwrite=True)
+    features_claim = None
     xy = micron_coords(sdata, table_key=table_key, library_key=library_key)
     libs = np.asarray(library_labels(adata, library_key)).astype(str)
     new_features = None
@@ -118,11 +122,13 @@ def predict_niches_dask(
             )
         from ..pp._features_dask import histology_features_dask
 
+        new_keys = [("obsm", features_key), ("uns", features_key)]
+        features_claim = claim(adata, new_keys, writer="histology_features", overwrite=overwrite)
         replay = _replay(model.encoder, features_key, table_key)
         replay.pop("table_key", None)
         new_features = histology_features_dask(
             sdata, partition_size=partition_size, table_key=table_key, library_key=library_key,
-            progress=progress, copy=True, **replay,
+            progress=progress, copy=True, **replay, **({"overwrite": True} if overwrite else {}),
         )  # fmt: skip
         feats = np.asarray(new_features.obsm[features_key], dtype=np.float32)
     if feats.ndim != 2 or feats.shape != (adata.n_obs, model.n_features):
@@ -153,7 +159,8 @@ def predict_niches_dask(
     if new_features is not None:
         adata.obsm[features_key] = feats
         adata.uns[features_key] = new_features.uns[features_key]
-    write_niche_predictions(adata, key_added, proba, model.niche_names, overwrite=overwrite)
+        features_claim.record(adata)
+    write_niche_predictions(adata, key_added, proba, model.niche_names, overwrite=True)
     store_run(
         adata,
         key_added,
@@ -171,4 +178,5 @@ def predict_niches_dask(
             "partition_size": int(partition_size),
             "scheduler": _dask.scheduler_name(),
         },
+        claim=written,
     )

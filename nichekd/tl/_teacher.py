@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+import warnings
 from typing import Any
 
 import anndata as ad
@@ -10,7 +12,7 @@ import pandas as pd
 from .._core.docs import inject_docs
 from .._core.keys import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY
 from .._core.neighbors import store_spatial_graph
-from .._core.records import store_params
+from .._core.records import claim, store_params, written_by
 from .._core.runtime import keep_torch_threads
 from .._core.spatial import micron_coords
 from .._core.table import get_table, library_labels
@@ -45,6 +47,7 @@ def teacher_niches(
     progress: bool = True,
     return_model: bool = False,
     copy: bool = False,
+    overwrite: bool = False,
 ) -> ad.AnnData | NicheTeacher | tuple[ad.AnnData, NicheTeacher] | None:
     """Find K spatial niches from expression (or any representation) and store them as teacher targets.
 
@@ -91,9 +94,10 @@ def teacher_niches(
         Neighbourhood radius in microns; by default estimated so the mean neighbour count equals
         ``n_neighbors_target`` (the paper's rule). The radius used is stored in ``uns[key_added]``.
     n_neighbors_target
-        Target mean number of neighbours when estimating the radius.
+        Target mean number of neighbours when estimating the radius; below the number of cells of the smallest
+        section (refused otherwise, before any neighbour list is allocated).
     n_rings
-        Hops of neighbourhood means concatenated (CellCharter-style multi-scale context).
+        Hops of neighbourhood means concatenated (CellCharter-style multi-scale context), at most 10.
     n_comps
         PCA components of the expression latent.
     batch_correct
@@ -119,6 +123,10 @@ def teacher_niches(
         Also return the fitted :class:`~nichekd.models.NicheTeacher` (to predict on new sections or save it).
     copy
         %(copy)s
+    overwrite
+        %(overwrite)s
+        A neighbourhood graph in ``obsp['spatial_connectivities']`` that nichekd did not write (e.g. squidpy's
+        ``spatial_neighbors``) is kept without it: the teacher's graph is then not exported (a warning says so).
 
     Returns
     -------
@@ -143,8 +151,6 @@ def teacher_niches(
     >>> teacher = nk.tl.teacher_niches(sdata, n_niches=6, method="transformer", return_model=True)
     >>> teacher.save("teacher/")
     """
-    adata = get_table(sdata, table_key)
-    split_key = resolve_split_key(adata, split_key)  # no split yet: every cell (recorded; distill warns)
     teacher = NicheTeacher(
         n_niches,
         method=method,
@@ -152,7 +158,7 @@ def teacher_niches(
         cell_type_key=cell_type_key,
         labels_key=labels_key,
         library_key=library_key,
-        split_key=split_key,
+        split_key=None,  # resolved against the table below
         radius_um=radius_um,
         n_neighbors_target=n_neighbors_target,
         n_rings=n_rings,
@@ -165,6 +171,17 @@ def teacher_niches(
         device=device,
         progress=progress,
     )
+    teacher._check_params()  # every numeric and choice option, before the table is read
+    adata = get_table(sdata, table_key)
+    results = [
+        ("obs", key_added),
+        ("obsm", f"{key_added}_proba"),
+        ("obsm", f"{key_added}_logits"),
+        ("uns", key_added),
+    ]
+    claim(adata, results, writer="teacher_niches", overwrite=overwrite)  # checked again before writing
+    split_key = resolve_split_key(adata, split_key)  # no split yet: every cell (recorded; distill warns)
+    teacher.split_key = split_key
     # everything is computed before anything is written: a failure leaves the table untouched
     # with split_key the teacher learns from the cells outside the test side only, then labels every cell
     xy_um = micron_coords(sdata, table_key=table_key, library_key=library_key)
@@ -176,7 +193,36 @@ def teacher_niches(
     logits = teacher.logits_from_inputs(inputs)
     proba = teacher.proba_from_inputs(inputs)
 
+    # squidpy's keys: a graph the user built (squidpy) is kept unless overwrite=True; a squidpy record in
+    # uns['spatial_neighbors'] (no units) also means the graph was rebuilt since an earlier teacher run
+    graph = [("obsp", "spatial_connectivities"), ("obsp", "spatial_distances"), ("uns", "spatial_neighbors")]
+    nbrs = adata.uns.get("spatial_neighbors")
+    rebuilt = isinstance(nbrs, dict) and (nbrs.get("params") or {}).get("units") != "micrometer"
+    foreign = [
+        f"{s}[{k!r}]"
+        for s, k in graph
+        if k in getattr(adata, s) and (rebuilt or written_by(adata, s, k) != "teacher_niches")
+    ]
+    export_graph = teacher.radius_um_ is not None and (overwrite or not foreign)
+    if teacher.radius_um_ is not None and not export_graph:
+        warnings.warn(
+            f"{' / '.join(foreign)} hold a neighbourhood graph nichekd did not write (e.g. squidpy's "
+            "spatial_neighbors): kept, so the teacher's graph (radius "
+            f"{teacher.radius_um_:.4g} um) is not exported. Pass overwrite=True to replace it with the teacher's.",
+            UserWarning,
+            stacklevel=3,
+        )
+    written = claim(
+        adata, results + (graph if export_graph else []), writer="teacher_niches", overwrite=overwrite
+    )
+
     target = adata.copy() if copy else adata
+    if export_graph:  # the teacher's neighbourhoods as squidpy's graph, for scverse tools
+        # the graph the teacher used: never across a section or the split
+        split = None if split_key is None else adata.obs[split_key].astype(str).to_numpy()
+        store_spatial_graph(
+            target, xy_um, teacher.radius_um_, split_groups(library_labels(adata, library_key), split)
+        )
     target.obs[key_added] = pd.Categorical(teacher.labels_from_proba(proba), categories=teacher.niche_names_)
     target.obsm[f"{key_added}_proba"] = proba
     if logits is not None:
@@ -205,17 +251,14 @@ def teacher_niches(
         "temperature": teacher.temperature_ if method != "labels" else None,
         "random_state": random_state,
         "device": device if method == "transformer" else None,
+        "graph_exported": export_graph,
+        # which run this is: a student records it, and evaluate tells when the teacher was re-run since
+        "run_id": secrets.token_hex(8),
     }
     extra: dict[str, Any] = {"niche_names": list(teacher.niche_names_)}
     if method == "labels":
         extra["label_names"] = dict(zip(teacher.niche_names_, teacher.encoder_["labels"], strict=True))
-    store_params(target, key_added, params, **extra)
-    if teacher.radius_um_ is not None:  # the teacher's neighbourhoods as squidpy's graph, for scverse tools
-        # the graph the teacher used: never across a section or the split
-        split = None if split_key is None else adata.obs[split_key].astype(str).to_numpy()
-        store_spatial_graph(
-            target, xy_um, teacher.radius_um_, split_groups(library_labels(adata, library_key), split)
-        )
+    store_params(target, key_added, params, claim=written, **extra)
 
     if return_model:
         return (target, teacher) if copy else teacher
