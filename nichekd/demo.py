@@ -100,9 +100,8 @@ def run_demo(
     step(f"distilling the student ({architecture}, <= {epochs} epochs)")
     student = nk.tl.distill(
         sdata,
+        model=nk.models.NicheStudent(architecture=architecture, epochs=epochs),
         features_key=features_key,
-        architecture=architecture,
-        epochs=epochs,
         random_state=seed,
         progress=progress,
     )

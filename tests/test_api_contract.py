@@ -50,7 +50,7 @@ UTILITIES = {"pl.niche_palette", "pp.list_backbones", "tl.match_niches"}
 # **kwargs that are forwarded to a function that refuses unknown names (tested below)
 FORWARDING = {"pp.histology_features": "provenance", "pp.histology_features_dask": "kwargs",
               "tl.niche_k_sweep": "teacher_kwargs",
-              "tl.distill": "settings"}  # deprecated student settings, refused unless NicheStudent's  # fmt: skip
+              "tl.distill": "settings", "tl.teacher_niches": "settings"}  # deprecated model settings  # fmt: skip
 # a second data object may stand positionally after the first (the model a prediction uses)
 SECOND_POSITIONAL = {"tl.predict_niches": "model", "tl.predict_niches_dask": "model"}
 
@@ -90,3 +90,12 @@ def test_inject_docs_refuses_unknown_names():
 
     with pytest.raises(KeyError, match="no_such_parameter"):
         _docs.inject_docs(f)
+
+
+@pytest.mark.parametrize("name", ["tl.distill", "tl.teacher_niches"])
+def test_model_functions_take_the_model_not_its_settings(name):
+    """The functions that train a model take the model (or its settings) plus the data-facing arguments: at
+    most ~12 parameters besides the data (scanpy's lint rule), the rest lives once in the model object."""
+    params = [p for p in inspect.signature(FUNCTIONS[name]).parameters.values() if p.kind != p.VAR_KEYWORD]
+    assert "model" in [p.name for p in params]
+    assert len(params) - 1 <= 12, f"{name} has {len(params)} parameters"

@@ -286,3 +286,32 @@ def test_labels_mismatch_and_missing():
     with pytest.raises(ValueError, match="unlabelled"):
         nk.tl.teacher_niches(a, n_niches=None, method="labels", labels_key="ann")
     assert "teacher_niche" not in a.obs
+
+
+def test_teacher_niches_takes_the_model_and_its_settings(tissue):
+    """teacher_niches(model=NicheTeacher(...)) is the same as the old keywords (which warn), the template is
+    not modified, and a fitted teacher labels new cells without refitting."""
+    new, old = tissue.copy(), tissue.copy()
+    template = NicheTeacher(n_rings=2)
+    nk.tl.teacher_niches(new, n_niches=4, model=template, progress=False)
+    assert not template.is_fitted and template.n_niches is None  # a copy was fitted
+    with pytest.warns(FutureWarning, match=r"model=nk.models.NicheTeacher\(n_rings=...\)"):
+        nk.tl.teacher_niches(old, n_niches=4, n_rings=2, progress=False)
+    np.testing.assert_array_equal(new.obsm["teacher_niche_proba"], old.obsm["teacher_niche_proba"])
+    assert new.uns["teacher_niche"]["params"]["n_rings"] == 2
+    same = tissue.copy()
+    nk.tl.teacher_niches(same, model={"n_niches": 4, "n_rings": 2}, progress=False)
+    np.testing.assert_array_equal(same.obsm["teacher_niche_proba"], new.obsm["teacher_niche_proba"])
+
+    fitted = NicheTeacher(4, progress=False).fit(tissue.copy())
+    other = tissue.copy()
+    nk.tl.teacher_niches(other, model=fitted, progress=False)
+    np.testing.assert_allclose(other.obsm["teacher_niche_proba"], fitted.predict_proba(other), atol=1e-5)
+    assert other.uns["teacher_niche"]["params"]["fitted_on"] == "given model"
+    with pytest.raises(ValueError, match="n_niches=5 but model has n_niches=4"):
+        nk.tl.teacher_niches(tissue.copy(), n_niches=5, model=fitted, progress=False)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        nk.tl.teacher_niches(tissue.copy(), n_niches=4, n_ringz=2, progress=False)
+    with pytest.warns(FutureWarning, match="return_model"):
+        teacher = nk.tl.teacher_niches(tissue.copy(), n_niches=4, return_model=True, progress=False)
+    assert isinstance(teacher, NicheTeacher) and teacher.is_fitted

@@ -178,7 +178,7 @@ class NicheTeacher:
 
     def __init__(
         self,
-        n_niches: int | None,
+        n_niches: int | None = None,
         *,
         method: str = "aggregate",
         use_rep: str | None = None,
@@ -520,6 +520,11 @@ class NicheTeacher:
         """
         inputs = self.prepare(self.fitting_table(adata), fit=True)
         return self.fit_head(inputs)
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether the teacher has been fitted (or loaded)."""
+        return bool(self.niche_names_)
 
     def _check_fitted(self) -> None:
         if not self.niche_names_:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 import secrets
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
-import anndata as ad
 import pandas as pd
 
 from .._core.docs import inject_docs
@@ -16,7 +18,7 @@ from .._core.records import claim, store_params, written_by
 from .._core.runtime import keep_torch_threads
 from .._core.spatial import micron_coords
 from .._core.table import get_table, library_labels
-from ..models.teacher import DEFAULT_N_NEIGHBORS, NicheTeacher
+from ..models.teacher import NicheTeacher
 from ..pp._split import resolve_split_key, split_fingerprint, split_groups
 
 
@@ -25,30 +27,19 @@ from ..pp._split import resolve_split_key, split_fingerprint, split_groups
 def teacher_niches(
     sdata: Any,
     *,
-    n_niches: int | None,
-    table_key: str = TABLE_KEY,
-    method: str = "aggregate",
-    use_rep: str | None = None,
-    cell_type_key: str | None = None,
-    labels_key: str | None = None,
-    library_key: str = LIBRARY_KEY,
+    n_niches: int | None = None,
+    method: str | None = None,
+    model: NicheTeacher | Mapping[str, Any] | None = None,
     split_key: str | None = SPLIT_KEY,
-    radius_um: float | None = None,
-    n_neighbors_target: float = DEFAULT_N_NEIGHBORS,
-    n_rings: int = 1,
-    n_comps: int = 30,
-    batch_correct: bool = False,
-    label_smoothing: float = 0.0,
-    calibrate: str | None = None,
-    transformer_kwargs: dict | None = None,
     key_added: str = "teacher_niche",
+    table_key: str = TABLE_KEY,
+    library_key: str = LIBRARY_KEY,
     random_state: int = 0,
-    device: str = "auto",
     progress: bool = True,
-    return_model: bool = False,
     copy: bool = False,
     overwrite: bool = False,
-) -> ad.AnnData | NicheTeacher | tuple[ad.AnnData, NicheTeacher] | None:
+    **settings: Any,
+) -> Any:
     """Find K spatial niches from expression (or any representation) and store them as teacher targets.
 
     All libraries are fitted jointly, so every section shares one label space. Methods:
@@ -68,20 +59,16 @@ def teacher_niches(
     sdata
         :class:`~spatialdata.SpatialData` in the nichekd layout, or its table (:class:`~anndata.AnnData`).
     n_niches
-        Number of niches K (``None`` for ``method="labels"``: one niche per label).
-    table_key
-        %(table_key)s
+        Number of niches K (``None`` for ``method="labels"``: one niche per label). Required unless ``model``
+        sets it.
     method
-        ``"aggregate"``, ``"composition"``, ``"transformer"`` or ``"labels"``.
-    use_rep
-        ``obsm`` key of a per-cell latent used instead of the expression PCA (no normalisation applied).
-    cell_type_key
-        Cell types for ``"composition"`` (obs column, or obsm key of fractions); see
-        :func:`nichekd.pp.cell_types` when none exist.
-    labels_key
-        ``obs`` column for ``method="labels"``.
-    library_key
-        %(library_key)s
+        ``"aggregate"`` (the default), ``"composition"``, ``"transformer"`` or ``"labels"``.
+    model
+        The teacher's settings: an unfitted :class:`~nichekd.models.NicheTeacher` (``use_rep``,
+        ``cell_type_key``, ``labels_key``, ``radius_um``, ``n_neighbors_target``, ``n_rings``, ``n_comps``,
+        ``batch_correct``, ``label_smoothing``, ``calibrate``, ``transformer_kwargs``, ``device``, ...; it is not
+        modified) or a dict of its arguments. A **fitted** teacher (e.g. ``NicheTeacher.load(path)``) is not
+        refitted: it labels this table's cells (new sections in its label space).
     split_key
         %(split_key)s
         The default ``"split"`` is used when the table has that column (the paper's protocol:
@@ -90,48 +77,31 @@ def teacher_niches(
         neighbourhoods and no training target depends on test expression. Without the column the teacher is
         fitted on every cell (recorded as ``fitted_on="all"``); ``nk.tl.distill`` then warns. Another
         name must exist; ``None`` fits on every cell even when a split exists (transductive).
-    radius_um
-        Neighbourhood radius in microns; by default estimated so the mean neighbour count equals
-        ``n_neighbors_target`` (the paper's rule). The radius used is stored in ``uns[key_added]``.
-    n_neighbors_target
-        Target mean number of neighbours when estimating the radius; below the number of cells of the smallest
-        section (refused otherwise, before any neighbour list is allocated).
-    n_rings
-        Hops of neighbourhood means concatenated (CellCharter-style multi-scale context), at most 10.
-    n_comps
-        PCA components of the expression latent.
-    batch_correct
-        Centre/scale the latent per library before aggregation (batch-aware teacher).
-    label_smoothing
-        Smoothing of one-hot targets with ``method="labels"``.
-    calibrate
-        ``"neighbours"``: soften the logits by one temperature fitted so that each cell's probabilities
-        predict its spatial neighbours' niches (argmax unchanged); the temperature is stored in
-        ``uns[key_added]['params']['temperature']``. ``None``: raw log posteriors (near one-hot for mixtures).
-    transformer_kwargs
-        Overrides of the transformer's settings (``n_steps``, ``d_model``, ...).
     key_added
         Results go to ``obs[key_added]``, ``obsm[f"{key_added}_proba"]``, ``obsm[f"{key_added}_logits"]``
         and ``uns[key_added]``.
+    table_key
+        %(table_key)s
+    library_key
+        %(library_key)s
     random_state
         %(random_state)s
-    device
-        %(device)s
     progress
         %(progress)s
-    return_model
-        Also return the fitted :class:`~nichekd.models.NicheTeacher` (to predict on new sections or save it).
     copy
         %(copy)s
     overwrite
         %(overwrite)s
         A neighbourhood graph in ``obsp['spatial_connectivities']`` that nichekd did not write (e.g. squidpy's
         ``spatial_neighbors``) is kept without it: the teacher's graph is then not exported (a warning says so).
+    **settings
+        Deprecated: the teacher's settings (``use_rep=``, ``radius_um=``, ``device=``, ...) and
+        ``return_model=`` (use ``model=NicheTeacher(...)``, or ``NicheTeacher(...).fit(table)`` for the object)
+        still work, with a FutureWarning.
 
     Returns
     -------
-    ``None`` (or the table with ``copy=True``); with ``return_model=True`` the fitted teacher, or
-    ``(table, teacher)`` when ``copy=True`` too. Written to the table:
+    ``None`` (or the table with ``copy=True``). Written to the table:
 
     - ``obs[key_added]``: categorical niche ``N0, N1, ...`` (ordered by decreasing size; categories in the
       column order of the probabilities);
@@ -148,29 +118,14 @@ def teacher_niches(
     >>> sdata = nk.datasets.synthetic_tissue(n_cells=5000, random_state=0)
     >>> nk.tl.teacher_niches(sdata, n_niches=6)
     >>> sdata["table"].obs["teacher_niche"].value_counts()
-    >>> teacher = nk.tl.teacher_niches(sdata, n_niches=6, method="transformer", return_model=True)
-    >>> teacher.save("teacher/")
+    >>> nk.tl.teacher_niches(sdata, n_niches=6, model=nk.models.NicheTeacher(n_rings=2))
+    >>> teacher = nk.models.NicheTeacher(6, method="transformer").fit(sdata["table"])  # the model object
+    >>> nk.tl.teacher_niches(new_sdata, model=teacher)  # labels new sections in its label space
     """
-    teacher = NicheTeacher(
-        n_niches,
-        method=method,
-        use_rep=use_rep,
-        cell_type_key=cell_type_key,
-        labels_key=labels_key,
-        library_key=library_key,
-        split_key=None,  # resolved against the table below
-        radius_um=radius_um,
-        n_neighbors_target=n_neighbors_target,
-        n_rings=n_rings,
-        n_comps=n_comps,
-        batch_correct=batch_correct,
-        label_smoothing=label_smoothing,
-        calibrate=calibrate,
-        transformer_kwargs=transformer_kwargs,
-        random_state=random_state,
-        device=device,
-        progress=progress,
-    )
+    data = {"library_key": library_key, "progress": progress, "random_state": random_state}
+    teacher, return_model = teacher_settings(model, settings, n_niches=n_niches, method=method, **data)
+    prefitted = teacher.is_fitted
+    method = teacher.method
     teacher._check_params()  # every numeric and choice option, before the table is read
     adata = get_table(sdata, table_key)
     results = [
@@ -180,16 +135,22 @@ def teacher_niches(
         ("uns", key_added),
     ]
     claim(adata, results, writer="teacher_niches", overwrite=overwrite)  # checked again before writing
-    split_key = resolve_split_key(adata, split_key)  # no split yet: every cell (recorded; distill warns)
-    teacher.split_key = split_key
-    # everything is computed before anything is written: a failure leaves the table untouched
-    # with split_key the teacher learns from the cells outside the test side only, then labels every cell
     xy_um = micron_coords(sdata, table_key=table_key, library_key=library_key)
-    fit_table = teacher.fitting_table(adata)
-    fit_xy = xy_um if fit_table is adata else xy_um[(adata.obs[split_key].astype(str) != "test").to_numpy()]
-    fit_inputs = teacher.prepare(fit_table, fit=True, xy_um=fit_xy)
-    teacher.fit_head(fit_inputs)
-    inputs = fit_inputs if fit_table is adata else teacher.prepare(adata, xy_um=xy_um)
+    # everything is computed before anything is written: a failure leaves the table untouched
+    if prefitted:  # a given fitted teacher labels these cells; its own split column where the table has it
+        split_key = teacher.split_key if teacher.split_key in adata.obs else None
+        inputs = teacher.prepare(adata, xy_um=xy_um)
+    else:
+        split_key = resolve_split_key(adata, split_key)  # no split yet: every cell (recorded; distill warns)
+        teacher.split_key = split_key
+        # with split_key the teacher learns from the cells outside the test side only, then labels every cell
+        fit_table = teacher.fitting_table(adata)
+        fit_xy = (
+            xy_um if fit_table is adata else xy_um[(adata.obs[split_key].astype(str) != "test").to_numpy()]
+        )
+        fit_inputs = teacher.prepare(fit_table, fit=True, xy_um=fit_xy)
+        teacher.fit_head(fit_inputs)
+        inputs = fit_inputs if fit_table is adata else teacher.prepare(adata, xy_um=xy_um)
     logits = teacher.logits_from_inputs(inputs)
     proba = teacher.proba_from_inputs(inputs)
 
@@ -229,28 +190,29 @@ def teacher_niches(
         target.obsm[f"{key_added}_logits"] = logits
     elif f"{key_added}_logits" in target.obsm:  # stale logits of an earlier run would not match
         del target.obsm[f"{key_added}_logits"]
+    t = teacher
     params = {
         "method": method,
-        "n_niches": teacher.n_niches,
-        "use_rep": use_rep,
-        "cell_type_key": cell_type_key,
-        "labels_key": labels_key,
+        "n_niches": t.n_niches,
+        "use_rep": t.use_rep,
+        "cell_type_key": t.cell_type_key,
+        "labels_key": t.labels_key,
         "library_key": library_key,
         "split_key": split_key,
-        "fitted_on": "all" if split_key is None else "outside test",
-        "split_fingerprint": None if split_key is None else split_fingerprint(adata, split_key),
-        "radius_um": teacher.radius_um_,
-        "radius_um_given": radius_um is not None,
-        "n_neighbors_target": n_neighbors_target,
+        "fitted_on": "given model" if prefitted else ("all" if split_key is None else "outside test"),
+        "split_fingerprint": None if split_key is None or prefitted else split_fingerprint(adata, split_key),
+        "radius_um": t.radius_um_,
+        "radius_um_given": t.radius_um is not None,
+        "n_neighbors_target": t.n_neighbors_target,
         "mean_neighbours": inputs.extra.get("mean_neighbours"),
-        "n_rings": n_rings,
-        "n_comps": n_comps if use_rep is None and method in ("aggregate", "transformer") else None,
-        "batch_correct": batch_correct,
-        "label_smoothing": label_smoothing if method == "labels" else None,
-        "calibrate": calibrate if method != "labels" else None,
-        "temperature": teacher.temperature_ if method != "labels" else None,
-        "random_state": random_state,
-        "device": device if method == "transformer" else None,
+        "n_rings": t.n_rings,
+        "n_comps": t.n_comps if t.use_rep is None and method in ("aggregate", "transformer") else None,
+        "batch_correct": t.batch_correct,
+        "label_smoothing": t.label_smoothing if method == "labels" else None,
+        "calibrate": t.calibrate if method != "labels" else None,
+        "temperature": t.temperature_ if method != "labels" else None,
+        "random_state": t.random_state,
+        "device": t.device if method == "transformer" else None,
         "graph_exported": export_graph,
         # which run this is: a student records it, and evaluate tells when the teacher was re-run since
         "run_id": secrets.token_hex(8),
@@ -260,6 +222,74 @@ def teacher_niches(
         extra["label_names"] = dict(zip(teacher.niche_names_, teacher.encoder_["labels"], strict=True))
     store_params(target, key_added, params, claim=written, **extra)
 
-    if return_model:
+    if return_model:  # deprecated (teacher_settings warned)
         return (target, teacher) if copy else teacher
     return target if copy else None
+
+
+def teacher_settings(
+    model: Any, settings: Mapping[str, Any], *, n_niches: int | None, method: str | None, **data: Any
+) -> tuple[NicheTeacher, bool]:
+    """The teacher ``teacher_niches`` uses and whether the deprecated ``return_model`` was asked for.
+
+    ``model`` (an unfitted or fitted NicheTeacher, a dict of its arguments, or None) is copied, never
+    modified; ``n_niches``/``method`` given to the function must agree with it; the deprecated keyword
+    settings of ``teacher_niches`` are applied with a FutureWarning.
+    """
+    settings = dict(settings)
+    return_model = bool(settings.pop("return_model", False))
+    if model is None:
+        model = {}
+    if isinstance(model, Mapping):
+        model = {**dict(model)}
+        if "n_niches" in model and n_niches is None:
+            n_niches = model.pop("n_niches")
+        model = NicheTeacher(
+            model.pop("n_niches", n_niches), **{"method": method or "aggregate", **data, **model}
+        )
+        if method is not None and model.method != method:
+            raise ValueError(f"method={method!r} but model has method={model.method!r}; give one of them.")
+    elif isinstance(model, NicheTeacher):
+        model = copy.deepcopy(model)
+        for name, value in (("n_niches", n_niches), ("method", method)):
+            if value is not None and getattr(model, name) is None and not model.is_fitted:
+                setattr(model, name, value)
+            elif value is not None and getattr(model, name) != value:
+                raise ValueError(
+                    f"{name}={value!r} but model has {name}={getattr(model, name)!r}; leave {name} unset to use "
+                    "the model's."
+                )
+        if not model.is_fitted:
+            for name, value in data.items():  # the function's data-facing arguments
+                setattr(model, name, value)
+    else:
+        raise TypeError(
+            f"model must be a nk.models.NicheTeacher or a dict of its arguments, got {type(model).__name__}."
+        )
+    if settings or return_model:
+        given = [*settings, *(["return_model"] if return_model else [])]
+        allowed = set(inspect.signature(NicheTeacher).parameters) - {"n_niches", "method", "library_key",
+                                                                     "split_key", "random_state", "progress"}  # fmt: skip
+        unknown = sorted(set(settings) - allowed)
+        if unknown:
+            raise TypeError(f"teacher_niches() got unexpected keyword arguments {unknown}.")
+        if model.is_fitted and settings:
+            raise ValueError(
+                f"model is fitted: its settings are fixed, {sorted(settings)} cannot change them."
+            )
+        warnings.warn(
+            f"teacher_niches({', '.join(f'{k}=' for k in given)}) is deprecated: the teacher's settings belong to "
+            f"the model, pass model=nk.models.NicheTeacher({', '.join(f'{k}=...' for k in settings)})"
+            + (" and use NicheTeacher(...).fit(table) for the fitted object" if return_model else "")
+            + ".",
+            FutureWarning,
+            stacklevel=3,
+        )
+        for name, value in settings.items():
+            setattr(model, name, value)
+    if model.n_niches is None and model.method != "labels" and not model.is_fitted:
+        raise TypeError(
+            "n_niches must be the number of niches K (an integer >= 2), got None; pass n_niches= or "
+            "model=NicheTeacher(K) (None only with method='labels')."
+        )
+    return model, return_model
