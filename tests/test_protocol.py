@@ -150,3 +150,25 @@ def test_library_statistics_come_from_the_training_cells(featured):
     np.testing.assert_array_equal(
         _standardize(raw, libs, train)[train], _standardize(moved, libs, train)[train]
     )
+
+
+def test_the_exported_graph_is_the_teachers_capped_lists(featured):
+    """obsp['spatial_connectivities'] holds exactly the teacher's neighbour lists: its radius, its cap (it used
+    to be squidpy's uncapped radius graph), within each split side, the cell itself excluded."""
+    from nichekd._core.neighbors import radius_neighbours
+    from nichekd._core.spatial import micron_coords
+    from nichekd.pp._split import split_groups
+
+    sdata = _copy(featured)
+    nk.pp.spatial_split(sdata)
+    nk.tl.teacher_niches(sdata, n_niches=K, model={"max_neighbors": 4}, progress=False)
+    t = sdata["table"]
+    params = t.uns["teacher_niche"]["params"]
+    groups = split_groups(np.asarray(t.obs["library"]).astype(str), t.obs["split"].astype(str).to_numpy())
+    nbrs = radius_neighbours(micron_coords(sdata), params["radius_um"], groups=groups, max_neighbors=4)
+    conn = t.obsp["spatial_connectivities"].tocsr()
+    assert conn.diagonal().sum() == 0 and (np.diff(conn.indptr) <= 4).all()
+    for i in range(0, t.n_obs, 97):
+        expected = set(nbrs.index[i, 1:][nbrs.index[i, 1:] >= 0])
+        assert set(conn.indices[conn.indptr[i] : conn.indptr[i + 1]]) == expected
+    assert t.uns["spatial_neighbors"]["params"]["max_neighbors"] == 4

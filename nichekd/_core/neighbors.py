@@ -6,10 +6,8 @@ from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 from scipy.spatial import cKDTree
 
-from .runtime import keep_torch_threads
 from .validate import check_positive
 
 # the neighbour count a radius is chosen for when none is given (the paper's "radius per dataset for a target
@@ -189,49 +187,41 @@ def neighbour_mean(
     return out
 
 
-def store_spatial_graph(
-    adata: ad.AnnData,
-    xy_um: np.ndarray,
-    radius_um: float,
-    libraries: np.ndarray,
-    *,
-    key_added: str = "spatial",
-) -> None:
-    """Write the radius graph (neighbours within ``radius_um`` of the same library) into ``adata``.
+def store_spatial_graph(adata: ad.AnnData, nbrs: Neighbourhoods, *, key_added: str = "spatial") -> None:
+    """Write the neighbourhoods a model used as squidpy's graph: the graph a model exports is the graph it used.
 
-    ``obsp[f"{key_added}_connectivities"]`` (binary) and ``obsp[f"{key_added}_distances"]`` (microns) are what
-    ``squidpy.gr.nhood_enrichment``, ``squidpy.gr.spatial_autocorr`` or CellCharter read;
-    ``uns[f"{key_added}_neighbors"]`` records the parameters as squidpy does. The graph is computed on micron
-    coordinates, whatever the units of ``obsm['spatial']``.
+    ``obsp[f"{key_added}_connectivities"]`` (binary, row ``i`` marks the neighbours of cell ``i``: those within
+    the radius, nearest first up to the model's cap, never across the groups it kept apart, the cell itself
+    excluded) and ``obsp[f"{key_added}_distances"]`` (microns) are what ``squidpy.gr.nhood_enrichment``,
+    ``squidpy.gr.spatial_autocorr`` or CellCharter read; ``uns[f"{key_added}_neighbors"]`` records the
+    parameters as squidpy does. Where the cap cut a neighbour list the graph is not symmetric (it is the
+    model's).
 
     Examples
     --------
-    >>> store_spatial_graph(adata, xy_um, 50.0, adata.obs["library"].to_numpy())  # doctest: +SKIP
+    >>> nbrs = radius_neighbours(xy_um, 50.0, groups=libraries)  # doctest: +SKIP
+    >>> store_spatial_graph(adata, nbrs)  # doctest: +SKIP
     """
-    import squidpy as sq
+    from scipy import sparse
 
-    labels = pd.Categorical(np.asarray(libraries).astype(str))
-    slim = ad.AnnData(obs=pd.DataFrame({"library": labels}, index=adata.obs_names.astype(str)))
-    slim.obsm["spatial"] = np.asarray(xy_um, dtype=float)
-    library_key = "library" if len(labels.categories) > 1 else None
-    with keep_torch_threads():  # squidpy's numba kernels reset the OpenMP thread count torch shares
-        if hasattr(sq.gr, "spatial_neighbors_radius"):  # squidpy >= 1.8 (spatial_neighbors is deprecated)
-            result = sq.gr.spatial_neighbors_radius(
-                slim, radius=float(radius_um), library_key=library_key, copy=True
-            )
-        else:
-            result = sq.gr.spatial_neighbors(
-                slim, coord_type="generic", radius=float(radius_um), library_key=library_key, copy=True
-            )
-    conn, dist = (result.connectivities, result.distances) if hasattr(result, "connectivities") else result
-    adata.obsp[f"{key_added}_connectivities"] = conn.tocsr()
-    adata.obsp[f"{key_added}_distances"] = dist.tocsr()
+    n = len(nbrs.index)
+    keep = nbrs.mask.copy()
+    keep[:, 0] = False  # column 0 is the cell itself
+    rows = np.repeat(np.arange(n), keep.sum(1))
+    cols, dist = nbrs.index[keep], nbrs.distance[keep].astype(np.float64)
+    conn = sparse.csr_matrix((np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(n, n))
+    adata.obsp[f"{key_added}_connectivities"] = conn
+    # explicit zeros kept: two cells at one position are neighbours at distance 0
+    adata.obsp[f"{key_added}_distances"] = sparse.csr_matrix((dist, (rows, cols)), shape=(n, n))
+    radius_um = float(nbrs.radius)
+    max_neighbors = int(nbrs.index.shape[1] - 1)
     adata.uns[f"{key_added}_neighbors"] = {
         "connectivities_key": f"{key_added}_connectivities",
         "distances_key": f"{key_added}_distances",
         "params": {
             "coord_type": "generic",
-            "radius": float(radius_um),
+            "radius": radius_um,
+            "max_neighbors": max_neighbors,
             "units": "micrometer",
             "transform": "none",
         },

@@ -17,9 +17,9 @@ from .._core.neighbors import store_spatial_graph
 from .._core.records import claim, store_params, written_by
 from .._core.runtime import keep_torch_threads
 from .._core.spatial import micron_coords
-from .._core.table import get_table, library_labels
+from .._core.table import get_table
 from ..models.teacher import NicheTeacher
-from ..pp._split import resolve_split_key, split_fingerprint, split_groups
+from ..pp._split import resolve_split_key, split_fingerprint
 
 
 @inject_docs
@@ -164,7 +164,7 @@ def teacher_niches(
         for s, k in graph
         if k in getattr(adata, s) and (rebuilt or written_by(adata, s, k) != "teacher_niches")
     ]
-    export_graph = teacher.radius_um_ is not None and (overwrite or not foreign)
+    export_graph = inputs.nbrs is not None and (overwrite or not foreign)
     if teacher.radius_um_ is not None and not export_graph:
         warnings.warn(
             f"{' / '.join(foreign)} hold a neighbourhood graph nichekd did not write (e.g. squidpy's "
@@ -179,11 +179,8 @@ def teacher_niches(
 
     target = adata.copy() if copy else adata
     if export_graph:  # the teacher's neighbourhoods as squidpy's graph, for scverse tools
-        # the graph the teacher used: never across a section or the split
-        split = None if split_key is None else adata.obs[split_key].astype(str).to_numpy()
-        store_spatial_graph(
-            target, xy_um, teacher.radius_um_, split_groups(library_labels(adata, library_key), split)
-        )
+        # the lists the teacher used: its radius and cap, never across a section or the split
+        store_spatial_graph(target, inputs.nbrs)
     target.obs[key_added] = pd.Categorical(teacher.labels_from_proba(proba), categories=teacher.niche_names_)
     target.obsm[f"{key_added}_proba"] = proba
     if logits is not None:
