@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from nichekd._core import patches as _image
+from nichekd._core.runtime import torch_threads
 from nichekd.io._build import build_library
 from nichekd.models import encoders
 from nichekd.models.encoders import _efficientnet, _stain
@@ -61,7 +62,7 @@ def once(fn, n: int) -> float:
 def once_cpu(fn, n: int) -> float:
     """Patches per CPU-second of one single-threaded call: time the process actually ran, so other jobs on a
     shared machine barely change it (they still share caches and memory bandwidth)."""
-    with encoders._base.torch_threads(1):
+    with torch_threads(1):
         t = time.process_time()
         fn()
         return n / (time.process_time() - t)
@@ -70,7 +71,7 @@ def once_cpu(fn, n: int) -> float:
 def matmul_gflops_cpu(dtype: torch.dtype, n: int = 1024, repeats: int = 3) -> float:
     """Dense matmul GFLOP per CPU-second on one thread."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    with encoders._base.torch_threads(1):
+    with torch_threads(1):
         a @ b
         best = float("inf")
         for _ in range(repeats):

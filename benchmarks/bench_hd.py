@@ -112,7 +112,7 @@ def worker(
     import torch
 
     import nichekd as nk
-    from nichekd._core.patches import _level_arrays
+    from nichekd._core.patches import level_arrays
 
     out: dict = {"n_tiles": n_tiles, "grid_um": grid_um, "epochs": epochs, "seed": seed, "error": None,
                  "threads": torch.get_num_threads(), "architecture": architecture}  # fmt: skip
@@ -127,7 +127,7 @@ def worker(
             sdata = tiled_kidney(n_tiles)
         table = sdata.tables["table"]
         out["n_bins"], out["n_genes"] = int(table.n_obs), int(table.n_vars)
-        out["image_px"] = [int(s) for s in _level_arrays(sdata.images["kidney_he"])[0].shape[1:]]
+        out["image_px"] = [int(s) for s in level_arrays(sdata.images["kidney_he"])[0].shape[1:]]
         with stage("aggregate_16um"):
             nk.pp.aggregate_bins(sdata, bin_size_um=16)
         out["n_bins_16um"] = int(sdata.tables["square_016um"].n_obs)

@@ -101,13 +101,61 @@ def test_default_channel_names_keep_rgb_order(reference):
 def test_16bit_and_float_images_read_like_their_8bit_original(reference, make, rule):
     img, ref = reference
     sdata = _object({"he": _element(make(img))})
-    with pytest.warns(UserWarning, match="not 8-bit: every tile is read with one rule"):
+    with pytest.warns(UserWarning, match="not uint8: every tile is read with one rule"):
         got = _features(sdata)
     np.testing.assert_array_equal(got, ref)  # 16-bit was clipped to white; floats in [0, 1] were truncated
     with pytest.warns(UserWarning, match=rule.replace("[", r"\[").replace("*", r"\*")):
         pyr = resolve(sdata).pyramid(LIB)
     assert rule in pyr.pixel_rule.rule
     assert pyr.pixel_rule is pyr.pixel_rule  # worked out once per image, kept on the pyramid
+
+
+def _twelve_bit(u: np.ndarray, bits: int = 12) -> np.ndarray:
+    """8-bit values as a ``bits``-bit scanner stores them in a 16-bit file (reads back to ``u`` exactly)."""
+    return np.round(u.astype(np.float64) * ((2**bits - 1) / 255)).astype(np.uint16)
+
+
+@pytest.mark.parametrize(
+    ("make", "rule"),
+    [
+        (lambda u: _twelve_bit(u, 12), "as 12-bit data (values up to 4095): x * 255 / 4095"),
+        (lambda u: _twelve_bit(u, 10), "as 10-bit data (values up to 1023): x * 255 / 1023"),
+        (lambda u: _twelve_bit(u, 14), "as 14-bit data (values up to 16383): x * 255 / 16383"),
+        (lambda u: u.astype(np.int32), "int32 scaled by its range as 8-bit data (values up to 255)"),
+        (lambda u: u.astype(np.int64), "int64 scaled by its range as 8-bit data (values up to 255)"),
+        (lambda u: u.astype(np.uint16), "uint16 scaled by its range as 8-bit data (values up to 255)"),
+    ],
+    ids=["uint16-12bit", "uint16-10bit", "uint16-14bit", "int32-8bit", "int64-8bit", "uint16-8bit"],
+)
+def test_integer_images_are_read_by_the_range_of_their_data(reference, make, rule):
+    """12-bit data in a uint16 file, or 0-255 values in an int32 image, were scaled by the dtype's full range
+    (x * 255 / 65535): the image read nearly black and every cell landed in one niche."""
+    img, ref = reference
+    sdata = _object({"he": _element(make(img))})
+    pattern = rule.replace("[", r"\[").replace("*", r"\*").replace("(", r"\(").replace(")", r"\)")
+    with pytest.warns(UserWarning, match=pattern) as seen:
+        nk.pp.histology_features(sdata, backbone="stain")
+    assert sum("not uint8" in str(w.message) for w in seen) == 1  # one warning for the image
+    table = sdata.tables["table"]
+    np.testing.assert_array_equal(table.obsm["X_stain"], ref)
+    assert rule in table.uns["X_stain"]["params"]["pixel_rule"][LIB]  # the rule is recorded with the features
+
+
+def test_integer_rule_keeps_full_range_16bit_and_uint8_as_they_were():
+    from nichekd._core.image import as_rgb_cyx, to_uint8
+
+    u8 = _he_uint8()
+    out, rule = to_uint8(u8)
+    assert out is u8 and rule == "uint8 kept"  # nichekd's own readers' uint8 images: untouched, not copied
+    assert as_rgb_cyx(u8) is u8
+    full = u8.astype(np.uint16) * np.uint16(257)
+    out, rule = to_uint8(full, spatial_axes=(1, 2))
+    assert rule.endswith("x * 255 / 65535") and "16-bit" in rule
+    np.testing.assert_array_equal(out, u8)
+    # one rule for a pyramid: a coarse level gives the sample, and the whole image is scaled by it
+    out, rule = to_uint8(_twelve_bit(u8), spatial_axes=(1, 2), sample_from=_twelve_bit(u8)[:, ::4, ::4])
+    assert "12-bit" in rule
+    np.testing.assert_array_equal(out, u8)
 
 
 def test_float_rule_comes_from_the_whole_image_not_each_tile(monkeypatch):
@@ -173,6 +221,58 @@ def test_fluorescence_channels_are_refused_as_not_he(reference, names):
     # beside an H&E image the fluorescence one is skipped, whatever its resolution
     both = _object({"if": _element(arr, names), "he": _element(img[:, ::2, ::2].copy(), mpp=2 * MPP)})
     assert resolve(both).library(LIB).image == "he"
+
+
+@pytest.mark.parametrize("name", ["gray", "grey", "L", "luminance", "brightfield", "intensity", "0"])
+def test_one_channel_of_any_name_is_grayscale(reference, name):
+    """A one-channel image named e.g. 'gray' or 'brightfield' was called a fluorescence or multiplex image."""
+    img, _ = reference
+    grey = img.mean(0, keepdims=True).astype(np.uint8)
+    with pytest.warns(UserWarning, match="grayscale"):
+        expected = _features(_object({"he": _element(grey)}), image_key="he")
+    sdata = _object({"he": _element(grey, None if name == "0" else [name])})
+    before = _snapshot(sdata)
+    # not chosen automatically (a one-channel image is often a fluorescence scan), but named as grayscale
+    with pytest.raises(ValueError, match=r"1 channel.*grayscale.*image_key=") as err:
+        nk.pp.histology_features(sdata, backbone="stain")
+    assert "fluorescence" not in str(err.value)
+    with pytest.raises(ValueError, match=r"1 channel.*grayscale") as err:
+        tissue_mask(sdata)
+    assert "fluorescence" not in str(err.value)
+    assert _snapshot(sdata) == before
+    # passed as image_key=: read as grayscale, with the grayscale warning
+    with pytest.warns(UserWarning, match="'he' is grayscale: read as RGB by repeating the channel"):
+        got = _features(sdata, image_key="he")
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("name", ["DAPI", "Hoechst 33342", "CD45", "AF488"])
+def test_one_fluorescence_channel_is_still_refused(reference, name):
+    img, _ = reference
+    sdata = _object({"he": _element(img[2:].copy(), [name])})
+    before = _snapshot(sdata)
+    for kwargs in ({}, {"image_key": "he"}):
+        with pytest.raises(ValueError, match=r"fluorescence or multiplex image, not H&E.*image_key="):
+            nk.pp.histology_features(sdata, backbone="stain", **kwargs)
+    assert _snapshot(sdata) == before
+
+
+def test_bool_image_says_what_to_do(reference):
+    img, _ = reference
+    sdata = _object({"he": _element(img > 128)})
+    before = _snapshot(sdata)
+    for call in (
+        lambda: nk.pp.histology_features(sdata, backbone="stain"),
+        lambda: nk.pp.histology_features(sdata, backbone="stain", image_key="he"),
+        lambda: tissue_mask(sdata),
+    ):
+        with pytest.raises(ValueError, match=r"binary mask \(bool\).*cannot be converted.*Pass image_key="):
+            call()
+    assert _snapshot(sdata) == before
+    from nichekd._core.image import as_rgb_cyx
+
+    with pytest.raises(ValueError, match=r"binary mask.*cannot be converted.*Pass image_key="):
+        as_rgb_cyx(img > 128)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -319,3 +419,54 @@ def test_labels_table_coordinates_in_other_units_pass_stale_ones_are_refused():
     t.obs["cell_id"] = [12, 1, 7, 99]
     with pytest.raises(ValueError, match=r"1 observations .* no label in the mask 'cells'.*99"):
         resolve(sdata)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 6. an object read lazily from a store that was deleted since
+
+
+def test_pixels_of_a_deleted_store_are_named_not_called_blank(reference, tmp_path):
+    """``read_zarr``, then the store deleted: zarr reads the missing chunks as zeros, and the image was reported
+    as "blank (constant pixels): a placeholder"."""
+    import shutil
+
+    img, _ = reference
+    store = tmp_path / "a.zarr"
+    _object({"he": _element(img)}).write(store)
+    lazy = sd.read_zarr(store)
+    shutil.rmtree(store)
+    before = _snapshot(lazy)
+    pattern = (
+        r"image 'he' is read lazily from files that no longer exist \(.*a\.zarr.*Read or build the object"
+    )
+    for call in (
+        lambda: nk.pp.histology_features(lazy, backbone="stain"),
+        lambda: nk.pp.histology_features(lazy, backbone="stain", image_key="he"),
+        lambda: tissue_mask(lazy),
+        lambda: resolve(lazy).pyramid(LIB),
+    ):
+        with pytest.raises(FileNotFoundError, match=pattern) as err:
+            call()
+        assert "blank" not in str(err.value).split("(zarr")[0]
+    assert _snapshot(lazy) == before and list(tmp_path.iterdir()) == []
+    # a pyramid built before the deletion names the files when its pixels are first read
+    _object({"he": _element(img)}).write(store)
+    lazy = sd.read_zarr(store)
+    pyr = _image.image_pyramid(lazy, "he", LIB)
+    shutil.rmtree(store)
+    with pytest.raises(FileNotFoundError, match=pattern):
+        _image.read_patches(pyr, CENTRES, 16.0, 16)
+
+
+def test_labels_of_a_deleted_store_are_named(tmp_path):
+    import shutil
+
+    sdata, _ = _labels_object()
+    nk.pp.set_units(sdata, microns_per_unit=1.0)
+    sdata.write(tmp_path / "m.zarr")
+    lazy = sd.read_zarr(tmp_path / "m.zarr")
+    shutil.rmtree(tmp_path / "m.zarr")
+    with pytest.raises(
+        FileNotFoundError, match=r"labels element 'cells' is read lazily from files that no longer"
+    ):
+        resolve(lazy, images=False)

@@ -90,8 +90,11 @@ def _spy(monkeypatch, name: str) -> list:
 # 1. a folder that is not a zarr store is never replaced
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
 @pytest.mark.parametrize("hidden_only", [False, True])
-def test_overwrite_refuses_a_folder_that_is_not_a_zarr_store(tmp_path, hidden_only):
+def test_overwrite_refuses_a_folder_that_is_not_a_zarr_store(tmp_path, hidden_only, overwrite):
+    """Without overwrite the message said "exists; pass overwrite=True to replace it", and overwrite=True then
+    refused: both say at once that the folder is no store and is never replaced."""
     folder = tmp_path / "results"
     (folder / "sub").mkdir(parents=True)
     (folder / ".notes").write_text("my notes")
@@ -99,9 +102,35 @@ def test_overwrite_refuses_a_folder_that_is_not_a_zarr_store(tmp_path, hidden_on
         (folder / "figure.png").write_bytes(bytes(range(256)))
         (folder / "sub" / "table.csv").write_text("a,b\n1,2\n")
     before = _snapshot(tmp_path)
-    with pytest.raises(ValueError, match=r"results is a folder but not a zarr store.*another path.*remove"):
-        nk.io.write(_tissue("new"), folder, overwrite=True)
+    with pytest.raises(
+        ValueError,
+        match=r"results is a folder but not a zarr store.*not even with overwrite=True.*another path",
+    ):
+        nk.io.write(_tissue("new"), folder, overwrite=overwrite)
     assert _snapshot(tmp_path) == before  # byte-identical, and no scratch folder left beside it
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_file_at_the_path_is_named_as_no_store_with_or_without_overwrite(tmp_path, overwrite):
+    (tmp_path / "file.zarr").write_text("precious")
+    before = _snapshot(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"is a file, not a zarr store.*not even with overwrite=True.*another path"
+    ):
+        nk.io.write(_tissue("new"), tmp_path / "file.zarr", overwrite=overwrite)
+    assert _snapshot(tmp_path) == before
+
+
+def test_an_empty_folder_is_named_and_overwrite_offered(tmp_path):
+    (tmp_path / NAME).mkdir()
+    before = _snapshot(tmp_path)
+    with pytest.raises(
+        FileExistsError, match=r"empty folder; pass overwrite=True to write the store into it"
+    ):
+        nk.io.write(_tissue("new"), tmp_path / NAME)
+    assert _snapshot(tmp_path) == before
+    nk.io.write(_tissue("new"), tmp_path / NAME, overwrite=True)
+    assert _marker(tmp_path / NAME) == "new"
 
 
 def test_overwrite_replaces_an_empty_folder_and_keeps_the_old_errors(tmp_path):
@@ -286,6 +315,42 @@ def test_lazy_elements_whose_files_were_deleted_are_named(tmp_path):
     ):
         nk.io.write(lazy, tmp_path / "b.zarr")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_wrong_argument_types_are_named(tmp_path):
+    sdata = _tissue("new")
+    before = _snapshot(tmp_path)
+    with pytest.raises(
+        TypeError, match=r"writes a SpatialData object, got an AnnData.*write_zarr.*write_h5ad"
+    ):
+        nk.io.write(sdata.tables["table"], tmp_path / "ad.zarr")
+    with pytest.raises(TypeError, match=r"writes a SpatialData object, got dict"):
+        nk.io.write({"table": sdata.tables["table"]}, tmp_path / "ad.zarr")
+    with pytest.raises(TypeError, match=r"nk.io.write: path must be a str or os.PathLike.*got int 5"):
+        nk.io.write(sdata, 5)
+    with pytest.raises(TypeError, match=r"nk.io.recover: path must be a str or os.PathLike.*got NoneType"):
+        nk.io.recover(None)
+    assert _snapshot(tmp_path) == before
+
+
+def test_recover_names_a_missing_path_and_a_file(tmp_path):
+    """nk.io.recover on a mistyped path, or on a plain file, returned [] as if all were well."""
+    (tmp_path / "notes.txt").write_text("mine")
+    before = _snapshot(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"nothere.zarr does not exist.*nothing to recover"):
+        nk.io.recover(tmp_path / "nothere.zarr")
+    with pytest.raises(FileNotFoundError, match=r"does not exist either"):
+        nk.io.recover(tmp_path / "no" / "such.zarr")
+    with pytest.raises(ValueError, match=r"notes.txt is a file, not a zarr store.*changed nothing"):
+        nk.io.recover(tmp_path / "notes.txt")
+    assert _snapshot(tmp_path) == before
+    nk.io.write(_tissue("a"), tmp_path / NAME)
+    assert nk.io.recover(tmp_path / NAME) == [] and nk.io.recover(tmp_path) == []  # stores, folders: fine
+    # a missing path with an interrupted write's leftovers beside it is recovered, as before
+    (tmp_path / NAME).rename(tmp_path / f".{NAME}.replaced-0123abcd")
+    with pytest.warns(UserWarning, match="put the previous store back"):
+        assert nk.io.recover(tmp_path / NAME)
+    assert _marker(tmp_path / NAME) == "a"
 
 
 # ---------------------------------------------------------------------------------------------------------------

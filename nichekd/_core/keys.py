@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 TABLE_KEY = "table"
 
 LIBRARY_KEY = "library"
@@ -32,7 +34,7 @@ def shapes_name(library: str, kind: str = "spot") -> str:
 
 
 def features_key(backbone_name: str) -> str:
-    """The default ``obsm`` key of features from a backbone: ``X_<name>`` with ``:`` and ``/`` made ``_``.
+    """The default ``obsm`` key of features from a backbone: ``X_<name>``, characters zarr refuses made ``_``.
 
     Takes the backbone's registered name (``BackboneSpec.name``), never a module's ``repr``.
 
@@ -41,4 +43,6 @@ def features_key(backbone_name: str) -> str:
     >>> features_key("hf-hub:MahmoodLab/UNI2-h")
     'X_hf-hub_MahmoodLab_UNI2-h'
     """
-    return "X_" + str(backbone_name).replace(":", "_").replace("/", "_")
+    # every character spatialdata cannot write to zarr (":" and "/" of hub names, "<locals>" of a class defined
+    # in a function) becomes "_"
+    return "X_" + re.sub(r"[^A-Za-z0-9_.-]", "_", str(backbone_name))

@@ -45,7 +45,7 @@ class Neighbourhoods:
         return np.where(self.mask[..., None], xy[safe] - xy[:, None, :], 0.0).astype(np.float32)
 
 
-def _group_codes(groups: np.ndarray | None, n: int) -> np.ndarray:
+def group_codes(groups: np.ndarray | None, n: int) -> np.ndarray:
     if groups is None:
         return np.zeros(n, dtype=np.int64)
     return np.unique(np.asarray(groups).astype(str), return_inverse=True)[1].ravel()
@@ -65,7 +65,7 @@ def estimate_radius(
     """
     xy = np.asarray(xy, dtype=float)
     n_neighbors_target = check_positive("n_neighbors_target", n_neighbors_target)
-    codes = _group_codes(groups, len(xy))
+    codes = group_codes(groups, len(xy))
     k = int(np.ceil(n_neighbors_target * 2)) + 1
     rng = np.random.default_rng(random_state)
     dists = []
@@ -111,6 +111,30 @@ def _zero_radius_message(xy: np.ndarray, codes: np.ndarray, n_neighbors_target: 
     )
 
 
+def warn_radius_extent(xy: np.ndarray, radius: float, codes: np.ndarray, max_neighbors: int) -> None:
+    """Warn when ``radius`` exceeds the extent (bounding-box diagonal) of every group the neighbours are found
+    in: every cell is then within the radius of every other, and a neighbourhood is just the nearest
+    ``max_neighbors`` cells whatever their distance (a radius in the wrong units, or a typo)."""
+    extents = [np.ptp(xy[codes == g], axis=0) for g in np.unique(codes) if (codes == g).sum() > 1]
+    if not extents:
+        return
+    largest = max(extents, key=lambda e: float(np.hypot(*e[:2])))
+    diagonal = float(np.hypot(*largest[:2]))
+    if radius <= diagonal:
+        return
+    import warnings
+
+    warnings.warn(
+        f"The neighbourhood radius {radius:g} um exceeds the extent of every section (the largest is "
+        f"{largest[0]:.4g} x {largest[1]:.4g} um, diagonal {diagonal:.4g} um): every cell is a neighbour of every "
+        f"other, so a neighbourhood is just the nearest {max_neighbors} cells whatever their distance. Radii "
+        "are in microns: pass radius_um= below the size of a section (a few cell or spot spacings), or leave "
+        "radius_um=None to estimate it.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def radius_neighbours(
     xy: np.ndarray,
     radius: float,
@@ -128,7 +152,8 @@ def radius_neighbours(
     m = int(max_neighbors) + 1
     index = np.full((n, m), -1, dtype=np.int64)
     distance = np.full((n, m), np.inf, dtype=np.float32)
-    codes = _group_codes(groups, n)
+    codes = group_codes(groups, n)
+    warn_radius_extent(xy, radius, codes, int(max_neighbors))
     for g in np.unique(codes):
         sel = np.flatnonzero(codes == g)
         tree = cKDTree(xy[sel])

@@ -12,10 +12,12 @@ from it in one ``grid_sample`` call. Reading one patch at a time through dask is
 
 Pixel values follow one rule per image (:attr:`ImagePyramid.pixel_rule`, from :mod:`nichekd._core.image`), the
 readers' rule, so that an image element made by hand or by another tool reads like one from a nichekd reader:
-channels by their names (``b, g, r`` reordered, alpha dropped), 16-bit values by their dtype's range and floats
-as ``[0, 1]`` or ``[0, 255]`` decided once from a sample of the whole image (never tile by tile, so patches of
-one image stay comparable). NaN and infinite pixels (scanner padding) are read as background, white glass, with
-one warning per image naming their share of the pixels read.
+channels by their names (``b, g, r`` reordered, alpha dropped), integers by the range their data were recorded in
+(8-bit values kept, 12-bit data in a 16-bit file ``x * 255 / 4095``, full-range 16-bit ``x * 255 / 65535``) and
+floats as ``[0, 1]`` or ``[0, 255]``, decided once from a sample of the whole image (never tile by tile, so
+patches of one image stay comparable). NaN and infinite pixels (scanner padding) are read as background, white
+glass, with one warning per image naming their share of the pixels read. An image read lazily from a store that
+was deleted since is refused, naming its files (:mod:`nichekd._core.backing`), before any pixel is read.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class ImagePyramid:
         """The :class:`~nichekd._core.image.PixelRule` of this image: channels and 8-bit scaling, worked out
         once from the whole image and applied alike to every tile of every level (its ``rule`` is the text to
         record)."""
-        return _level_rule(self.levels[0])
+        return level_rule(self.levels[0])
 
 
 class _Pixels:
@@ -141,8 +143,10 @@ def _image_rule(name: str, arrays: list[Any]):
     sample of the coarsest level still >= 512 px on its long side (the whole image, cheaply)."""
     import warnings
 
+    from .backing import check_element_files
     from .image import _RANGE_SAMPLE_SIDE, pixel_rule
 
+    check_element_files(arrays[-1], "image", name)  # a deleted store would read as blank pixels
     ref = arrays[0]
     for arr in arrays:  # finest first: keep the coarsest one that is still large enough
         if max(int(arr.sizes["y"]), int(arr.sizes["x"])) >= _RANGE_SAMPLE_SIDE:
@@ -157,7 +161,7 @@ def _image_rule(name: str, arrays: list[Any]):
         )
     if rule.scale is not None:
         warnings.warn(
-            f"Image {name!r} is {arrays[0].dtype}, not 8-bit: every tile is read with one rule for the whole "
+            f"Image {name!r} is {arrays[0].dtype}, not uint8: every tile is read with one rule for the whole "
             f"image ({rule.rule}).",
             UserWarning,
             stacklevel=4,
@@ -165,7 +169,7 @@ def _image_rule(name: str, arrays: list[Any]):
     return rule
 
 
-def _level_rule(level: ImageLevel):
+def level_rule(level: ImageLevel):
     """The pixel rule of the image ``level`` belongs to (from the level itself when it was built alone)."""
     if level.pixels is not None:
         return level.pixels.rule
@@ -192,7 +196,7 @@ def _warn_nonfinite(pixels: _Pixels | None, before: tuple[int, int]) -> None:
         )
 
 
-def _level_arrays(element) -> list[Any]:
+def level_arrays(element) -> list[Any]:
     """The ``(c, y, x)`` DataArray of every level, finest first, for a DataTree or a DataArray."""
     from xarray import DataTree
 
@@ -233,7 +237,7 @@ def image_pyramid(
         raise ValueError(
             f"The transformation of image {image_key!r} is singular; it cannot map microns to pixels."
         )
-    arrays = _level_arrays(element)
+    arrays = level_arrays(element)
     for arr in arrays:
         if set(arr.dims) != {"c", "y", "x"}:
             raise ValueError(
@@ -291,7 +295,7 @@ def _read_region(level: ImageLevel, x0: int, y0: int, x1: int, y1: int) -> np.nd
     cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
     if cx1 <= cx0 or cy1 <= cy0:
         return out
-    rule = _level_rule(level)
+    rule = level_rule(level)
     block = level.data.data[rule.read, cy0:cy1, cx0:cx1]
     # synchronous: tiles are already read ahead in our own threads, and a dask worker thread must never wait on
     # its own cluster (dask.config.set(scheduler=...) is process-global, so it cannot protect a worker thread)
@@ -393,7 +397,7 @@ def iter_patches(
     """
     centres = np.asarray(centres_um, dtype=float).reshape(-1, 2)
     lv = level if level is not None else pyramid.level_for(patch_size_um / out_px)
-    _level_rule(lv)  # the image's pixel rule (and its warning) is worked out here, not in a reader thread
+    level_rule(lv)  # the image's pixel rule (and its warning) is worked out here, not in a reader thread
     counted = (lv.pixels.nonfinite, lv.pixels.read) if lv.pixels is not None else (0, 0)
     h, w = lv.shape_yx
     scale = patch_size_um / out_px / min(lv.mpp_xy)  # level pixels per output pixel (finest axis)

@@ -12,15 +12,16 @@ import anndata as ad
 import numpy as np
 
 from .runtime import versions
+from .validate import NAME_RULE, invalid_name
 
 # anndata cannot write None: a record lists the keys whose value was None under this key instead
 UNSET_KEY = "unset"
 
 
-def _uns_safe(value: Any) -> Any:
+def uns_safe(value: Any) -> Any:
     """Plain containers anndata can write; None values of a mapping are listed under ``UNSET_KEY``."""
     if isinstance(value, Mapping):
-        out = {str(k): _uns_safe(v) for k, v in value.items() if v is not None and k != UNSET_KEY}
+        out = {str(k): uns_safe(v) for k, v in value.items() if v is not None and k != UNSET_KEY}
         listed = value.get(UNSET_KEY)
         listed = [] if listed is None else [str(k) for k in np.atleast_1d(listed)]
         unset = sorted({str(k) for k, v in value.items() if v is None} | set(listed))
@@ -28,7 +29,7 @@ def _uns_safe(value: Any) -> Any:
             out[UNSET_KEY] = unset
         return out
     if isinstance(value, tuple | list):
-        return [_uns_safe(v) for v in value if v is not None]
+        return [uns_safe(v) for v in value if v is not None]
     if isinstance(value, np.generic):
         return value.item()
     return value
@@ -51,6 +52,19 @@ def read_params(record: Any) -> dict[str, Any]:
     return out
 
 
+def latest_params(entry: Any) -> dict[str, Any]:
+    """The params of the latest run recorded in a ``uns`` entry (:func:`store_run`'s ``runs``), else its
+    ``params`` (:func:`store_params`), with unset keys back to None; empty when there is no record."""
+    if not isinstance(entry, Mapping):
+        return {}
+    runs = entry.get("runs")
+    if isinstance(runs, Mapping) and runs:
+        last = runs[max(runs, key=lambda r: int(str(r)[3:]) if str(r)[3:].isdigit() else -1)]
+        if isinstance(last, Mapping):
+            return read_params(last.get("params"))
+    return read_params(entry.get("params"))
+
+
 def store_params(
     adata: ad.AnnData, key_added: str, params: Mapping[str, Any], *, claim: Claim | None = None, **extra: Any
 ) -> None:
@@ -66,7 +80,7 @@ def store_params(
         record.update(claim.provenance())
     record["versions"] = versions()
     record["date"] = datetime.now(UTC).isoformat(timespec="seconds")
-    adata.uns[key_added] = _uns_safe({"params": record, **extra})
+    adata.uns[key_added] = uns_safe({"params": record, **extra})
     if claim is not None:
         claim.record(adata)
 
@@ -89,7 +103,7 @@ def store_run(
     runs[name] = {"params": record}
     entry["runs"] = runs
     entry.setdefault("params", record)
-    adata.uns[key_added] = _uns_safe(entry)
+    adata.uns[key_added] = uns_safe(entry)
     if claim is not None:
         claim.record(adata)
     return name
@@ -346,6 +360,45 @@ class Claim:
         _attrs(obj)[OWNERSHIP_KEY] = entry
 
 
+def _case_variant(obj: Any, slot: str, key: str) -> str | None:
+    """An existing key of ``slot`` that differs from the new ``key`` only in case (spatialdata refuses to write
+    both: stores on case-insensitive file systems would mix them up), or ``None``."""
+    if slot in ELEMENT_SLOTS:
+        existing = [name for kind in ELEMENT_SLOTS for name in getattr(obj, kind, {})]
+    elif slot in ("obs", "var"):
+        existing = list(getattr(obj, slot).columns)
+    elif slot in TABLE_SLOTS and slot != "X":
+        existing = list(getattr(obj, slot).keys())
+    else:
+        return None
+    if key in existing:
+        return None
+    return next((e for e in existing if isinstance(e, str) and e.lower() == key.lower()), None)
+
+
+def _check_names(obj: Any, targets: list, writer: str, rename: str | None) -> None:
+    """Refuse keys spatialdata cannot write to zarr (see :func:`nichekd._core.validate.invalid_name`), before
+    anything is written: a wrong type raises :class:`TypeError`, an unusable name :class:`ValueError`."""
+    bad, wrong_type = [], False
+    for slot, key in targets:
+        slot = str(slot)
+        if slot in ("X", SCALE_SLOT):  # no key of its own / a library's scale (the library's name)
+            continue
+        reason = invalid_name(key, column=slot in ("obs", "var"))
+        if reason is None and (other := _case_variant(obj, slot, key)) is not None:
+            reason = f"{_where(slot, other)} exists and differs from it only in case"
+        if reason is not None:
+            wrong_type |= not isinstance(key, str)
+            bad.append(f"{_where(slot, key)} ({reason})")
+    if not bad:
+        return
+    arg = rename.rstrip("=") if rename else "the key"
+    fix = f" Pass {rename} such a name." if rename else ""
+    raise (TypeError if wrong_type else ValueError)(
+        f"{_func(writer)} cannot write {'; '.join(bad)}: {arg} must be {NAME_RULE}.{fix} Nothing was written."
+    )
+
+
 def claim(
     obj: Any,
     targets: Any,
@@ -396,12 +449,14 @@ def claim(
     ValueError: nk.tl.teacher_niches would replace obs['library'] (the section of each observation), which holds data not written by nichekd (yours). Pass key_added= another name to keep it, or overwrite=True to replace it.
     """
     writer = WRITER_ALIASES.get(writer, writer)
+    targets = list(targets)
     pairs = list(dict.fromkeys((str(s), "X" if s == "X" else str(k)) for s, k in targets))
     for slot, _ in pairs:
         if slot not in (*TABLE_SLOTS, SCALE_SLOT, *ELEMENT_SLOTS):
             raise ValueError(f"Unknown slot {slot!r}.")
         if (slot in ELEMENT_SLOTS) == _is_table(obj):
             raise TypeError(f"Slot {slot!r} needs {'a SpatialData object' if _is_table(obj) else 'a table'}.")
+    _check_names(obj, targets, writer, rename)
     never = [msg for slot, key in pairs if (msg := _never(obj, slot, key)) is not None]
     if never:
         fix = f" Pass {rename} another name." if rename else ""

@@ -6,12 +6,41 @@ import platform
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 
+# the devices nichekd runs on: "auto" picks one, "cuda:<index>" names one GPU
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def check_device(device: Any, name: str = "device") -> str:
+    """The one device rule of every function taking ``device=``: ``"auto"``, ``"cpu"``, ``"cuda"``,
+    ``"cuda:<index>"`` or ``"mps"`` (an index is allowed on each but ``"auto"``; a ``torch.device`` of those is
+    taken as its string). Raises :class:`TypeError` / :class:`ValueError` naming ``device=`` and the allowed
+    values; torch is not imported (whether the device exists is :func:`resolve_device`'s check).
+
+    Examples
+    --------
+    >>> check_device("cuda:0")
+    'cuda:0'
+    """
+    if type(device).__name__ == "device" and type(device).__module__.startswith("torch"):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(
+            f"{name} must be one of {list(DEVICES)} or 'cuda:<index>', got {device!r} ({type(device).__name__})."
+        )
+    kind, _, index = device.partition(":")
+    if kind not in DEVICES or (index and (kind == "auto" or not index.isdigit())) or device.endswith(":"):
+        raise ValueError(f"{name} must be one of {list(DEVICES)} or 'cuda:<index>', got {device!r}.")
+    return device
+
 
 def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` picks CUDA, then Apple MPS, then CPU; anything else is passed to torch as given."""
+    """``"auto"`` picks CUDA, then Apple MPS, then CPU; anything else (checked by :func:`check_device`) is
+    passed to torch as given, once it exists on this machine."""
+    device = check_device(device)
     import torch
 
     if device != "auto":
@@ -19,12 +48,55 @@ def resolve_device(device: str = "auto") -> str:
             raise RuntimeError(
                 f"device={device!r} was requested but CUDA is not available; use device='cpu'."
             )
+        if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"device={device!r} was requested but this machine has {torch.cuda.device_count()} CUDA "
+                f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1}); use one of those or device='cpu'."
+            )
+        if device.startswith("mps") and not (
+            getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        ):
+            raise RuntimeError(
+                f"device={device!r} was requested but Apple MPS is not available; use device='cpu'."
+            )
         return device
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+@contextmanager
+def torch_threads(n_threads: int | None, *, at_most: bool = False) -> Iterator[None]:
+    """Run the block with ``n_threads`` torch threads, then restore the caller's setting.
+
+    ``None`` leaves torch's setting alone. ``at_most=True`` only ever lowers it (a small model gains nothing
+    from more threads and would oversubscribe a shared machine); otherwise the count is set as asked (an
+    encoder the user gave ``n_threads``). Either way the process-wide count is put back afterwards.
+
+    Examples
+    --------
+    >>> with torch_threads(1):  # doctest: +SKIP
+    ...     model(x)
+    """
+    if n_threads is None:
+        yield
+        return
+    if int(n_threads) < 1:
+        raise ValueError(f"n_threads must be at least 1, got {n_threads}.")
+    import torch
+
+    before = torch.get_num_threads()
+    target = min(int(n_threads), before) if at_most else int(n_threads)
+    if target == before:
+        yield
+        return
+    torch.set_num_threads(target)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextmanager

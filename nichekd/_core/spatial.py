@@ -38,20 +38,21 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .backing import check_element_files
 from .image import rgb_channels
 from .keys import SPATIAL_KEY, TABLE_KEY, image_name
-from .patches import _level_arrays, image_pyramid
-from .table import _region_key, get_table, library_column, spatial_coords
+from .patches import image_pyramid, level_arrays
+from .table import get_table, library_column, spatial_coords, table_region_keys
 from .units import (
-    _HD_BIN,
+    HD_BIN_NAME,
     VISIUM_FULLRES_DIAMETER_UM,
     VISIUM_SPOT_UM,
-    _linear_scale,
     _metadata,
     _scalefactors,
     _shape_size,
     _spaceranger,
     _visium_array_scale,
+    linear_scale,
 )
 
 # an image holds a library's spots when at least this share of them lies on it
@@ -121,7 +122,7 @@ class SpatialContext:
         return self._pyramids[cache_key]
 
 
-def _affine(element: Any, coordinate_system: str) -> np.ndarray:
+def affine_matrix(element: Any, coordinate_system: str) -> np.ndarray:
     from spatialdata.transformations import get_transformation
 
     t = get_transformation(element, to_coordinate_system=coordinate_system)
@@ -160,7 +161,7 @@ def _microns_per_shape_unit(
     if mpu is not None and np.isfinite(float(mpu)) and float(mpu) > 0:
         mpu = float(mpu)
         return mpu, (None if width is None else width * mpu), technology
-    hd = _HD_BIN.search(region or "")
+    hd = HD_BIN_NAME.search(region or "")
     if hd is not None or reader == "visium_hd":
         bin_um = float(hd.group(1)) if hd is not None else None
         if bin_um is not None and width:
@@ -187,7 +188,7 @@ def _microns_per_shape_unit(
     return None, None, technology
 
 
-def _centroids(shapes: Any) -> np.ndarray:
+def shape_centroids(shapes: Any) -> np.ndarray:
     geom = shapes.geometry
     if (geom.geom_type == "Point").all():
         return np.c_[geom.x.to_numpy(), geom.y.to_numpy()]
@@ -251,7 +252,8 @@ def _label_centroids(element: Any, ids: np.ndarray, lib: str, region: str, insta
     Pixel ``(col, row)`` covers ``[col, col + 1) x [row, row + 1)`` (spatialdata's geometry), so a pixel counts at
     its centre ``(col + 0.5, row + 0.5)``; the mask is read block by block (dask chunks), never whole.
     """
-    arr = _level_arrays(element)[0]
+    check_element_files(element, "labels element", region)  # deleted store: every cell would be background
+    arr = level_arrays(element)[0]
     if set(arr.dims) != {"y", "x"}:
         raise ValueError(f"Labels element {region!r} must be 2D with dims (y, x), got {tuple(arr.dims)}.")
     arr = arr.transpose("y", "x")
@@ -297,7 +299,7 @@ def _label_centroids(element: Any, ids: np.ndarray, lib: str, region: str, insta
     return np.c_[sums["x"].to_numpy()[pos] / n, sums["y"].to_numpy()[pos] / n]
 
 
-def _image_extent(sdata: Any, name: str, cs: str) -> tuple[np.ndarray, np.ndarray]:
+def image_extent(sdata: Any, name: str, cs: str) -> tuple[np.ndarray, np.ndarray]:
     """Corners (min, max) of an image's bounding box in ``cs`` units."""
 
     pyr = image_pyramid(sdata, name, cs)
@@ -305,10 +307,14 @@ def _image_extent(sdata: Any, name: str, cs: str) -> tuple[np.ndarray, np.ndarra
     return np.array([x0, y0]), np.array([x1, y1])
 
 
-def _is_placeholder(sdata: Any, name: str) -> bool:
-    """True for a constant image (an all-black or all-white stand-in): its coarsest level has no contrast."""
+def is_placeholder(sdata: Any, name: str) -> bool:
+    """True for a constant image (an all-black or all-white stand-in): its coarsest level has no contrast.
 
-    arr = _level_arrays(sdata.images[name])[-1]
+    An image read lazily from a store that was deleted since would read as one (zarr fills missing chunks):
+    that is refused first, naming the files (:func:`nichekd._core.backing.check_element_files`)."""
+
+    check_element_files(sdata.images[name], "image", name)
+    arr = level_arrays(sdata.images[name])[-1]
     data = arr.data
     h, w = int(arr.sizes["y"]), int(arr.sizes["x"])
     step = max(1, int(max(h, w) // 512))
@@ -327,15 +333,21 @@ def image_problem(sdata: Any, name: str, *, grey: bool = False) -> str | None:
     (a blank placeholder, such as spatialdata-io's all-black ``hires`` image of some Visium outputs).
     """
     problem = _channel_problem(sdata, name, grey=grey)
-    if problem is None and _is_placeholder(sdata, name):
+    if problem is None and is_placeholder(sdata, name):
         problem = _blank(name)
     return problem
 
 
 def _channel_problem(sdata: Any, name: str, *, grey: bool = False) -> str | None:
-    arr = _level_arrays(sdata.images[name])[0]
+    arr = level_arrays(sdata.images[name])[0]
     if set(arr.dims) != {"c", "y", "x"}:
         return f"The image {name!r} has dims {tuple(arr.dims)}, not (c, y, x): it is no 2D RGB image."
+    if arr.dtype == np.bool_:
+        return (
+            f"The image {name!r} is a binary mask (bool), not an H&E image: a mask holds no stain colour, so it "
+            "cannot be converted into one (a tissue mask belongs in sdata.labels, e.g. "
+            "spatialdata.models.Labels2DModel)."
+        )
     names = arr.coords["c"].values if "c" in arr.coords else range(int(arr.sizes["c"]))
     try:
         rgb_channels(list(names), arr.dtype, f"image {name!r}", grey=grey)
@@ -394,13 +406,13 @@ def _choose_image(
     for name, element in (getattr(sdata, "images", {}) or {}).items():
         if cs not in (get_transformation(element, get_all=True) or {}):
             continue
-        lo, hi = _image_extent(sdata, name, cs)
+        lo, hi = image_extent(sdata, name, cs)
         inside = ((xy_cs >= lo) & (xy_cs <= hi)).all(1).mean() if len(xy_cs) else 0.0
         if inside < _MIN_ON_IMAGE:
             off.append(f"{name!r} holds {inside:.0%}")
             continue
         problem = _channel_problem(sdata, name)  # fluorescence (e.g. Xenium morphology), 2 channels, ...
-        if problem is None and _is_placeholder(sdata, name):
+        if problem is None and is_placeholder(sdata, name):
             problem = _blank(name)
             skipped.append(name)
         if problem is not None:
@@ -514,7 +526,7 @@ def _choose_cs(sdata: Any, region_el: Any, coordinate_system: str | None, librar
 
     def rank(cs: str) -> tuple:
         has_image = any(cs in (get_transformation(im, get_all=True) or {}) for im in images.values())
-        native = np.allclose(_affine(region_el, cs), np.eye(3))
+        native = np.allclose(affine_matrix(region_el, cs), np.eye(3))
         return (not has_image, not native, cs != library, cs)
 
     return sorted(systems, key=rank)[0]
@@ -561,7 +573,7 @@ def resolve(
     if microns_per_unit is not None and (not np.isfinite(microns_per_unit) or microns_per_unit <= 0):
         raise ValueError(f"microns_per_unit must be a positive number, got {microns_per_unit!r}.")
     key, labels = library_column(table, library_key)
-    region_key, instance_key = _region_key(table)
+    region_key, instance_key = table_region_keys(table)
     is_sdata = not isinstance(sdata, ad.AnnData)
     xy_um = np.full((table.n_obs, 2), np.nan)
     libraries: dict[str, Library] = {}
@@ -581,7 +593,7 @@ def resolve(
         shapes = sdata.shapes[region] if is_sdata and region is not None and region in sdata.shapes else None
         if shapes is not None:
             cs = _choose_cs(sdata, shapes, coordinate_system, lib)
-            aff = _affine(shapes, cs)
+            aff = affine_matrix(shapes, cs)
             ids = table.obs[instance_key].to_numpy()[rows] if instance_key in table.obs else None
             pos = pd.Index(shapes.index).get_indexer(ids) if ids is not None else np.array([-1])
             if (pos < 0).any():
@@ -589,20 +601,20 @@ def resolve(
                     f"{int((pos < 0).sum())} observations of library {lib!r} have no shape in element {region!r} "
                     f"(matched through obs[{instance_key!r}]); the table and its element disagree."
                 )
-            centroids = _centroids(shapes)[pos]
+            centroids = shape_centroids(shapes)[pos]
             _check_table_coords(table, rows, centroids, lib, region)
             mpsu, diameter_um, technology = _microns_per_shape_unit(
                 sdata, table, lib, region, shapes, rows, centroids
             )
             xy_cs = centroids @ aff[:2, :2].T + aff[:2, 2]
-            unit_scale = _linear_scale(aff)  # coordinate-system units per shape unit
+            unit_scale = linear_scale(aff)  # coordinate-system units per shape unit
         elif is_sdata and region is not None and region in (getattr(sdata, "labels", {}) or {}):
             # a segmentation mask: each observation is a label; its position is the centroid of its pixels on
             # the full-resolution level, mapped by the element's own transformation (never obsm['spatial'], and
             # never a downscaled level, whose pixels are larger)
             mask = sdata.labels[region]
             cs = _choose_cs(sdata, mask, coordinate_system, lib)
-            aff = _affine(mask, cs)
+            aff = affine_matrix(mask, cs)
             if instance_key not in table.obs:
                 raise ValueError(
                     f"The table annotates labels element {region!r} but has no obs[{instance_key!r}] (the label "

@@ -7,10 +7,12 @@ import numpy as np
 import pandas as pd
 
 from .keys import LIBRARY_KEY, SPATIAL_KEY, TABLE_KEY
+from .validate import check_key
 
 
 def get_table(sdata, table_key: str = TABLE_KEY) -> ad.AnnData:
-    """Return the table, or raise naming the tables that exist."""
+    """Return the table, or raise naming the tables that exist (``table_key`` must be a string)."""
+    check_key("table_key", table_key)
     if isinstance(sdata, ad.AnnData):
         return sdata
     if table_key == TABLE_KEY and table_key not in sdata.tables and len(sdata.tables) == 1:
@@ -44,7 +46,7 @@ def spatial_coords(adata: ad.AnnData, spatial_key: str = SPATIAL_KEY) -> np.ndar
     return xy[:, :2]
 
 
-def _region_key(table: ad.AnnData) -> tuple[str | None, str | None]:
+def table_region_keys(table: ad.AnnData) -> tuple[str | None, str | None]:
     attrs = table.uns.get("spatialdata_attrs", {}) or {}
     return attrs.get("region_key"), attrs.get("instance_key")
 
@@ -54,8 +56,9 @@ def library_column(table: ad.AnnData, library_key: str | None = None) -> tuple[s
 
     ``library_key=None`` (or the default ``"library"`` where the table has no such column) uses
     ``obs['library']`` when present, else the table's region column (one library per annotated element), else a
-    single library called ``"library"``.
+    single library called ``"library"``. ``library_key`` must be a string or None.
     """
+    check_key("library_key", library_key, optional=True)
     if library_key == LIBRARY_KEY and library_key not in table.obs:
         library_key = None
     if library_key is not None:
@@ -70,7 +73,7 @@ def library_column(table: ad.AnnData, library_key: str | None = None) -> tuple[s
         return library_key, col.astype(str).to_numpy()
     if LIBRARY_KEY in table.obs:
         return library_column(table, LIBRARY_KEY)
-    region_key, _ = _region_key(table)
+    region_key, _ = table_region_keys(table)
     if region_key is not None and region_key in table.obs:
         return library_column(table, region_key)
     return None, np.full(table.n_obs, "library", dtype=object)

@@ -15,10 +15,10 @@ VISIUM_SPOT_UM = 55.0
 
 VISIUM_FULLRES_DIAMETER_UM = 65.0
 
-_HD_BIN = re.compile(r"square_(\d{3})um")
+HD_BIN_NAME = re.compile(r"square_(\d{3})um")
 
 
-def _linear_scale(affine: np.ndarray) -> float:
+def linear_scale(affine: np.ndarray) -> float:
     """Length scale of a 2D affine map (sqrt of the absolute determinant)."""
     return float(np.sqrt(abs(np.linalg.det(np.asarray(affine, dtype=float)[:2, :2]))))
 

@@ -217,6 +217,82 @@ def check_number_list(
     return tuple(int(v) for v in out) if integer else tuple(float(v) for v in out)
 
 
+def check_key(name: str, value: Any, *, optional: bool = False) -> str | None:
+    """A key argument (``table_key=``, ``library_key=``, ``teacher_key=``, ...): a string naming a table, a column
+    or an ``obsm`` entry (``None`` too where ``optional``), refused with a :class:`TypeError` naming the argument
+    before pandas or anndata see it (a list would fail there as "unhashable type").
+
+    Examples
+    --------
+    >>> check_key("table_key", "table")
+    'table'
+    >>> check_key("library_key", None, optional=True) is None
+    True
+    """
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        kind = "a string (or None)" if optional else "a string"
+        raise TypeError(f"{name} must be {kind} naming one key, got {value!r} ({type(value).__name__}).")
+    return value
+
+
+def check_keys(name: str, values: Any) -> list[str]:
+    """A string or a list of strings (``predictions=``), each a key; returned as a list.
+
+    Examples
+    --------
+    >>> check_keys("predictions", "student_niche")
+    ['student_niche']
+    """
+    if isinstance(values, str):
+        return [values]
+    if isinstance(values, Mapping) or not isinstance(values, Iterable):
+        raise TypeError(
+            f"{name} must be a string or a list of strings, got {values!r} ({type(values).__name__})."
+        )
+    out = list(values)
+    bad = [v for v in out if not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"{name} must be a string or a list of strings, got {values!r} (holding {bad[0]!r}).")
+    return out
+
+
+# spatialdata's rule for the names it writes to zarr (spatialdata._core.validation.check_valid_name, and for
+# table columns check_valid_dataframe_column_name): letters, digits, "_", "-", "."; not "." or ".."; not "__..."
+NAME_CHARACTERS = "_-."
+NAME_RULE = (
+    "a non-empty string of letters, digits, '_', '-' and '.', not '.' or '..' and not starting with '__' "
+    "(obs columns not '_index'), the names spatialdata can write to zarr"
+)
+
+
+def invalid_name(name: Any, *, column: bool = False) -> str | None:
+    """Why spatialdata could not write ``name`` (an element name, a table key, or with ``column`` an obs/var
+    column) to zarr, or ``None`` when it can. The same rule as spatialdata 0.7's ``check_valid_name``.
+
+    Examples
+    --------
+    >>> invalid_name("student_niche") is None
+    True
+    >>> invalid_name("a/b")
+    "'a/b' has a character other than letters, digits, '_', '-' and '.'"
+    """
+    if not isinstance(name, str):
+        return f"{name!r} is not a string but a {type(name).__name__}"
+    if not name:
+        return "the name is empty"
+    if name in (".", ".."):
+        return f"{name!r} is not a name"
+    if name.startswith("__"):
+        return f"{name!r} starts with '__'"
+    if not all(c.isalnum() or c in NAME_CHARACTERS for c in name):
+        return f"{name!r} has a character other than letters, digits, '_', '-' and '.'"
+    if column and name == "_index":
+        return "'_index' is reserved for the index of a table's columns"
+    return None
+
+
 # ------------------------------------------------------------------------------------------------- data
 def check_neighbour_target(
     value: float,

@@ -7,6 +7,13 @@ themselves) and add clear errors, ``in_tissue`` filtering and the options nichek
 layout below. To join sections use
 ``spatialdata.concatenate(parts, concatenate_tables=True, uns_merge="unique")``.
 
+The readers of nichekd's layout turn pixels into RGB ``uint8`` by the one rule of
+``nichekd._core.image.to_uint8``, the rule nichekd functions apply to any image element (spatialdata-io's
+included): ``uint8`` images are kept bit for bit; other integer images are scaled by the range their data were
+recorded in, read from a sample of the whole image (8-bit values in any integer type kept, 12-bit data in a
+16-bit file ``x * 255 / 4095``, full-range 16-bit data ``x * 255 / 65535``); floats as ``[0, 1]`` or
+``[0, 255]``. The rule applied is named in a warning.
+
 .. include the layout description from nichekd.io._build
 """
 

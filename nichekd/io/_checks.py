@@ -312,7 +312,7 @@ def check_image_holds_observations(sdata: Any, table_key: str, source: str | Pat
     the files, instead of a later step failing to find an image. Objects without any image pass (e.g. Xenium
     cells read without their H&E).
     """
-    from .._core.spatial import _is_placeholder, resolve
+    from .._core.spatial import is_placeholder, resolve
 
     images = sorted(getattr(sdata, "images", {}) or {})
     if not images:
@@ -321,7 +321,7 @@ def check_image_holds_observations(sdata: Any, table_key: str, source: str | Pat
     missing = [name for name, lib in ctx.libraries.items() if lib.image is None]
     if not missing:
         return
-    blank = [name for name in images if _is_placeholder(sdata, name)]
+    blank = [name for name in images if is_placeholder(sdata, name)]
     if len(blank) == len(images):
         raise ValueError(
             f"Every H&E image read from {source} is blank (constant placeholder pixels): {blank}. Provide the "

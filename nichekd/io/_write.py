@@ -33,6 +33,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anndata as ad
+
+from .._core.backing import check_backing_files
+
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
@@ -279,16 +283,41 @@ def recover(path: str | Path) -> list[str]:
     -------
     What was done, one sentence each (empty if there was nothing to repair). Putting a store back also warns.
 
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist and no interrupted write left anything beside it (a mistyped path).
+    ValueError
+        ``path`` is a file, not a store.
+
     Examples
     --------
     >>> import nichekd as nk
     >>> nk.io.recover("tissue.zarr")  # doctest: +SKIP
     ['put the previous store back at tissue.zarr (from .tissue.zarr.replaced-3f2a9c1d)']
     """
-    path = Path(path)
+    path = _as_path(path, "nk.io.recover")
     if not path.name or path.name in (".", ".."):
         raise ValueError(f"{str(path)!r} does not name a zarr store; pass e.g. 'tissue.zarr'.")
+    if os.path.lexists(path) and not path.is_dir():
+        raise ValueError(
+            f"{path} is a file, not a zarr store: nk.io.recover repairs the stores nk.io.write writes, and "
+            "changed nothing. Check the path."
+        )
     found = _siblings(path)
+    if not os.path.lexists(path) and not any(found.values()):
+        where = path.parent if path.parent.is_dir() else f"{path.parent}, which does not exist either"
+        raise FileNotFoundError(
+            f"{path} does not exist, and no interrupted nk.io.write left anything beside it (no "
+            f".{path.name}.writing-* or .{path.name}.replaced-* folder in {where}): there is nothing to "
+            "recover. Check the path."
+        )
+    return _recover(path, found)
+
+
+def _recover(path: Path, found: dict[str, dict[str, Path]] | None = None) -> list[str]:
+    """:func:`recover` without its checks of the path (:func:`write` runs it on paths that do not exist yet)."""
+    found = _siblings(path) if found is None else found
     writing, replaced = found["writing"], found["replaced"]
     live = {token for token, scratch in writing.items() if _owner_alive(scratch)}
     done: list[str] = []
@@ -331,7 +360,7 @@ def recover(path: str | Path) -> list[str]:
         warnings.warn(
             f"An earlier nk.io.write to {path} was interrupted mid-swap; " + "; ".join(repairs) + ".",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     return done
 
@@ -342,19 +371,31 @@ def recover(path: str | Path) -> list[str]:
 
 def _check_backing_files(sdata: Any) -> None:
     """Lazily read elements whose files were deleted cannot be written: say so before anything is written."""
-    try:
-        from spatialdata import get_dask_backing_files
+    check_backing_files(sdata, "Elements of this SpatialData object are", "so they cannot be written")
 
-        files = get_dask_backing_files(sdata)
-    except (ImportError, TypeError):  # not a SpatialData object, or an older spatialdata
-        return
-    missing = sorted(f for f in files if not os.path.exists(f))
-    if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise FileNotFoundError(
-            f"Elements of this SpatialData object are read lazily from files that no longer exist ({shown}); "
-            "their data are gone, so they cannot be written. Read or build the object again from its source."
+
+def _as_path(path: Any, caller: str) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, or a TypeError naming the argument and the type it takes."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"{caller}: path must be a str or os.PathLike naming a zarr store (e.g. 'tissue.zarr'), got "
+            f"{type(path).__name__} {path!r}."
         )
+    return Path(path)
+
+
+def _check_sdata(sdata: Any) -> None:
+    from spatialdata import SpatialData
+
+    if isinstance(sdata, SpatialData):
+        return
+    if isinstance(sdata, ad.AnnData):
+        raise TypeError(
+            "nk.io.write writes a SpatialData object, got an AnnData (a table alone). Write a table with "
+            "adata.write_zarr(path) or adata.write_h5ad(path), or wrap it in a SpatialData first: "
+            "nk.io.write(spatialdata.SpatialData(tables={'table': adata}), path)."
+        )
+    raise TypeError(f"nk.io.write writes a SpatialData object, got {type(sdata).__name__}.")
 
 
 def _swap(new: Path, path: Path, scratch: Path, old: Path) -> None:
@@ -386,13 +427,15 @@ def write(sdata: Any, path: str | Path, *, overwrite: bool = False, **kwargs: An
     Parameters
     ----------
     sdata
-        The :class:`~spatialdata.SpatialData` object.
+        The :class:`~spatialdata.SpatialData` object (a table alone: ``adata.write_zarr`` or
+        ``adata.write_h5ad``, or wrap it in a SpatialData).
     path
-        Destination zarr store (a folder, e.g. ``"tissue.zarr"``).
+        Destination zarr store (a folder, e.g. ``"tissue.zarr"``; a ``str`` or :class:`os.PathLike`).
     overwrite
         Replace an existing store at ``path`` (atomically, as above). Without it an existing path is refused.
-        A folder that is not a zarr store (no ``zarr.json``, ``.zgroup`` or ``.zattrs`` at its top level) is
-        never replaced; an empty folder is.
+        A file, or a folder that is not a zarr store (no ``zarr.json``, ``.zgroup`` or ``.zattrs`` at its top
+        level), is never replaced, and the message says so whatever ``overwrite`` is; an empty folder is
+        written into with ``overwrite=True``.
     **kwargs
         Passed to :meth:`spatialdata.SpatialData.write` (e.g. ``consolidate_metadata``).
 
@@ -406,28 +449,39 @@ def write(sdata: Any, path: str | Path, *, overwrite: bool = False, **kwargs: An
     >>> sdata = nk.datasets.synthetic_tissue(n_cells=500, random_state=0)  # doctest: +SKIP
     >>> nk.io.write(sdata, "tissue.zarr", overwrite=True)  # doctest: +SKIP
     """
-    path = Path(path)
+    _check_sdata(sdata)
+    path = _as_path(path, "nk.io.write")
     for key in ("overwrite", "update_sdata_path", "file_path"):
         if key in kwargs:
             raise TypeError(f"nk.io.write sets {key!r} itself; do not pass it.")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"The folder {path.parent} of {path} does not exist; create it first.")
-    recover(path)  # an earlier killed write may have left path missing or scratch folders behind
+    _recover(path)  # an earlier killed write may have left path missing or scratch folders behind
     if path.is_symlink():
         raise ValueError(
             f"{path} is a symbolic link (to {os.readlink(path)}); write to its target or remove the link."
         )
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"{path} exists; pass overwrite=True to replace it (the replacement is atomic)."
-        )
+    # what is at the path decides the message, with or without overwrite: a file or a folder that is not a zarr
+    # store is never replaced, so overwrite=True is offered only where it would work
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} exists and is a file, not a zarr store; remove it or choose another path.")
+        raise ValueError(
+            f"{path} exists and is a file, not a zarr store, so nk.io.write does not replace it (not even with "
+            "overwrite=True) and it was not changed. Choose another path, or remove the file yourself."
+        )
     if path.exists() and not _is_zarr_store(path) and any(path.iterdir()):
         raise ValueError(
             f"{path} is a folder but not a zarr store (no zarr.json, .zgroup or .zattrs in it), so "
-            "nk.io.write does not replace it and nothing in it was changed. Choose another path, or remove "
-            "the folder yourself if you no longer need what is in it."
+            "nk.io.write does not replace it (not even with overwrite=True) and nothing in it was changed. "
+            "Choose another path, or remove the folder yourself if you no longer need what is in it."
+        )
+    if path.exists() and not overwrite:
+        if not _is_zarr_store(path):
+            raise FileExistsError(
+                f"{path} exists as an empty folder; pass overwrite=True to write the store into it (nothing "
+                "is lost), or choose another path."
+            )
+        raise FileExistsError(
+            f"{path} exists (a zarr store); pass overwrite=True to replace it (the replacement is atomic)."
         )
     _check_backing_files(sdata)
     consolidate = bool(kwargs.pop("consolidate_metadata", True))

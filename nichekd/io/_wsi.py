@@ -322,15 +322,17 @@ def _rgb_levels(levels: list[Any], axes: str, dtype: Any, fmt: str, path: Path) 
             UserWarning,
             stacklevel=4,
         )
-    out, rule = [], "uint8 kept"
+    prepared = []
     for arr in levels:
         if gray:
             arr = da.stack([arr, arr, arr], axis=2)
         elif axes.index("S") == 0:  # planar RGB
             arr = arr.transpose(1, 2, 0)
-        arr = arr[..., :3]
-        if arr.dtype != np.uint8:
-            arr, rule = to_uint8(arr, source=path.name)
+        prepared.append(arr[..., :3])
+    out, rule = [], "uint8 kept"
+    for arr in prepared:
+        if arr.dtype != np.uint8:  # one rule for every level: sampled from the coarsest (cheap, whole image)
+            arr, rule = to_uint8(arr, source=path.name, sample_from=prepared[-1])
         out.append(arr)
     if rule != "uint8 kept":
         warnings.warn(f"{desc} is not 8-bit: rescaled to uint8 ({rule}).", UserWarning, stacklevel=4)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._core.neighbors import _group_codes
+from .._core.neighbors import group_codes
 
 BINS_PER_HALF_WIDTH = 2  # window = (2 * 2 + 1)^2 bins: 1.25x the nominal half-width at most, cheap
 
@@ -51,7 +51,7 @@ def context_means(
     xy = np.asarray(xy, dtype=np.float64)
     n, d = x.shape
     out = np.empty((n, len(scales), d), dtype=np.float32)
-    codes = _group_codes(groups, n)
+    codes = group_codes(groups, n)
     w = BINS_PER_HALF_WIDTH
     for si, scale in enumerate(scales):
         side = float(scale) * float(radius_um) / w

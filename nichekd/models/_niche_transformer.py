@@ -12,8 +12,6 @@ prediction), which keeps the K clusters from collapsing into one.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -22,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._core.neighbors import Neighbourhoods
+from .._core.runtime import torch_threads
 from ._position import fourier_position_features
 
 
@@ -96,19 +95,9 @@ class NicheTransformer(nn.Module):
             self.prototypes.weight.copy_(nn.functional.normalize(self.prototypes.weight, dim=-1))
 
 
-@contextmanager
-def torch_threads(n: int | None, device: str) -> Iterator[None]:
-    """Temporarily cap torch's CPU threads: for a model this small, several threads only add overhead (and
-    oversubscribe a shared machine); the previous setting is restored afterwards."""
-    if n is None or not str(device).startswith("cpu"):
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(int(n), old)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+def _cpu_threads(n: int | None, device: str):
+    """At most ``n`` torch threads on the CPU (this model is small: more only add overhead), none elsewhere."""
+    return torch_threads(n if str(device).startswith("cpu") else None, at_most=True)
 
 
 @torch.no_grad()
@@ -189,7 +178,7 @@ def train_niche_transformer(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.n_steps)
     bs = min(config.batch_size, len(latent))
     model.train()
-    with torch_threads(config.cpu_threads, device):
+    with _cpu_threads(config.cpu_threads, device):
         losses = _train_loop(model, opt, sched, latent, xy, nbrs, config, rng, gen, bs, device, progress)
     model.eval()
     return model, losses
@@ -235,7 +224,7 @@ def transformer_logits(
     """``(n, K)`` float32 logits for every cell, in chunks (no augmentation)."""
     model.eval()
     out = np.empty((len(latent), model.config.n_niches), dtype=np.float32)
-    with torch_threads(model.config.cpu_threads, device):
+    with _cpu_threads(model.config.cpu_threads, device):
         _logits_loop(model, latent, xy, nbrs, device, chunk, out)
     return out
 

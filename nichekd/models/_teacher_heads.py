@@ -73,7 +73,7 @@ def gmm_log_posterior(gmm, features: np.ndarray, progress: bool = False) -> np.n
     return out
 
 
-def _gmm_from_arrays(arrays: dict[str, np.ndarray], covariance_type: str):
+def gmm_from_arrays(arrays: dict[str, np.ndarray], covariance_type: str):
     from sklearn.mixture import GaussianMixture
 
     gmm = GaussianMixture(len(arrays["gmm_weights"]), covariance_type=covariance_type)

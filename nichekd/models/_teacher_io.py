@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ._integrity import arrays_digest, definition_digest, json_safe
-from ._teacher_heads import _gmm_from_arrays
+from ._teacher_heads import gmm_from_arrays
 
 
 def save_teacher(self: Any, path: str | Path) -> Path:
@@ -159,7 +159,7 @@ def load_teacher(cls: type, path: str | Path) -> Any:
         self.encoder_["standardise"] = std
     self.encoder_.update({k[4:]: v for k, v in arrays.items() if k.startswith("enc_")})
     if "gmm_weights" in arrays:
-        self.gmm_ = _gmm_from_arrays(arrays, self.covariance_type)
+        self.gmm_ = gmm_from_arrays(arrays, self.covariance_type)
     if torch_state is not None:
         from ._niche_transformer import NicheTransformer, TransformerConfig
 

@@ -36,6 +36,7 @@ from .._core.neighbors import (
     estimate_radius,
     radius_neighbours,
 )
+from .._core.reduction import WhitenedPCA, fit_whitened_pca
 from .._core.runtime import resolve_device, seed_everything, versions
 from ._context import context_means, context_reach
 from ._integrity import arrays_digest, definition_digest, json_safe
@@ -52,7 +53,6 @@ FORMAT_VERSION = 2
 DEFINING_FIELDS = ("n_niches", "niche_names", "radius_um", "architecture", "max_neighbors", "temperature",
                    "d_model", "n_layers", "n_heads", "hidden", "dropout", "n_components", "n_features",
                    "encoder", "features_key", "train_mean_neighbors", "context_scales", "n_members")  # fmt: skip
-PCA_MAX_CELLS = 20_000
 # seed-ensemble members at most (training time grows with each)
 MAX_MEMBERS = 32
 MAX_CONTEXT_SCALES = 8
@@ -60,6 +60,9 @@ MAX_CONTEXT_SCALES = 8
 TRAINING_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "patience", "min_epochs")
 MIN_STEPS_PER_EPOCH = 32
 MIN_BATCH = 32
+# AdamW steps of this size (or softmax temperatures this flat) only ever diverge or learn nothing
+MAX_LR = 10.0
+MAX_TEMPERATURE = 1000.0
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float):
@@ -205,7 +208,7 @@ class NicheStudent:
         if n_neighbors_target is not None:
             _val.check_positive("n_neighbors_target", n_neighbors_target)
         _val.check_optional_int("max_neighbors", max_neighbors, maximum=MAX_NEIGHBORS)
-        _val.check_positive("temperature", temperature)
+        _val.check_positive("temperature", temperature, maximum=MAX_TEMPERATURE)
         names = None
         if n_niches is not None:
             names = (
@@ -221,7 +224,7 @@ class NicheStudent:
             _val.check_int(name, value)
         _val.check_int("min_epochs", min_epochs, minimum=0)
         _val.check_int("n_members", n_members, maximum=MAX_MEMBERS)
-        _val.check_positive("lr", lr)
+        _val.check_positive("lr", lr, maximum=MAX_LR)
         _val.check_nonnegative("weight_decay", weight_decay)
         _val.check_fraction("val_fraction", val_fraction)
         _val.check_fraction("dropout", dropout)
@@ -370,32 +373,16 @@ class NicheStudent:
 
     def _fit_normalisation(self, x: np.ndarray, train: np.ndarray, rng: np.random.Generator) -> None:
         """Standardise on the training cells; reduce wide features to whitened principal components."""
-        sample = np.flatnonzero(train)
-        if len(sample) > PCA_MAX_CELLS:  # the statistics of 20k cells are plenty and keep this fast
-            sample = np.sort(rng.choice(sample, PCA_MAX_CELLS, replace=False))
-        xs = x[sample].astype(np.float64)
-        std = xs.std(0)
-        self.feature_mean = xs.mean(0).astype(np.float32)
-        self.feature_std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
-        self.projection = None
-        k = self.n_components
-        if k is not None and k < x.shape[1] and k < len(sample):
-            z = ((xs - self.feature_mean) / self.feature_std).astype(np.float32)
-            cov = (z.T @ z).astype(np.float64) / max(len(z) - 1, 1)
-            eigval, eigvec = np.linalg.eigh(cov)
-            eigval, eigvec = eigval[::-1][:k], eigvec[:, ::-1][:, :k]
-            # sign convention: largest loading positive, so the same data give the same projection
-            signs = np.sign(eigvec[np.abs(eigvec).argmax(0), np.arange(k)])
-            self.projection = (eigvec * (signs / np.sqrt(np.maximum(eigval, 1e-6)))).astype(np.float32)
+        reduction = fit_whitened_pca(x, train, self.n_components, rng)
+        self.feature_mean, self.feature_std, self.projection = (
+            reduction.mean,
+            reduction.std,
+            reduction.projection,
+        )
 
     def transform(self, features: np.ndarray, chunk: int = 65_536) -> np.ndarray:
         """Standardised (and reduced) network inputs ``(N, n_inputs)`` float32, computed in chunks."""
-        x = np.asarray(features)
-        out = np.empty((len(x), self.n_inputs), dtype=np.float32)
-        for s in range(0, len(x), chunk):
-            z = (x[s : s + chunk].astype(np.float32) - self.feature_mean) / self.feature_std
-            out[s : s + chunk] = z if self.projection is None else z @ self.projection
-        return out
+        return WhitenedPCA(self.feature_mean, self.feature_std, self.projection).transform(features, chunk)
 
     def _take_training_overrides(self, training: dict[str, Any]) -> None:
         """Training settings passed to ``fit`` (the old API): set on the model, with a FutureWarning."""
@@ -415,7 +402,7 @@ class NicheStudent:
         if "min_epochs" in training:
             self.min_epochs = _val.check_int("min_epochs", training["min_epochs"], minimum=0)
         if "lr" in training:
-            self.lr = _val.check_positive("lr", training["lr"])
+            self.lr = _val.check_positive("lr", training["lr"], maximum=MAX_LR)
         if "weight_decay" in training:
             self.weight_decay = _val.check_nonnegative("weight_decay", training["weight_decay"])
 
@@ -567,12 +554,16 @@ class NicheStudent:
                         loss.backward()
                         opt.step()
                         total += float(loss.detach()) * len(b)
+                    if not np.isfinite(total):
+                        self._diverged("training", total, epoch, member)
                     self.history["train_loss"].append(total / len(order))
                     if len(val_idx):
                         logits = self._logits(feats, xy, nbrs, val_idx, device, 2048, ctx)
                         vl = float(
                             distillation_loss(torch.from_numpy(logits), target[val_idx], self.temperature)
                         )
+                        if not np.isfinite(vl):
+                            self._diverged("validation", vl, epoch, member)
                         self.history["val_loss"].append(vl)
                         if epoch + 1 < min_epochs:
                             pass  # too early to select or stop
@@ -589,6 +580,8 @@ class NicheStudent:
                         bar.set_postfix(train=f"{self.history['train_loss'][-1]:.3f}")
                 if best_state is not None:
                     self.module.load_state_dict(best_state)
+                if not all(bool(torch.isfinite(p).all()) for p in self.module.parameters()):
+                    self._diverged("training", float("nan"), epoch, member)  # weights, after the last step
                 members.append(self.module)
                 if first is None:
                     first = (self.history, self.best_epoch)
@@ -597,6 +590,20 @@ class NicheStudent:
         self.module = members[0] if self.n_members == 1 else Ensemble(members).to(device)
         self.module.eval()
         return self
+
+    def _diverged(self, which: str, loss: float, epoch: int, member: int) -> None:
+        """Stop a fit whose loss is no longer finite (NaN weights would predict NaN probabilities and one niche
+        for every cell): the model is left unfitted."""
+        self.module = None
+        self.history = {"train_loss": [], "val_loss": []}
+        self.best_epoch = None
+        ensemble = f" (ensemble member {member})" if self.n_members > 1 else ""
+        raise ValueError(
+            f"The student's {which} loss became {loss} at epoch {epoch + 1}{ensemble}: training diverged with "
+            f"lr={self.lr:g} and temperature={self.temperature:g}. Lower lr= (default 1e-3) or bring temperature= "
+            "back towards the default 2, e.g. NicheStudent(lr=1e-3, temperature=2.0); no model was fitted and "
+            "nothing was written."
+        )
 
     # -- prediction --------------------------------------------------------------------------------------
     def _logits(

@@ -30,7 +30,7 @@ import pandas as pd
 
 from .._core import validate as _val
 from .._core.keys import LIBRARY_KEY, SPATIAL_KEY
-from .._core.neighbors import Neighbourhoods, estimate_radius, radius_neighbours
+from .._core.neighbors import DEFAULT_N_NEIGHBORS, Neighbourhoods, estimate_radius, radius_neighbours
 from .._core.spatial import micron_coords
 from .._core.table import library_labels
 
@@ -75,7 +75,6 @@ __all__ = [
 ]
 
 METHODS = ("aggregate", "composition", "transformer", "labels")
-DEFAULT_N_NEIGHBORS = 10
 MIN_CELLS_PER_LIBRARY = 10
 # hops of neighbourhood means (features grow n_rings-fold; CellCharter uses 3)
 MAX_RINGS = 10

@@ -27,8 +27,8 @@ from matplotlib.patches import Patch
 from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 
-from .._core.spatial import Library, SpatialContext, _image_extent, resolve
-from .._core.table import _region_key
+from .._core.spatial import Library, SpatialContext, image_extent, resolve
+from .._core.table import table_region_keys
 
 METHODS = (None, "matplotlib", "datashader")
 SPLITS = ("train", "test", "buffer")
@@ -137,7 +137,7 @@ def panel_source(
         image_key=image_key if isinstance(image_key, str) else None,
         images=spatial and image_key is not False,
     )
-    _, instance_key = _region_key(table)
+    _, instance_key = table_region_keys(table)
     made: dict[str, Any] = {}
     where: dict[str, tuple] = {}
     for name, lib in ctx.libraries.items():
@@ -199,14 +199,14 @@ def _check_image(sdata, panel: Panel, *, explicit: bool) -> None:
         return
     share = {}
     for name in names:
-        (x0, y0), (x1, y1) = _image_extent(sdata, name, panel.coordinate_system)
+        (x0, y0), (x1, y1) = image_extent(sdata, name, panel.coordinate_system)
         xy = panel.xy
         share[name] = float(
             ((xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)).mean()
         )
     if max(share.values()) < 0.5:
         best = max(share, key=share.get)
-        (x0, y0), (x1, y1) = _image_extent(sdata, best, panel.coordinate_system)
+        (x0, y0), (x1, y1) = image_extent(sdata, best, panel.coordinate_system)
         raise ValueError(
             f"Library {panel.library!r}: only {share[best]:.0%} of the {panel.shapes} lie on image {best!r} "
             f"(x {x0:.0f}-{x1:.0f}, y {y0:.0f}-{y1:.0f} in coordinate system {panel.coordinate_system!r}). "
@@ -253,15 +253,15 @@ def _shapes_in_cs(gdf, instances: np.ndarray, coordinate_system: str):
     from spatialdata.models import ShapesModel
     from spatialdata.transformations import Identity
 
-    from .._core.spatial import _affine
-    from .._core.units import _linear_scale
+    from .._core.spatial import affine_matrix
+    from .._core.units import linear_scale
 
-    aff = _affine(gdf, coordinate_system)
+    aff = affine_matrix(gdf, coordinate_system)
     part = gdf.loc[instances]
     geometry = np.asarray(part.geometry.values)
     if not np.allclose(aff, np.eye(3)):
         geometry = shapely.transform(geometry, lambda c: c @ aff[:2, :2].T + aff[:2, 2])
-    data = {"radius": part["radius"].to_numpy(dtype=float) * _linear_scale(aff)} if "radius" in part else {}
+    data = {"radius": part["radius"].to_numpy(dtype=float) * linear_scale(aff)} if "radius" in part else {}
     moved = gpd.GeoDataFrame(data, geometry=geometry, index=part.index)
     return ShapesModel.parse(moved, transformations={DRAW_CS: Identity()})
 
@@ -310,9 +310,9 @@ def _panel_sdata(source, table: ad.AnnData, panel: Panel, table_key: str):
 
 def _rgb_channels(element) -> list | None:
     """The first three channels of an RGBA image (spatialdata-plot would otherwise blend four channels)."""
-    from .._core.patches import _level_arrays
+    from .._core.patches import level_arrays
 
-    channels = list(_level_arrays(element)[0].coords["c"].values)
+    channels = list(level_arrays(element)[0].coords["c"].values)
     return channels[:3] if len(channels) == 4 else None
 
 

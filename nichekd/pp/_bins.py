@@ -14,9 +14,9 @@ from .._core import validate as _val
 from .._core.docs import inject_docs
 from .._core.keys import INSTANCE_KEY, REGION_KEY, SPATIAL_KEY, TABLE_KEY
 from .._core.records import claim, store_params
-from .._core.spatial import _affine, _centroids, resolve
-from .._core.table import _region_key
-from .._core.units import _HD_BIN, _linear_scale
+from .._core.spatial import affine_matrix, resolve, shape_centroids
+from .._core.table import table_region_keys
+from .._core.units import HD_BIN_NAME, linear_scale
 
 
 @inject_docs
@@ -96,7 +96,7 @@ def aggregate_bins(
             f"Table {table_key!r} has no obs{missing}: aggregate_bins groups bins on Space Ranger's bin array "
             "(array_row, array_col), which Visium HD readers keep."
         )
-    region_key, instance_key = _region_key(table)
+    region_key, instance_key = table_region_keys(table)
     region_key, instance_key = region_key or REGION_KEY, instance_key or INSTANCE_KEY
     arr = table.obs[["array_col", "array_row"]].to_numpy(dtype=np.int64)
 
@@ -117,13 +117,13 @@ def aggregate_bins(
         f = int(round(factor))
         shapes = sdata.shapes[lib.region]
         element = (
-            lib.region.replace(_HD_BIN.search(lib.region).group(0), size_tag)
-            if _HD_BIN.search(lib.region)
+            lib.region.replace(HD_BIN_NAME.search(lib.region).group(0), size_tag)
+            if HD_BIN_NAME.search(lib.region)
             else f"{name}_{size_tag}"
         )
         names.append(element)
         pos = pd.Index(shapes.index).get_indexer(table.obs[instance_key].to_numpy()[lib.rows])
-        plans.append((name, lib, f, shapes, element, _centroids(shapes)[pos]))
+        plans.append((name, lib, f, shapes, element, shape_centroids(shapes)[pos]))
 
     # the new table and shapes: a re-run replaces its own, anything else only with overwrite=True
     written = claim(
@@ -156,7 +156,7 @@ def aggregate_bins(
             / counts[:, None]
         )
         half = bin_size_um / (
-            2 * lib.microns_per_unit * _linear_scale(_affine(shapes, lib.coordinate_system))
+            2 * lib.microns_per_unit * linear_scale(affine_matrix(shapes, lib.coordinate_system))
         )
         import shapely
 

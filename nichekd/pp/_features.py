@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,8 +18,8 @@ from .._core.feature_record import FEATURE_SETTINGS, FITTED_SETTINGS, NAMING_SET
 from .._core.keys import INSTANCE_KEY, LIBRARY_KEY, SPLIT_KEY, TABLE_KEY
 from .._core.keys import features_key as default_features_key
 from .._core.records import claim, store_params
-from .._core.runtime import resolve_device
-from .._core.spatial import _centroids, resolve
+from .._core.runtime import check_device, resolve_device
+from .._core.spatial import resolve, shape_centroids
 from .._core.table import get_table, library_labels
 from ..models import encoders as _enc
 from . import _grid
@@ -50,7 +51,7 @@ def _centres(sdata, table: ad.AnnData, lib, shapes_key: str) -> np.ndarray:
             "of this library."
         )
     aff = np.asarray(transforms[cs].to_affine_matrix(input_axes=("x", "y"), output_axes=("x", "y")))
-    xy = _centroids(shapes) @ aff[:2, :2].T + aff[:2, 2]
+    xy = shape_centroids(shapes) @ aff[:2, :2].T + aff[:2, 2]
     instance_key = table.uns.get("spatialdata_attrs", {}).get("instance_key", INSTANCE_KEY)
     pos = pd.Index(shapes.index).get_indexer(table.obs[instance_key].to_numpy()[lib.rows])
     if (pos < 0).any():
@@ -125,6 +126,28 @@ def check_feature_args(**given: Any) -> None:
     for name, value in given.items():
         if name in checks:
             checks[name](value)
+
+
+def check_grid_extent(grid_um: float, centres: Mapping[str, np.ndarray]) -> None:
+    """Refuse a grid spacing larger than every section (each observation would read out the same few nodes:
+    one feature row for all); warn when it exceeds some sections only. ``centres``: micron positions per
+    section."""
+    extents = {
+        lib: np.ptp(np.asarray(c, float).reshape(-1, 2), axis=0) for lib, c in centres.items() if len(c)
+    }
+    over = {lib: e for lib, e in extents.items() if grid_um > e.max()}
+    if not over:
+        return
+    shown = "; ".join(f"{lib!r}: {e[0]:.4g} x {e[1]:.4g} um" for lib, e in list(over.items())[:4])
+    message = (
+        f"grid_um={grid_um:g} is larger than the extent of {'every section' if len(over) == len(extents) else 'some sections'} "
+        f"({shown}): all observations of such a section read out the same few grid nodes, so they get (nearly) "
+        "one feature row. The grid spacing is in microns: use one well below the section (about the patch or "
+        "spot spacing), or grid_um=None for one patch per observation."
+    )
+    if len(over) == len(extents):
+        raise ValueError(message)
+    warnings.warn(message, UserWarning, stacklevel=3)
 
 
 @inject_docs
@@ -254,6 +277,9 @@ def histology_features(
         mpp=mpp, stain_normalization=stain_normalization, standardize=standardize, grid_um=grid_um,
         precision=precision, n_threads=n_threads,
     )  # fmt: skip
+    check_device(device)  # every backbone: the handcrafted ones run on the CPU, but a typo is still refused
+    for key_name, key in (("features_key", features_key), ("shapes_key", shapes_key)):
+        _val.check_key(key_name, key, optional=True)
     table = get_table(sdata, table_key)
     spec = _enc.resolve_spec(
         backbone, input_size=input_size, mpp=mpp, mean=mean, std=std, checkpoint_path=checkpoint_path
@@ -272,6 +298,8 @@ def histology_features(
     else:
         patch_size_um = float(patch_size_um if patch_size_um is not None else spec.input_size * spec.mpp)
         per_lib = _plan(sdata, table_key, library_key, image_key, shapes_key, patch_size_um, spec)
+        if grid_um is not None:
+            check_grid_extent(float(grid_um), {lib: p["centres"] for lib, p in per_lib.items()})
 
     settings = {
         "backbone": name, "weights": spec.weights, "checkpoint_path": None if checkpoint_path is None else str(checkpoint_path),

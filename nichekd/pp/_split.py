@@ -17,7 +17,7 @@ import pandas as pd
 from .._core import validate as _val
 from .._core.docs import inject_docs
 from .._core.keys import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY
-from .._core.records import claim, store_params
+from .._core.records import cells_fingerprint, claim, latest_params, store_params, written_by
 from .._core.spatial import micron_coords
 from .._core.table import get_table, library_labels
 
@@ -131,6 +131,80 @@ def split_fingerprint(adata: ad.AnnData, split_key: str) -> str:
     return hashlib.sha256(labels.tobytes()).hexdigest()[:16]
 
 
+def check_split_label(
+    adata: ad.AnnData, split_key: str, label: str, *, use: str, argument: str | None = None
+) -> None:
+    """Refuse a split column without any ``label`` cell, listing the values it holds (``'Train'``, booleans,
+    ...) and how to make one nichekd reads (``use``: what the caller does with those cells; ``argument``: the
+    argument that picks the label, if any)."""
+    counts = adata.obs[split_key].astype(str).value_counts(dropna=False)
+    if label in counts.index and counts[label] > 0:
+        return
+    found = {str(v): int(n) for v, n in counts.items() if n > 0}
+    shown = dict(list(found.items())[:10])
+    ours = sorted(set(found) & set(SPLIT_LABELS))
+    if ours and argument is not None:
+        fix = f"pass {argument} one of the labels it holds ({ours})"
+    elif ours:
+        fix = (
+            f"this one has none: redo it with nk.pp.spatial_split(sdata, key_added={split_key!r}, overwrite=True) "
+            "(a smaller buffer_um=, another test_strip=)"
+        )
+    else:
+        fix = (
+            f"run nk.pp.spatial_split(sdata, key_added={split_key!r}, overwrite=True) to make one, or relabel "
+            f"yours to lower-case 'train'/'test'/'buffer' (e.g. obs[{split_key!r}] = obs[{split_key!r}].astype(str)"
+            ".str.lower(); for booleans, np.where(is_test, 'test', 'train'))"
+        )
+    raise ValueError(
+        f"No cells with obs[{split_key!r}] == {label!r}: {use} the cells labelled {label!r}, and obs[{split_key!r}] "
+        f"holds {shown}{' ...' if len(found) > len(shown) else ''}. nichekd's splits (nk.pp.spatial_split) label "
+        f"cells 'train', 'test' and 'buffer': {fix}."
+    )
+
+
+def split_record(adata: ad.AnnData, split_key: str | None) -> dict:
+    """What a fit records about the split it respected (``split_fingerprint``, and ``split_cells``: which
+    cells it was computed on), for :func:`stale_split`; empty without a split."""
+    if split_key is None or split_key not in adata.obs:
+        return {}
+    return {"split_fingerprint": split_fingerprint(adata, split_key), "split_cells": cells_fingerprint(adata)}
+
+
+_REFIT = {
+    "distill": "nk.tl.distill(sdata, key_added={key!r}, ...)",
+    "histology_baseline": "nk.tl.histology_baseline(sdata, key_added={key!r}, ...)",
+    "predict_niches": "nk.tl.distill(sdata, ...) and nk.tl.predict_niches(sdata, model, key_added={key!r})",
+}
+
+
+def stale_split(adata: ad.AnnData, key: str, split_key: str) -> str | None:
+    """Why ``obs[key]`` (a student's or a baseline's niches) was fitted with another split than today's
+    ``obs[split_key]``, or ``None`` when it was not (or nothing says which split it was fitted with).
+
+    ``nk.tl.distill`` and ``nk.tl.histology_baseline`` record the fingerprint of the split they fitted on (and
+    ``nk.tl.predict_niches`` the one of the model distill returned) with the cells it was computed on; on
+    those same cells, another fingerprint now means the split was redone after the fit: today's held-out cells
+    may be cells it was trained on.
+    """
+    entry = adata.uns.get(key)
+    params = latest_params(entry)
+    was = params.get("split_fingerprint")
+    if was is None or params.get("split_key") != split_key or split_key not in adata.obs:
+        return None
+    same_cells = params.get("split_cells") == cells_fingerprint(adata)
+    if not same_cells or str(was) == split_fingerprint(adata, split_key):
+        return None
+    writer = written_by(adata, "obs", key) or str(params.get("function") or "distill")
+    fix = _REFIT.get(writer, _REFIT["distill"]).format(key=key)
+    return (
+        f"obs[{key!r}] was fitted with another split than today's obs[{split_key!r}]: the split was redone after "
+        f"nk.tl.{writer}, so cells held out now may be cells it was trained on, and its scores would be "
+        f"inflated. Re-run {fix} on this split, or evaluate with the split it was trained on (restore that "
+        f"obs[{split_key!r}], or pass split_key= a column holding it)."
+    )
+
+
 def warn_features_fitted_on_all(adata: ad.AnnData, keys, split_key: str, stacklevel: int = 3) -> None:
     """Warn about features whose fitted statistics let test cells move training features: a stain reference
     from every cell, or a library z-score of a library that has both test and other cells."""
@@ -227,27 +301,92 @@ def _rect_distance(xy: np.ndarray, rects: np.ndarray) -> np.ndarray:
     return np.sqrt(dx**2 + dy**2).min(1)
 
 
-def _grid_split(xy: np.ndarray, nx: int, ny: int, test_blocks: np.ndarray, buffer_um: float) -> np.ndarray:
-    """Label one section's cells on an ``nx`` x ``ny`` grid of its bounding box; ``test_blocks`` are flat ids."""
+def _grid_parts(
+    xy: np.ndarray, nx: int, ny: int, test_blocks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One section's cells on an ``nx`` x ``ny`` grid of its bounding box (``test_blocks``: flat ids): whether
+    each is test, and the test and train block rectangles (outer edges open: only internal borders count)."""
     lo, hi = xy.min(0), xy.max(0)
     span = np.maximum(hi - lo, 1e-9)
     bx = np.minimum(((xy[:, 0] - lo[0]) / span[0] * nx).astype(int), nx - 1)
     by = np.minimum(((xy[:, 1] - lo[1]) / span[1] * ny).astype(int), ny - 1)
     block = by * nx + bx
     is_test = np.isin(block, test_blocks)
-    # block rectangles; outer edges open so only internal borders count
     xe = lo[0] + span[0] * np.arange(nx + 1) / nx
     ye = lo[1] + span[1] * np.arange(ny + 1) / ny
     xe[0], xe[-1], ye[0], ye[-1] = -np.inf, np.inf, -np.inf, np.inf
     ids = np.arange(nx * ny)
     rects = np.stack([xe[ids % nx], xe[ids % nx + 1], ye[ids // nx], ye[ids // nx + 1]], 1)
-    test_rects = rects[np.isin(ids, test_blocks)]
-    train_rects = rects[~np.isin(ids, test_blocks)]
+    return is_test, rects[np.isin(ids, test_blocks)], rects[~np.isin(ids, test_blocks)]
+
+
+def _border_distance(xy: np.ndarray, is_test: np.ndarray, test_rects: np.ndarray, train_rects: np.ndarray):
+    """Each cell's distance to the other side of the split (a test cell's to the train blocks, and back)."""
+    return np.where(is_test, _rect_distance(xy, train_rects), _rect_distance(xy, test_rects))
+
+
+def grid_split(xy: np.ndarray, nx: int, ny: int, test_blocks: np.ndarray, buffer_um: float) -> np.ndarray:
+    """Label one section's cells on an ``nx`` x ``ny`` grid of its bounding box; ``test_blocks`` are flat ids."""
+    is_test, test_rects, train_rects = _grid_parts(xy, nx, ny, test_blocks)
     labels = np.where(is_test, "test", "train").astype(object)
     if buffer_um > 0:
-        dist_other = np.where(is_test, _rect_distance(xy, train_rects), _rect_distance(xy, test_rects))
+        dist_other = _border_distance(xy, is_test, test_rects, train_rects)
         labels[dist_other < buffer_um] = "buffer"
     return labels
+
+
+def _round_down(value: float) -> float:
+    """``value`` rounded down to 0.1 (a buffer suggested from a distance must still keep that cell)."""
+    return float(np.floor(value * 10.0) / 10.0)
+
+
+def _empty_part_message(
+    part: str,
+    xy: np.ndarray,
+    layouts: list,
+    method: str,
+    n_strips: int,
+    test_strip: int,
+    buffer_um: float,
+    buffer_from: str | None,
+) -> str:
+    """Why the split leaves no ``part`` cells, and values that would leave some: the largest buffer keeping
+    one (and ``MIN_PART_CELLS``) of them in this layout, and for strips the most strips that would."""
+    dists = []
+    for sel, nx, ny, test_blocks in layouts:
+        is_test, test_rects, train_rects = _grid_parts(xy[sel], nx, ny, test_blocks)
+        mine = is_test if part == "test" else ~is_test
+        dists.append(_border_distance(xy[sel], is_test, test_rects, train_rects)[mine])
+    d = np.sort(np.concatenate(dists))[::-1] if dists else np.zeros(0)
+    given = "" if buffer_from in (None, "given") else f", {buffer_from}"
+    tries = []
+    if len(d) and d[0] > 0:
+        one = _round_down(float(d[0]))
+        many = _round_down(float(d[MIN_PART_CELLS - 1])) if len(d) >= MIN_PART_CELLS else None
+        keeps = f"buffer_um={one:g} (the largest that keeps {part} cells"
+        if many is not None and many > 0:
+            keeps += f"; {many:g} keeps {MIN_PART_CELLS} of them"
+        tries.append(keeps + ")")
+    if method == "strips":
+        for n in range(n_strips - 1, 1, -1):
+            ts = min(test_strip, n - 1)
+            labels = np.concatenate(
+                [grid_split(xy[sel], 1, n, np.array([ts]), buffer_um) for sel, *_ in layouts]
+            )
+            if (labels == "train").any() and (labels == "test").any():
+                tries.append(f"n_strips={n}, test_strip={ts} (wider strips, with this buffer)")
+                break
+        tries.append("method='blocks'")
+    else:
+        tries.append("a larger test_fraction= or fewer n_blocks=")
+    tries.append("method='libraries' with whole held-out sections")
+    return (
+        f"The split leaves no {part} cells: every {part} cell lies within buffer_um={buffer_um:.4g} um"
+        f"{given} of the other side, so it became 'buffer' (the sections are small for this buffer). Try "
+        + "; or ".join(tries)
+        + ". A buffer below half the patch size lets train and test patches share pixels (distill then refuses "
+        "the features unless buffer_um= was given explicitly)."
+    )
 
 
 def _check_spread(xy: np.ndarray, library: str, method: str) -> None:
@@ -403,6 +542,8 @@ def spatial_split(
     test_fraction = _val.check_fraction("test_fraction", test_fraction, low_open=True)
     _val.check_optional_nonnegative("buffer_um", buffer_um, unit="microns")
     _val.check_seed("random_state", random_state)
+    for name, value in (("features_key", features_key), ("teacher_key", teacher_key)):
+        _val.check_key(name, value, optional=True)
     adata = get_table(sdata, table_key)
     # the keys written, checked before anything is computed or written
     written = claim(
@@ -441,6 +582,7 @@ def spatial_split(
     rng = np.random.default_rng(random_state)
     labels = np.empty(adata.n_obs, dtype=object)
     codes = np.asarray(libs.codes)
+    layouts = []  # (cells, nx, ny, test blocks) of each section, for the message below
     for li, lib in enumerate(lib_names):
         sel = np.flatnonzero(codes == li)
         if method != "libraries":
@@ -448,7 +590,8 @@ def spatial_split(
         if method == "libraries":
             labels[sel] = "test" if lib in test_libraries else "train"
         elif method == "strips":
-            labels[sel] = _grid_split(xy[sel], 1, n_strips, np.array([test_strip]), buffer_um)
+            labels[sel] = grid_split(xy[sel], 1, n_strips, np.array([test_strip]), buffer_um)
+            layouts.append((sel, 1, n_strips, np.array([test_strip])))
         else:
             nb = n_blocks * n_blocks
             counts = np.bincount(block_ids(xy[sel], n_blocks), minlength=nb)
@@ -456,12 +599,15 @@ def spatial_split(
             reached = np.cumsum(counts[order]) / max(len(sel), 1)
             n_test = int(np.searchsorted(reached, test_fraction) + 1)
             n_test = min(n_test, nb - 1)
-            labels[sel] = _grid_split(xy[sel], n_blocks, n_blocks, order[:n_test], buffer_um)
+            labels[sel] = grid_split(xy[sel], n_blocks, n_blocks, order[:n_test], buffer_um)
+            layouts.append((sel, n_blocks, n_blocks, order[:n_test]))
     if not (labels == "train").any() or not (labels == "test").any():
-        raise ValueError(
-            f"The split leaves no {'train' if not (labels == 'train').any() else 'test'} cells "
-            f"(buffer_um={buffer_um} may be too large for these sections)."
-        )
+        part = "train" if not (labels == "train").any() else "test"
+        if method == "libraries" or not layouts:
+            raise ValueError(f"The split leaves no {part} cells.")
+        widened = "widened to half the teacher's reach (teacher_guard='widen')"
+        how = widened if guard_applied == "widen" else buffer_from
+        raise ValueError(_empty_part_message(part, xy, layouts, method, n_strips, test_strip, buffer_um, how))
     _warn_small_parts(labels, codes, lib_names, method, n_strips, n_blocks, buffer_um)
 
     if copy:

@@ -21,7 +21,7 @@ import numpy as np
 
 from .._core import validate as _val
 from .._core.docs import inject_docs
-from .._core.patches import _level_rule, image_pyramid
+from .._core.patches import image_pyramid, level_rule
 from .._core.spatial import resolve_image
 
 # Hue (fraction of the colour wheel) of blue and green inks; H&E pinks and purples lie outside it.
@@ -107,7 +107,7 @@ def tissue_mask(
     from spatialdata.models import ShapesModel
     from spatialdata.transformations import Identity
 
-    from .._core.records import _uns_safe, claim
+    from .._core.records import claim, uns_safe
     from .._core.runtime import versions
 
     image_key, library = _resolve_image(sdata, image_key, library)
@@ -129,7 +129,7 @@ def tissue_mask(
         level = max(finer) if finer else 0
     chosen = levels[level]
     factor = max(1, int(np.floor(target_mpp / chosen.mpp + 1e-6)))
-    rgb = _read_level(chosen.data, factor, _level_rule(chosen))  # (y, x, 3) uint8, the image's pixel rule
+    rgb = _read_level(chosen.data, factor, level_rule(chosen))  # (y, x, 3) uint8, the image's pixel rule
     pixel_affine = chosen.to_um @ np.diag([factor, factor, 1.0])
     mpp = chosen.mpp * factor
 
@@ -163,7 +163,7 @@ def tissue_mask(
         "versions": versions(),
     }
     record = sdata.attrs.setdefault("nichekd", {})
-    record.setdefault("tissue", {})[key_added] = _uns_safe({"params": params})
+    record.setdefault("tissue", {})[key_added] = uns_safe({"params": params})
     written.record(sdata)
     return None
 

@@ -8,8 +8,8 @@ from .._core import validate as _val
 from .._core.docs import inject_docs
 from .._core.keys import TABLE_KEY
 from .._core.records import SCALE_SLOT, claim
-from .._core.spatial import _affine, resolve
-from .._core.units import _linear_scale
+from .._core.spatial import affine_matrix, resolve
+from .._core.units import linear_scale
 
 
 @inject_docs
@@ -72,7 +72,7 @@ def set_units(
         # microns per unit of the annotated shapes = microns per coordinate unit x coordinate units per shape unit
         scale = 1.0
         if lib.region is not None and not isinstance(sdata, type(ctx.table)) and lib.region in sdata.shapes:
-            scale = _linear_scale(_affine(sdata.shapes[lib.region], lib.coordinate_system))
+            scale = linear_scale(affine_matrix(sdata.shapes[lib.region], lib.coordinate_system))
         records[name] = float(microns_per_unit) * scale
     spatial = dict(ctx.table.uns.get("spatial", {}) or {})
     old = {

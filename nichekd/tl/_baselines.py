@@ -13,12 +13,19 @@ import pandas as pd
 from .._core import validate as _val
 from .._core.docs import inject_docs
 from .._core.keys import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY
-from .._core.neighbors import estimate_radius, neighbour_mean, radius_neighbours
+from .._core.neighbors import (
+    DEFAULT_N_NEIGHBORS,
+    default_max_neighbors,
+    estimate_radius,
+    neighbour_mean,
+    radius_neighbours,
+)
 from .._core.records import claim, store_params
+from .._core.reduction import fit_whitened_pca
 from .._core.runtime import keep_torch_threads
 from .._core.spatial import micron_coords
 from .._core.table import get_table, library_labels
-from ..pp._split import resolve_split_key, split_groups
+from ..pp._split import resolve_split_key, split_groups, split_record
 from ._distill import resolve_features_key
 
 METHODS = ("leiden", "kmeans", "teacher")
@@ -43,7 +50,9 @@ def _neighbourhood_features(
         radius_um = estimate_radius(
             xy[fit], n_neighbors_target, groups=groups[fit], random_state=random_state
         )
-    nbrs = radius_neighbours(xy, radius_um, groups=groups, max_neighbors=int(np.ceil(2 * n_neighbors_target)))
+    nbrs = radius_neighbours(
+        xy, radius_um, groups=groups, max_neighbors=default_max_neighbors(n_neighbors_target)
+    )
     return np.hstack([feats, neighbour_mean(feats, nbrs)]), float(radius_um)
 
 
@@ -161,7 +170,7 @@ def histology_baseline(
     features_key: str | None = None,
     neighbourhood: bool = False,
     radius_um: float | None = None,
-    n_neighbors_target: float = 10.0,
+    n_neighbors_target: float = DEFAULT_N_NEIGHBORS,
     n_comps: int = 50,
     teacher_key: str = "teacher_niche",
     teacher_method: str | None = None,
@@ -292,6 +301,7 @@ def histology_baseline(
     groups = split_groups(libs, split)
     params["split_key"] = split_key
     params["fitted_on"] = "all" if split is None else "train"
+    params.update(split_record(adata, split_key))  # the split it fitted on, for evaluate
     if method == "teacher":
         codes, info = _same_method_baseline(
             adata,
@@ -359,7 +369,6 @@ def _same_method_baseline(
     random_state: int,
 ) -> tuple[np.ndarray, dict]:
     """The teacher's method on image features reduced as the student's are; niche codes and what was run."""
-    from ..models.student import NicheStudent
     from ..models.teacher import NicheTeacher
 
     recorded = adata.uns.get(teacher_key, {}).get("params", {}) if teacher_key in adata.uns else {}
@@ -369,11 +378,9 @@ def _same_method_baseline(
     if method in ("composition", "labels"):
         method = "aggregate"  # image features have no cell types or labels: the mixture on their latent
     # the student's reduction (one implementation): standardised, whitened principal components
-    reducer = NicheStudent(2, radius_um=1.0, n_components=n_components)
-    reducer.n_features = feats.shape[1]
-    reducer._fit_normalisation(feats, fit, np.random.default_rng(random_state))
+    reduction = fit_whitened_pca(feats, fit, n_components, np.random.default_rng(random_state))
     work = ad.AnnData(obs=adata.obs.copy())  # the labels the teacher groups by; no expression needed
-    work.obsm["_he_reduced"] = reducer.transform(feats)
+    work.obsm["_he_reduced"] = reduction.transform(feats)
     common = {
         "method": method,
         "use_rep": "_he_reduced",
@@ -400,7 +407,7 @@ def _same_method_baseline(
         codes = teacher.proba_from_inputs(inputs).argmax(1)
         info = {
             "teacher_method": method,
-            "n_components": reducer.n_inputs,
+            "n_components": reduction.n_outputs,
             "covariance_type": covariance_type if method == "aggregate" else None,
             "reg_covar": reg_covar if method == "aggregate" else None,
             "radius_um": teacher.radius_um_,

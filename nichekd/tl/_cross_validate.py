@@ -21,7 +21,7 @@ from .._core.docs import inject_docs
 from .._core.keys import LIBRARY_KEY, SPATIAL_KEY, TABLE_KEY
 from .._core.spatial import micron_coords, microns_record
 from .._core.table import get_table, library_labels
-from ..pp._split import MAX_BLOCKS, _grid_split
+from ..pp._split import MAX_BLOCKS, grid_split
 from ._baselines import METHODS as BASELINES
 from ._distill import resolve_features_key, teacher_targets
 
@@ -53,7 +53,7 @@ def _block_folds(xy: np.ndarray, libs: np.ndarray, n_blocks: int, buffer_um: flo
         labels = np.empty(len(xy), dtype=object)
         for lib in np.unique(libs):
             sel = libs == lib
-            labels[sel] = _grid_split(xy[sel], n_blocks, n_blocks, np.array([b]), buffer_um)
+            labels[sel] = grid_split(xy[sel], n_blocks, n_blocks, np.array([b]), buffer_um)
         folds[f"block{b}"] = labels
     return folds
 
@@ -79,7 +79,7 @@ def fold_student(architecture: str, distill_kwargs: Mapping[str, Any] | None) ->
     import inspect
 
     from ..models.student import NicheStudent
-    from ._distill import _init_arguments, student_settings
+    from ._distill import init_arguments, student_settings
 
     if distill_kwargs is not None and not isinstance(distill_kwargs, Mapping):
         raise TypeError(f"distill_kwargs must be a dict of nk.tl.distill arguments, got {distill_kwargs!r}.")
@@ -98,7 +98,7 @@ def fold_student(architecture: str, distill_kwargs: Mapping[str, Any] | None) ->
             f"distill_kwargs has keys that are not nk.tl.distill options or that cross_validate sets itself: "
             f"{wrong} (pass architecture= and random_state= to cross_validate)."
         )
-    return NicheStudent(**{**_init_arguments(template), "architecture": architecture, **settings}), own
+    return NicheStudent(**{**init_arguments(template), "architecture": architecture, **settings}), own
 
 
 @inject_docs

@@ -17,11 +17,12 @@ from .._core.docs import inject_docs
 from .._core.keys import LIBRARY_KEY, TABLE_KEY
 from .._core.neighbors import DEFAULT_N_NEIGHBORS, default_max_neighbors, estimate_radius
 from .._core.records import claim, store_params, teacher_record
+from .._core.runtime import check_device
 from .._core.spatial import micron_coords
 from .._core.table import get_table, library_labels
 from ..models.student import NicheStudent
 from ..pp._augment import views_of
-from ..pp._split import check_split_guards, split_groups
+from ..pp._split import check_split_guards, check_split_label, split_groups, split_record
 
 # hard-label teachers: one-hot targets are smoothed so that log-probabilities stay finite
 LABEL_SMOOTHING = 0.1
@@ -313,12 +314,12 @@ def student_settings(model: Any, settings: Mapping[str, Any]) -> NicheStudent:
             FutureWarning,
             stacklevel=3,
         )
-        merged = {**_init_arguments(model), **settings}
+        merged = {**init_arguments(model), **settings}
         model = NicheStudent(**merged)
     return model
 
 
-def _init_arguments(model: NicheStudent) -> dict[str, Any]:
+def init_arguments(model: NicheStudent) -> dict[str, Any]:
     """The constructor arguments that rebuild an unfitted ``model``."""
     names = set(inspect.signature(NicheStudent).parameters)
     return {k: getattr(model, k) for k in names if hasattr(model, k)}
@@ -332,7 +333,7 @@ def _student_for(template: NicheStudent, names: list[str], teacher_params: Mappi
             f"model has n_niches={template.n_niches} but the teacher has {len(names)} niches ({names[:10]}); "
             "leave n_niches unset, distill takes the teacher's."
         )
-    arguments = _init_arguments(template)
+    arguments = init_arguments(template)
     arguments.update(n_niches=len(names), niche_names=names)
     if template.n_neighbors_target is None:
         arguments["n_neighbors_target"] = float(teacher_params.get("n_neighbors_target", DEFAULT_N_NEIGHBORS))
@@ -422,6 +423,14 @@ def distill(
     """
     template = student_settings(model, settings)
     _val.check_seed("random_state", random_state)
+    check_device(device)
+    _val.check_key("teacher_key", teacher_key)
+    for name, value in (
+        ("features_key", features_key),
+        ("split_key", split_key),
+        ("augmented_key", augmented_key),
+    ):
+        _val.check_key(name, value, optional=True)
     adata = get_table(sdata, table_key)
     written = claim(adata, prediction_targets(key_added), writer="distill", overwrite=overwrite)
     logits, names, source = teacher_targets(adata, teacher_key)
@@ -465,6 +474,7 @@ def distill(
                 f"No split in obs[{split_key!r}]; run nk.pp.spatial_split(sdata) first or pass split_key=None "
                 "to train on every cell."
             )
+        check_split_label(adata, split_key, "train", use="distill trains on")
         split = adata.obs[split_key].astype(str).to_numpy()
         check_split_guards(adata, split_key, teacher_key=teacher_key, features_key=features_key)
     labelled = np.isfinite(logits).all(1)
@@ -527,8 +537,11 @@ def distill(
         feats, xy, groups=split_groups(libs, split), views=views if model.tta else None, device=device
     )
 
-    # which teacher run the student learned from (evaluate warns when the teacher changes after this)
+    # which teacher run the student learned from, and the split it trained with (evaluate warns when either
+    # changes after this)
     learned_from = teacher_record(adata, teacher_key)
+    trained_with = split_record(adata, split_key)
+    model.split_record = dict(trained_with)  # predict_niches records it (in memory only: not saved)
     # everything validated and computed: write
     write_niche_predictions(adata, key_added, proba, names)
     params = {
@@ -563,6 +576,7 @@ def distill(
         "random_state": random_state,
         "niche_names": names,
         **learned_from,
+        **trained_with,
     }
     history = {
         "train_loss": np.asarray(model.history["train_loss"], dtype=float),

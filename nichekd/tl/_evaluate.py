@@ -14,7 +14,7 @@ from .._core.docs import inject_docs
 from .._core.keys import TABLE_KEY
 from .._core.records import stale_teacher
 from .._core.table import get_table
-from ..pp._split import MIN_PART_CELLS
+from ..pp._split import MIN_PART_CELLS, check_split_label, stale_split
 from ._composition import compare_compositions, match_niches
 
 # scores on fewer cells than this are warned about, the floor below which nk.pp.spatial_split warns about a
@@ -106,7 +106,11 @@ def evaluate(
     UserWarning
         When a student's record (``uns[key]['params']``, from :func:`~nichekd.tl.distill`) says it learned from
         another run of ``teacher_key`` than the one in the table (the teacher was re-run, or its labels
-        changed, after ``distill``): re-run ``distill``.
+        changed, after ``distill``): re-run ``distill``. When a prediction was fitted with another split than
+        today's ``obs[split_key]`` (``distill`` and ``histology_baseline`` record the fingerprint of the split they
+        fitted on; the split was redone after them): the held-out cells may be cells it was trained on, so the
+        scores are inflated. It is a warning, not a refusal, as for the teacher: re-run the fit on this split, or
+        evaluate with the split it was trained on.
 
     Returns
     -------
@@ -119,8 +123,11 @@ def evaluate(
     >>> import nichekd as nk
     >>> nk.tl.evaluate(sdata, predictions=["student_niche", "he_leiden_niche"])  # doctest: +SKIP
     """
+    _val.check_key("teacher_key", teacher_key)
+    predictions = _val.check_keys("predictions", predictions)
+    for name, value in (("split_key", split_key), ("split", split), ("cell_type_key", cell_type_key)):
+        _val.check_key(name, value, optional=True)
     adata = get_table(sdata, table_key)
-    predictions = [predictions] if isinstance(predictions, str) else list(predictions)
     missing = [k for k in [teacher_key, *predictions] if k not in adata.obs]
     if missing:
         raise KeyError(f"obs has no column(s) {missing}; run the teacher/distill/baselines first.")
@@ -134,9 +141,12 @@ def evaluate(
     if split_key is not None and split is not None:
         if split_key not in adata.obs:
             raise KeyError(f"No split in obs[{split_key!r}]; run nk.pp.spatial_split or pass split_key=None.")
+        check_split_label(adata, split_key, split, use="evaluate scores", argument="split=")
         scored = (adata.obs[split_key].astype(str) == split).to_numpy()
-        if not scored.any():
-            raise ValueError(f"No cells with obs[{split_key!r}] == {split!r}.")
+        for key in predictions:  # fitted with another split: today's held-out cells may be its training cells
+            stale = stale_split(adata, key, split_key)
+            if stale is not None:
+                warnings.warn(stale, UserWarning, stacklevel=2)
     t_col = adata.obs[teacher_key]
     scored &= t_col.notna().to_numpy()
     _check_scored_cells(adata, scored, predictions, split_key if split is not None else None, split)

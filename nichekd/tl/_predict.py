@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from .._core.docs import inject_docs
 from .._core.feature_record import FEATURE_SETTINGS, IMPLIED_SETTINGS, same_setting
 from .._core.keys import LIBRARY_KEY, REGION_KEY, TABLE_KEY, shapes_name
 from .._core.records import claim, read_params, store_run
+from .._core.runtime import check_device
 from .._core.spatial import resolve
 from .._core.table import get_table, library_labels, spatial_coords
 from ..io._build import build_library
@@ -302,7 +304,15 @@ def predict_niches(
     >>> he.tables["table"].obs["student_niche"].value_counts()  # doctest: +SKIP
     """
     check_prediction_args(batch_size, tile_size_um, grid)
+    check_device(device)
+    for name, value in (("image_key", image_key), ("shapes_key", shapes_key), ("library", library)):
+        _val.check_key(name, value, optional=True)
     if not isinstance(model, NicheStudent):
+        if not isinstance(model, str | os.PathLike):
+            raise TypeError(
+                f"model must be a fitted nk.models.NicheStudent or the folder a saved one is in, got {model!r} "
+                f"({type(model).__name__})."
+            )
         model = NicheStudent.load(model)
     if not model.is_fitted:
         raise ValueError("The model is not fitted; train it with nk.tl.distill or load a saved one.")
@@ -429,6 +439,8 @@ def predict_niches(
             "radius_um": model.radius_um,
             "features_key": features_key,
             "split_key": split_key if split is not None else None,
+            # the split the model was trained with (distill's model, in memory), for evaluate's stale-split check
+            **(dict(getattr(model, "split_record", None) or {}) if split is not None else {}),
             "tiled": new_tiles is not None,
             "tile_size_um": tile_size_um,
             "grid": grid if new_tiles is not None else None,

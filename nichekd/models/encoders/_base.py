@@ -6,11 +6,12 @@ import contextlib
 import functools
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from ..._core.runtime import torch_threads
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -101,25 +102,6 @@ def resolve_precision(precision: str, device: str) -> str:
             "Use precision='fp32' (or 'auto')."
         )
     return precision
-
-
-@contextlib.contextmanager
-def torch_threads(n_threads: int | None) -> Iterator[None]:
-    """Run the block with ``n_threads`` torch threads (``None``: leave torch's setting alone), then restore
-    the caller's setting: an encoder never changes the process-wide thread count behind the user's back."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n_threads is None or n_threads == before:
-        yield
-        return
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be at least 1, got {n_threads}.")
-    torch.set_num_threads(int(n_threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def last_level_cache_bytes() -> int:
