@@ -348,3 +348,25 @@ def test_a_split_without_test_cells_suggests_values_that_work():
         assert (t.obs["split"] == "test").sum() >= 50
         nk.pp.spatial_split(sdata, n_strips=int(strips.group(1)), test_strip=int(strips.group(2)))
         assert (t.obs["split"] == "test").any()
+
+
+def test_predictions_of_a_model_are_checked_against_the_teacher_it_learned_from(tmp_path):
+    """predict_niches records the teacher the model learned from (saved with the model): evaluate warns when
+    the teacher on the object was refitted since, and not when the same fitted teacher relabels the cells."""
+    sdata = nk.datasets.synthetic_tissue(n_cells=900, n_niches=3, random_state=0, progress=False)
+    nk.pp.histology_features(sdata, backbone="stain", key_added="he_features")
+    nk.pp.spatial_split(sdata)
+    teacher = nk.models.NicheTeacher(3, split_key="split", progress=False).fit(sdata["table"])
+    nk.tl.teacher_niches(sdata, model=teacher, progress=False)
+    model = NicheStudent.load(_distill(sdata).save(tmp_path / "m"))  # the record survives save/load
+    nk.tl.predict_niches(sdata, model, key_added="pn")
+
+    def stale():
+        return _caught(lambda: nk.tl.evaluate(sdata, predictions=["student_niche", "pn"]), "another run")
+
+    assert stale() == []
+    nk.tl.teacher_niches(sdata, model=teacher, progress=False)  # the same fitted teacher, a new run
+    assert stale() == []
+    nk.tl.teacher_niches(sdata, n_niches=4, progress=False)  # refitted, another K
+    messages = stale()
+    assert len(messages) == 2 and any("obs['pn']" in m for m in messages)

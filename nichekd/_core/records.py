@@ -543,7 +543,9 @@ def teacher_run(adata: ad.AnnData, teacher_key: str) -> tuple[str | None, str | 
     entry = adata.uns.get(teacher_key)
     params = read_params(entry.get("params")) if isinstance(entry, Mapping) else {}
     date = params.get("date")
-    run = params.get("run_id", date)
+    # the fitted model's id where recorded (a fitted teacher labelling new sections is the same teacher), else
+    # the run's id, else its date (records older than run ids)
+    run = params.get("model_id") or params.get("run_id", date)
     return (None if run is None else str(run)), (None if date is None else str(date))
 
 

@@ -41,6 +41,7 @@ def save_teacher(self: Any, path: str | Path) -> Path:
         "niche_names_": self.niche_names_,
         "n_niches": self.n_niches,
         "temperature_": float(self.temperature_),
+        "fit_id_": self.fit_id_,
         "format": "nichekd.NicheTeacher/2",
     }
     enc = {}
@@ -144,6 +145,7 @@ def load_teacher(cls: type, path: str | Path) -> Any:
         self.radius_um_ = meta["radius_um_"]
         self.niche_names_ = list(meta["niche_names_"])
         self.temperature_ = float(meta.get("temperature_", 1.0))  # absent in files from before calibration
+        self.fit_id_ = meta.get("fit_id_")
         self.encoder_ = dict(meta["encoder"])
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{meta_file} is not a valid teacher config ({type(err).__name__}: {err}).") from err

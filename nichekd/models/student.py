@@ -273,6 +273,8 @@ class NicheStudent:
         # mean neighbour count of the training cells: predict_niches tiles H&E-only slides to match it
         self.train_mean_neighbors: float | None = None
         self.batch_size_used: int | None = None  # the mini-batch size fit used (capped for small data)
+        # the teacher run it learned from (nk.tl.distill), recorded with its predictions for evaluate's check
+        self.teacher_record: dict[str, Any] | None = None
 
     # -- construction ------------------------------------------------------------------------------------
     def _build(self) -> nn.Module:
@@ -740,6 +742,8 @@ class NicheStudent:
                 "n_components": self.n_components,
                 "train_mean_neighbors": self.train_mean_neighbors,
                 "batch_size_used": self.batch_size_used,
+                "teacher_record": self.teacher_record,
+                "split_record": getattr(self, "split_record", None),
                 "n_neighbors_target": self.n_neighbors_target,
                 "training": {
                     k: getattr(self, k) for k in (*TRAINING_FIELDS, "val_fraction", "val_blocks", "tta")
@@ -884,6 +888,8 @@ class NicheStudent:
         model.best_epoch = cfg.get("best_epoch")
         model.train_mean_neighbors = cfg.get("train_mean_neighbors")
         model.batch_size_used = cfg.get("batch_size_used")
+        model.teacher_record = cfg.get("teacher_record")
+        model.split_record = cfg.get("split_record")
         model.split_key = cfg.get("split_key")
         for name in ("feature_mean", "feature_std"):
             if name not in tensors:

@@ -20,6 +20,7 @@ the names are deterministic for a given input and seed. Saved models are a folde
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,7 @@ class NicheTeacher:
         self.gmm_ = None
         self.transformer_ = None
         self.niche_names_: list[str] = []
+        self.fit_id_: str | None = None
         self.temperature_: float = 1.0
         self.train_losses_: list[float] = []
 
@@ -458,6 +460,9 @@ class NicheTeacher:
         """Fit the K-niche head on prepared inputs (reused across K and seeds by :func:`niche_k_sweep`)."""
         k = int(n_niches if n_niches is not None else (self.n_niches or 0))
         seed = self.random_state if random_state is None else int(random_state)
+        # which fitted model this is: the labels it writes on any object carry it, so a student can tell
+        # whether today's teacher labels come from the model it learned from (saved with the teacher)
+        self.fit_id_ = secrets.token_hex(8)
         self.gmm_ = self.transformer_ = None
         self.temperature_ = 1.0
         if self.method == "labels":

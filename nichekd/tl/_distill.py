@@ -540,6 +540,8 @@ def distill(
     # which teacher run the student learned from, and the split it trained with (evaluate warns when either
     # changes after this)
     learned_from = teacher_record(adata, teacher_key)
+    # the model carries which teacher it learned from: its predictions anywhere are checked against it
+    model.teacher_record = {"teacher_key": teacher_key, **learned_from}
     trained_with = split_record(adata, split_key)
     model.split_record = dict(trained_with)  # predict_niches records it (in memory only: not saved)
     # everything validated and computed: write

@@ -436,6 +436,9 @@ def predict_niches(
             "function": "predict_niches",
             "model": repr(model),
             "niche_names": model.niche_names,
+            # the teacher the model learned from (teacher_key, run, label checksum): evaluate warns when today's
+            # teacher on this object is another one
+            **dict(model.teacher_record or {}),
             "radius_um": model.radius_um,
             "features_key": features_key,
             "split_key": split_key if split is not None else None,

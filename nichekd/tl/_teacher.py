@@ -213,6 +213,8 @@ def teacher_niches(
         "graph_exported": export_graph,
         # which run this is: a student records it, and evaluate tells when the teacher was re-run since
         "run_id": secrets.token_hex(8),
+        # which fitted teacher wrote these labels: the same model applied to new sections keeps its id
+        "model_id": t.fit_id_,
     }
     extra: dict[str, Any] = {"niche_names": list(teacher.niche_names_)}
     if method == "labels":
