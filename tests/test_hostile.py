@@ -29,6 +29,7 @@ from test_predict import _cells, _image, fake_histology_features
 import nichekd as nk
 from nichekd._core import validate as _validate
 from nichekd._core.image import as_rgb_cyx, to_uint8
+from nichekd._core.predictions import write_niche_predictions
 from nichekd._core.records import read_params, store_params
 from nichekd._core.table import library_labels
 from nichekd.io._build import make_image
@@ -37,7 +38,6 @@ from nichekd.models import NicheStudent
 from nichekd.models._integrity import arrays_digest
 from nichekd.pp._split import split_groups
 from nichekd.tl import distill, predict_niches
-from nichekd.tl._distill import write_niche_predictions
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers

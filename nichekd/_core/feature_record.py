@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import anndata as ad
 import numpy as np
 
 # settings of histology_features that determine the features
@@ -47,3 +48,19 @@ def same_setting(a: Any, b: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float | np.number) and not isinstance(value, bool)
+
+
+def resolve_features_key(adata: ad.AnnData, features_key: str | None) -> str:
+    """``features_key``, or the only ``obsm`` entry written by ``nk.pp.histology_features``."""
+    if features_key is not None:
+        return features_key
+    found = [
+        k for k in adata.obsm.keys()
+        if isinstance(adata.uns.get(k), dict) and "backbone" in adata.uns[k].get("params", {})
+    ]  # fmt: skip
+    if len(found) != 1:
+        raise KeyError(
+            f"Pass features_key=: {'no' if not found else len(found)} histology feature sets found in obsm "
+            f"({found}); compute them with nk.pp.histology_features(sdata, key_added=...)."
+        )
+    return found[0]

@@ -12,6 +12,7 @@ import pandas as pd
 
 from .._core import validate as _val
 from .._core.docs import inject_docs
+from .._core.feature_record import resolve_features_key
 from .._core.keys import LIBRARY_KEY, SPLIT_KEY, TABLE_KEY
 from .._core.neighbors import (
     DEFAULT_N_NEIGHBORS,
@@ -26,7 +27,6 @@ from .._core.runtime import keep_torch_threads
 from .._core.spatial import micron_coords
 from .._core.table import get_table, library_labels
 from ..pp._split import resolve_split_key, split_groups, split_record
-from ._distill import resolve_features_key
 
 METHODS = ("leiden", "kmeans", "teacher")
 # Leiden's exact kNN graph is quadratic in cells: above this, cluster a subsample and assign the rest

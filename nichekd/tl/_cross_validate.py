@@ -18,12 +18,13 @@ from tqdm.auto import tqdm
 
 from .._core import validate as _val
 from .._core.docs import inject_docs
+from .._core.feature_record import resolve_features_key
 from .._core.keys import LIBRARY_KEY, SPATIAL_KEY, TABLE_KEY
 from .._core.spatial import micron_coords, microns_record
 from .._core.table import get_table, library_labels
 from ..pp._split import MAX_BLOCKS, grid_split
 from ._baselines import METHODS as BASELINES
-from ._distill import resolve_features_key, teacher_targets
+from ._distill import teacher_targets
 
 FOLDS = ("libraries", "blocks")
 _SPLIT = "_cv_split"

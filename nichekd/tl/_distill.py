@@ -14,8 +14,10 @@ import pandas as pd
 
 from .._core import validate as _val
 from .._core.docs import inject_docs
+from .._core.feature_record import resolve_features_key
 from .._core.keys import LIBRARY_KEY, TABLE_KEY
 from .._core.neighbors import DEFAULT_N_NEIGHBORS, default_max_neighbors, estimate_radius
+from .._core.predictions import prediction_targets, write_niche_predictions
 from .._core.records import claim, store_params, teacher_record
 from .._core.runtime import check_device
 from .._core.spatial import micron_coords
@@ -85,22 +87,6 @@ def _check_fresh(arr: np.ndarray, labels: pd.Series, key: str, teacher_key: str)
         )
 
 
-def resolve_features_key(adata: ad.AnnData, features_key: str | None) -> str:
-    """``features_key``, or the only ``obsm`` entry written by ``nk.pp.histology_features``."""
-    if features_key is not None:
-        return features_key
-    found = [
-        k for k in adata.obsm.keys()
-        if isinstance(adata.uns.get(k), dict) and "backbone" in adata.uns[k].get("params", {})
-    ]  # fmt: skip
-    if len(found) != 1:
-        raise KeyError(
-            f"Pass features_key=: {'no' if not found else len(found)} histology feature sets found in obsm "
-            f"({found}); compute them with nk.pp.histology_features(sdata, key_added=...)."
-        )
-    return found[0]
-
-
 def validation_band(
     xy: np.ndarray, candidates: np.ndarray, libraries: np.ndarray, fraction: float, rng: np.random.Generator
 ) -> np.ndarray:
@@ -165,123 +151,6 @@ def validation_blocks(
             if taken >= 0.8 * target:
                 break
     return val
-
-
-def prediction_entropy(proba: np.ndarray) -> np.ndarray:
-    """Shannon entropy (nats) of each row: the student's uncertainty."""
-    p = np.clip(proba, 1e-12, 1.0)
-    return -(p * np.log(p)).sum(1)
-
-
-def _held_rows(adata: ad.AnnData, key_added: str) -> np.ndarray:
-    """Rows where ``obs[key_added]`` already holds a prediction (a niche or finite probabilities)."""
-    held = np.zeros(adata.n_obs, bool)
-    if key_added in adata.obs:
-        held |= adata.obs[key_added].notna().to_numpy()
-    proba_key = f"{key_added}_proba"
-    if proba_key in adata.obsm:
-        p = np.asarray(adata.obsm[proba_key], dtype=float)
-        if p.ndim == 2 and len(p) == adata.n_obs:
-            held |= np.isfinite(p).any(1)
-    return held
-
-
-def check_niche_write(
-    adata: ad.AnnData, key_added: str, names: list[str], rows: np.ndarray | None = None, *, overwrite: bool
-) -> None:
-    """Raise if writing predictions for ``rows`` (default all) under ``key_added`` would erase results.
-
-    Rows that already hold a prediction are refused unless ``overwrite``; predictions of other rows are kept,
-    so they must come from a model with the same niche names.
-    """
-    n = adata.n_obs
-    mask = np.zeros(n, bool)
-    mask[np.arange(n) if rows is None else np.asarray(rows)] = True
-    held = _held_rows(adata, key_added)
-    clash = held & mask
-    if clash.any() and not overwrite:
-        raise ValueError(
-            f"obs[{key_added!r}] already holds predictions for {int(clash.sum())} of the {int(mask.sum())} "
-            f"observations this run would write (from {_writer(adata, key_added)}). Pass overwrite=True to "
-            "replace them (other rows are kept), or key_added= another key to keep both."
-        )
-    others = held & ~mask
-    if others.any():
-        old = _existing_names(adata, key_added)
-        if old != [str(n_) for n_ in names]:
-            what = (
-                f"other niche names ({old})" if old is not None else "values that are not niche predictions"
-            )
-            raise ValueError(
-                f"obs[{key_added!r}] holds {what} for {int(others.sum())} other observations, and this model "
-                f"predicts {list(names)}; one column cannot mix them. Pass key_added= another key."
-            )
-
-
-def _writer(adata: ad.AnnData, key_added: str) -> str:
-    entry = adata.uns.get(key_added)
-    if isinstance(entry, dict) and isinstance(entry.get("params"), dict):
-        p = entry["params"]
-        what = "distill" if "teacher_key" in p else "predict_niches" if "model" in p else "another function"
-        return f"{what}, {p.get('date', 'date unknown')}"
-    return "another run"
-
-
-def _existing_names(adata: ad.AnnData, key_added: str) -> list[str] | None:
-    col = adata.obs.get(key_added)
-    if col is None:
-        return None
-    if isinstance(col.dtype, pd.CategoricalDtype):
-        return [str(c) for c in col.cat.categories]
-    return None
-
-
-def prediction_targets(key_added: str) -> list[tuple[str, str]]:
-    """The keys a prediction writes (``distill``, ``predict_niches``), for :func:`nichekd._core.records.claim`."""
-    return [
-        ("obs", key_added),
-        ("obs", f"{key_added}_entropy"),
-        ("obsm", f"{key_added}_proba"),
-        ("uns", key_added),
-    ]
-
-
-def write_niche_predictions(
-    adata: ad.AnnData,
-    key_added: str,
-    proba: np.ndarray,
-    names: list[str],
-    rows: np.ndarray | None = None,
-    *,
-    overwrite: bool = True,
-) -> None:
-    """Write ``obs[key_added]`` (argmax niche), ``obsm[f"{key_added}_proba"]`` (float32) and
-    ``obs[f"{key_added}_entropy"]`` for ``rows`` (default all).
-
-    Observations outside ``rows`` keep what they hold (another run's predictions), else get a missing niche
-    and NaN. Raises (before writing) as :func:`check_niche_write` does.
-    """
-    check_niche_write(adata, key_added, names, rows, overwrite=overwrite)
-    n = adata.n_obs
-    rows = np.arange(n) if rows is None else np.asarray(rows)
-    full = np.full((n, len(names)), np.nan, dtype=np.float32)
-    labels = np.full(n, None, dtype=object)
-    entropy = np.full(n, np.nan, dtype=np.float32)
-    held = _held_rows(adata, key_added)
-    held[rows] = False
-    if held.any():  # keep the other rows' predictions (same niche names, checked above)
-        proba_key, ent_key = f"{key_added}_proba", f"{key_added}_entropy"
-        if proba_key in adata.obsm and np.shape(adata.obsm[proba_key]) == full.shape:
-            full[held] = np.asarray(adata.obsm[proba_key], dtype=np.float32)[held]
-        labels[held] = adata.obs[key_added].astype(object).to_numpy()[held]
-        if ent_key in adata.obs:
-            entropy[held] = adata.obs[ent_key].to_numpy(dtype=np.float32)[held]
-    full[rows] = proba
-    labels[rows] = np.asarray(names, dtype=object)[np.asarray(proba).argmax(1)]
-    entropy[rows] = prediction_entropy(proba)
-    adata.obs[key_added] = pd.Categorical(labels, categories=list(names))
-    adata.obsm[f"{key_added}_proba"] = full
-    adata.obs[f"{key_added}_entropy"] = entropy
 
 
 def student_settings(model: Any, settings: Mapping[str, Any]) -> NicheStudent:

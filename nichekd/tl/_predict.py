@@ -15,6 +15,7 @@ from .._core import validate as _val
 from .._core.docs import inject_docs
 from .._core.feature_record import FEATURE_SETTINGS, IMPLIED_SETTINGS, same_setting
 from .._core.keys import LIBRARY_KEY, REGION_KEY, TABLE_KEY, shapes_name
+from .._core.predictions import check_niche_write, prediction_targets, write_niche_predictions
 from .._core.records import claim, read_params, store_run
 from .._core.runtime import check_device
 from .._core.spatial import resolve
@@ -22,7 +23,6 @@ from .._core.table import get_table, library_labels, spatial_coords
 from ..io._build import build_library
 from ..models.student import NicheStudent
 from ..pp._split import split_groups
-from ._distill import check_niche_write, prediction_targets, write_niche_predictions
 
 # recorded per dataset: never replayed onto another slide
 DATASET_KEYS = {"versions", "date", "key_added", "table_key", "image_key", "shapes_key", "library_key", "copy",

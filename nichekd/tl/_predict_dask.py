@@ -11,11 +11,11 @@ from .._core import dask as _dask
 from .._core import validate as _val
 from .._core.docs import inject_docs
 from .._core.keys import LIBRARY_KEY, TABLE_KEY
+from .._core.predictions import check_niche_write, prediction_targets, write_niche_predictions
 from .._core.records import claim, store_run
 from .._core.spatial import micron_coords
 from .._core.table import get_table, library_labels
 from ..models.student import NicheStudent
-from ._distill import check_niche_write, prediction_targets, write_niche_predictions
 from ._predict import (
     _replay,
     check_encoder,
