@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
+import bench_core  # noqa: E402
 import bench_dask  # noqa: E402
 import bench_hd  # noqa: E402
 import bench_protocol  # noqa: E402
@@ -133,6 +134,10 @@ def write_results() -> Path:
             "",
         ]
         lines += [line for line in bench_protocol.report(protocol)[1:]]
+    core = _common.load_results("core")
+    if core and protocol:  # issues 21, 22: the protocol benchmark re-run on the restructured code
+        lines += ["### The layered core and the data-safety work: before and after", ""]
+        lines += [line for line in bench_core.report(protocol, core)[1:]]
     lines += ["## Speed: encoders", "", *encoders_section()]
     lines += ["## Speed and memory by size", ""]
     if scale and scale.get("runs"):
