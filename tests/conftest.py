@@ -33,3 +33,17 @@ def dataset_path(name: str) -> Path:
     if not p.exists():
         pytest.skip(f"dataset {name!r} not found under {data_dir()} (set NICHEKD_DATA_DIR)")
     return p
+
+
+@pytest.fixture
+def slide():
+    """600 cells on an H&E image, the user's obs['teacher_niche'] (no record), colour features, a split: the
+    object the write-policy and review tests of test_hostile*.py refuse to damage."""
+    from test_predict import _cells, fake_histology_features
+
+    import nichekd as nk
+
+    sdata = _cells(n=600)
+    fake_histology_features(sdata, patch_size_um=40.0)
+    nk.pp.spatial_split(sdata)
+    return sdata

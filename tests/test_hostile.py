@@ -689,15 +689,6 @@ def tissue():
     return nk.datasets.synthetic_tissue(n_cells=400, n_niches=3, random_state=0, image=False, progress=False)
 
 
-@pytest.fixture
-def slide():
-    """600 cells on an H&E image, the user's obs['teacher_niche'] (no record), colour features, a split."""
-    sdata = _cells(n=600)
-    fake_histology_features(sdata, patch_size_um=40.0)
-    nk.pp.spatial_split(sdata)
-    return sdata
-
-
 def _everything(sdata) -> dict:
     """:func:`_snapshot` plus the table's obsp, layers and X, and the object's attrs."""
     t = sdata.tables["table"]

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from test_hostile import _assert_nothing_changed, _everything
-from test_predict import _cells, fake_histology_features
 
 import nichekd as nk
 from nichekd._core.neighbors import radius_neighbours
@@ -26,15 +25,6 @@ from nichekd.tl import distill
 
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
-
-
-@pytest.fixture
-def slide():
-    """600 cells on an H&E image, the user's obs['teacher_niche'] (two niches), colour features, a split."""
-    sdata = _cells(n=600)
-    fake_histology_features(sdata, patch_size_um=40.0)
-    nk.pp.spatial_split(sdata)
-    return sdata
 
 
 @pytest.fixture
