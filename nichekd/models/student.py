@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import json
 import warnings
 from collections.abc import Sequence
@@ -317,6 +318,25 @@ class NicheStudent:
     def n_inputs(self) -> int:
         """Width of the network's input: principal components if reduced, else the features."""
         return self.n_features if self.projection is None else self.projection.shape[1]
+
+    # constructor arguments that come from the data (the teacher's K and names, the features' record), not
+    # from the user: nk.tl.distill sets them
+    DATA_ARGUMENTS = ("n_niches", "niche_names", "encoder", "features_key")
+
+    @classmethod
+    def settings(cls) -> set[str]:
+        """The constructor arguments a user sets (everything but :attr:`DATA_ARGUMENTS`)."""
+        return set(inspect.signature(cls).parameters) - set(cls.DATA_ARGUMENTS)
+
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this model unfitted (scikit-learn's name).
+
+        Examples
+        --------
+        >>> NicheStudent(architecture="mlp", epochs=5).get_params()["epochs"]
+        5
+        """
+        return {k: getattr(self, k) for k in inspect.signature(type(self)).parameters}
 
     @property
     def is_fitted(self) -> bool:

@@ -77,29 +77,22 @@ def _check_cv_args(folds, baselines, n_blocks, buffer_um, architecture, distill_
 def fold_student(architecture: str, distill_kwargs: Mapping[str, Any] | None) -> tuple[Any, dict[str, Any]]:
     """The unfitted student each fold trains and the other ``distill`` arguments, from ``distill_kwargs``
     (``model=`` and the student's settings, e.g. ``epochs``; ``augmented_key``, ``device``, ``progress``)."""
-    import inspect
-
     from ..models.student import NicheStudent
-    from ._distill import init_arguments, student_settings
+    from ._distill import student_settings
 
     if distill_kwargs is not None and not isinstance(distill_kwargs, Mapping):
         raise TypeError(f"distill_kwargs must be a dict of nk.tl.distill arguments, got {distill_kwargs!r}.")
     settings = dict(distill_kwargs or {})
     own = {k: settings.pop(k) for k in _DISTILL_OWN if k in settings}
     template = student_settings(settings.pop("model", None), {})
-    allowed = set(inspect.signature(NicheStudent).parameters) - {
-        "n_niches",
-        "niche_names",
-        "encoder",
-        "features_key",
-    }
+    allowed = NicheStudent.settings()
     wrong = sorted(set(settings) - allowed)
     if wrong:
         raise TypeError(
             f"distill_kwargs has keys that are not nk.tl.distill options or that cross_validate sets itself: "
             f"{wrong} (pass architecture= and random_state= to cross_validate)."
         )
-    return NicheStudent(**{**init_arguments(template), "architecture": architecture, **settings}), own
+    return NicheStudent(**{**template.get_params(), "architecture": architecture, **settings}), own
 
 
 @inject_docs

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -172,8 +171,7 @@ def student_settings(model: Any, settings: Mapping[str, Any]) -> NicheStudent:
         )
     model = copy.deepcopy(model)
     if settings:
-        allowed = set(inspect.signature(NicheStudent).parameters) - {"n_niches", "niche_names", "encoder",
-                                                                     "features_key"}  # fmt: skip
+        allowed = NicheStudent.settings()
         unknown = sorted(set(settings) - allowed)
         if unknown:
             raise TypeError(f"distill() got unexpected keyword arguments {unknown}.")
@@ -183,15 +181,9 @@ def student_settings(model: Any, settings: Mapping[str, Any]) -> NicheStudent:
             FutureWarning,
             stacklevel=3,
         )
-        merged = {**init_arguments(model), **settings}
+        merged = {**model.get_params(), **settings}
         model = NicheStudent(**merged)
     return model
-
-
-def init_arguments(model: NicheStudent) -> dict[str, Any]:
-    """The constructor arguments that rebuild an unfitted ``model``."""
-    names = set(inspect.signature(NicheStudent).parameters)
-    return {k: getattr(model, k) for k in names if hasattr(model, k)}
 
 
 def _student_for(template: NicheStudent, names: list[str], teacher_params: Mapping[str, Any]) -> NicheStudent:
@@ -202,7 +194,7 @@ def _student_for(template: NicheStudent, names: list[str], teacher_params: Mappi
             f"model has n_niches={template.n_niches} but the teacher has {len(names)} niches ({names[:10]}); "
             "leave n_niches unset, distill takes the teacher's."
         )
-    arguments = init_arguments(template)
+    arguments = template.get_params()
     arguments.update(n_niches=len(names), niche_names=names)
     if template.n_neighbors_target is None:
         arguments["n_neighbors_target"] = float(teacher_params.get("n_neighbors_target", DEFAULT_N_NEIGHBORS))
