@@ -78,8 +78,19 @@ def machine() -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "load_average_1min": round(os.getloadavg()[0], 2),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit(),
         "versions": package_versions(),
     }
+
+
+def commit() -> str:
+    """The checkout's commit, with ``+uncommitted`` when tracked files differ from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+uncommitted" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def header_lines(info: dict[str, Any]) -> list[str]:
@@ -87,7 +98,8 @@ def header_lines(info: dict[str, Any]) -> list[str]:
     v = info["versions"]
     return [
         f"- machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB RAM, {info['os']}",
-        f"- measured: {info['date']} (1-min load average then: {info['load_average_1min']})",
+        f"- measured: {info['date']} (1-min load average then: {info['load_average_1min']}), commit "
+        f"{info.get('commit', 'not recorded')}",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
     ]
 

@@ -142,3 +142,65 @@ def test_histology_features_on_a_grid():
         nk.pp.histology_features(sdata, backbone="stain", key_added="grid", device="cpu", grid_um=48.0)
     with pytest.raises(ValueError, match="grid_um"):
         nk.pp.histology_features(sdata, backbone="stain", key_added="g2", device="cpu", grid_um=-1.0)
+
+
+def _dense_bins(side_um: float = 400.0, bin_um: float = 8.0, mpp: float = 2.0):
+    """8 um bins over a ``side_um`` square of a random H&E at ``mpp`` (the kidney crop's 2 um/px)."""
+    import anndata as ad
+
+    from nichekd.io._build import build_library
+
+    centres = np.arange(bin_um / 2 + 60, side_um - 60, bin_um)
+    xy = np.stack(np.meshgrid(centres, centres), -1).reshape(-1, 2)
+    side_px = int(side_um / mpp)
+    img = np.random.default_rng(0).integers(90, 250, (side_px, side_px, 3), dtype=np.uint8)
+    table = ad.AnnData(np.zeros((len(xy), 1), np.float32))
+    return build_library(table, library="hd", xy_um=xy, diameter_um=bin_um, image=img, mpp=mpp)
+
+
+def test_auto_grid_for_dense_bins_is_recorded_and_replayed():
+    from nichekd.tl._predict import _replay
+
+    sdata = _dense_bins()
+    table = sdata.tables["table"]
+    nk.pp.histology_features(
+        sdata, backbone="stain", patch_size_um=112.0, key_added="auto"
+    )  # default grid_um="auto"
+    params = table.uns["auto"]["params"]
+    assert params.get("grid_um") == 28.0  # a quarter of the 112 um patch
+    assert params["grid_choice"].startswith("auto: grid chosen") and params["grid_nodes"] * 8 <= table.n_obs
+    nk.pp.histology_features(sdata, backbone="stain", patch_size_um=112.0, key_added="given", grid_um=28.0)
+    np.testing.assert_array_equal(table.obsm["auto"], table.obsm["given"])
+    # the per-observation path is one argument away, and differs
+    nk.pp.histology_features(sdata, backbone="stain", patch_size_um=112.0, key_added="bins", grid_um=None)
+    per_bin = table.uns["bins"]["params"]
+    assert per_bin.get("grid_um") is None and per_bin.get("grid_nodes") is None
+    assert per_bin["grid_choice"] == "given: one patch per observation"
+    assert not np.array_equal(table.obsm["auto"], table.obsm["bins"])
+    # a model replays the recorded spacing on new slides, whatever their density
+    assert _replay(params, "X", "table")["grid_um"] == 28.0
+    # a re-run with the default reuses the features; features made per bin are kept under "auto" too
+    nk.pp.histology_features(sdata, backbone="stain", patch_size_um=112.0, key_added="bins")
+    assert table.uns["bins"]["params"].get("grid_um") is None
+
+
+def test_auto_grid_keeps_one_patch_per_sparse_observation():
+    sdata = nk.datasets.synthetic_tissue(n_cells=400, random_state=0, progress=False)
+    table = sdata.tables["table"]
+    nk.pp.histology_features(sdata, backbone="stain")
+    params = table.uns["X_stain"]["params"]
+    assert params.get("grid_um") is None and params.get("grid_nodes") is None
+    assert params["grid_choice"].startswith("auto: one patch per observation")
+
+
+def test_dask_features_decide_the_auto_grid_once_for_the_section():
+    sdata = _dense_bins(side_um=1100.0, mpp=0.5)  # 2200 px: more than one image tile, so several partitions
+    table = sdata.tables["table"]
+    nk.pp.histology_features(sdata, backbone="stain", patch_size_um=112.0, key_added="one")
+    nk.pp.histology_features_dask(
+        sdata, backbone="stain", patch_size_um=112.0, key_added="parts", partition_size=2000, progress=False
+    )
+    params = table.uns["parts"]["params"]
+    assert params.get("grid_um") == 28.0 and params["grid_choice"].startswith("auto: grid chosen")
+    assert params["partitions"] > 1
+    np.testing.assert_allclose(table.obsm["parts"], table.obsm["one"], rtol=1e-5, atol=1e-6)

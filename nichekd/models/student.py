@@ -147,6 +147,11 @@ class NicheStudent:
     min_epochs
         Epochs trained before validation may select or stop: the first epochs' under-confident models
         can score a low validation loss yet predict niches poorly.
+    epoch_cells
+        Training cells drawn per epoch (a new random draw each epoch) when there are more: a Visium HD section's
+        hundreds of thousands of bins then cost as much per epoch as 65,536 cells, and neighbouring bins,
+        which carry nearly the same information, are not all revisited every epoch. Training sets up to this
+        size are unaffected (every cell every epoch). ``None``: every training cell every epoch.
     val_fraction, val_blocks
         Share of the training cells ``nk.tl.distill`` holds out for early stopping, as ``val_blocks`` spatial
         blocks per section (``fit`` takes the masks it is given).
@@ -191,6 +196,7 @@ class NicheStudent:
         weight_decay: float = 1e-4,
         patience: int = 5,
         min_epochs: int = 10,
+        epoch_cells: int | None = 65_536,
         val_fraction: float = 0.1,
         val_blocks: int = 4,
         tta: bool = False,
@@ -252,6 +258,7 @@ class NicheStudent:
         self.weight_decay = float(weight_decay)
         self.patience = int(patience)
         self.min_epochs = int(min_epochs)
+        self.epoch_cells = None if epoch_cells is None else _val.check_int("epoch_cells", epoch_cells)
         self.val_fraction = float(val_fraction)
         self.val_blocks = int(val_blocks)
         self.tta = bool(tta)
@@ -565,6 +572,8 @@ class NicheStudent:
                         epoch_feats = feats.clone()
                         epoch_feats[aug] = torch.from_numpy(view_inputs[np.flatnonzero(aug), pick[aug] - 1])
                     order = rng.permutation(train_idx)
+                    if self.epoch_cells is not None:
+                        order = order[: self.epoch_cells]  # a fresh subset each epoch on very large sections
                     total = 0.0
                     for s in range(0, len(order), batch_size):
                         b = order[s : s + batch_size]
@@ -766,7 +775,8 @@ class NicheStudent:
                 "split_record": getattr(self, "split_record", None),
                 "n_neighbors_target": self.n_neighbors_target,
                 "training": {
-                    k: getattr(self, k) for k in (*TRAINING_FIELDS, "val_fraction", "val_blocks", "tta")
+                    k: getattr(self, k)
+                    for k in (*TRAINING_FIELDS, "epoch_cells", "val_fraction", "val_blocks", "tta")
                 },
                 "context_scales": list(self.context_scales),
                 "n_members": self.n_members,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -29,7 +31,7 @@ _SETTINGS = tuple(k for k in FEATURE_SETTINGS if k not in FITTED_SETTINGS) + NAM
 # Keys recorded in params for provenance only; accepted (and ignored) on replay.
 _PROVENANCE = ("weights", "output_dim", "mpp_used", "pyramid_level", "pixel_rule", "embedding", "kind", "device_used",
                "versions", "date", "table_key", "library_key", "normalization", "precision_used",
-               "threads_used", "unset", "grid_nodes", "statistics_from", "fitted_statistics")  # fmt: skip
+               "threads_used", "unset", "grid_nodes", "grid_choice", "statistics_from", "fitted_statistics")  # fmt: skip
 
 
 def _centres(sdata, table: ad.AnnData, lib, shapes_key: str) -> np.ndarray:
@@ -119,13 +121,30 @@ def check_feature_args(**given: Any) -> None:
             "stain_normalization", v, (None, "macenko", "reinhard")
         ),
         "standardize": lambda v: _val.check_choice("standardize", v, (None, "library")),
-        "grid_um": lambda v: _val.check_optional_positive("grid_um", v, unit="microns"),
+        "grid_um": lambda v: (
+            (isinstance(v, str) and v == "auto") or _val.check_optional_positive("grid_um", v, unit="microns")
+        ),
         "precision": lambda v: _val.check_choice("precision", v, tuple(_enc.PRECISIONS)),
         "n_threads": lambda v: _val.check_optional_int("n_threads", v),
     }
     for name, value in given.items():
         if name in checks:
             checks[name](value)
+
+
+# set while histology_features encodes one partition of a section whose grid extent was checked as a whole
+_PARTITION = contextvars.ContextVar("nichekd_feature_partition", default=False)
+
+
+@contextlib.contextmanager
+def partition_of_checked_section():
+    """Within: ``histology_features`` skips the grid-extent check (a dask partition may be smaller than one
+    grid cell; :func:`histology_features_dask` checked the whole section)."""
+    token = _PARTITION.set(True)
+    try:
+        yield
+    finally:
+        _PARTITION.reset(token)
 
 
 def check_grid_extent(grid_um: float, centres: Mapping[str, np.ndarray]) -> None:
@@ -174,7 +193,7 @@ def histology_features(
     stain_normalization: str | None = None,
     stain_reference: Mapping[str, Any] | list[str] | None = None,
     standardize: str | None = None,
-    grid_um: float | None = None,
+    grid_um: float | str | None = "auto",
     precision: str = "auto",
     n_threads: int | None = None,
     copy: bool = False,
@@ -235,9 +254,13 @@ def histology_features(
     grid_um
         Encode one patch per node of a square grid of this spacing (microns) over the observations and give
         each observation the bilinear interpolation of the 4 nodes around it, instead of one patch per
-        observation. For Visium HD bins far smaller than a patch: ``grid_um=32`` on 8 um bins makes about 16x
-        fewer encoder passes (see ``benchmarks/RESULTS.md`` for the agreement with per-bin features).
-        ``None``: one patch per observation.
+        observation. ``"auto"`` (default): a grid of a quarter of the patch side (28 um for 112 um patches)
+        where observations are much denser than the patch, i.e. where it makes at least 8x fewer encoder
+        passes (Visium HD 8 um bins: about 11x), else one patch per observation (Visium spots, cells of most
+        tissues); the choice and its reason are recorded (``grid_um``, ``grid_choice``) and
+        :func:`nichekd.tl.predict_niches` replays the recorded spacing. A number forces that spacing;
+        ``None`` forces one patch per observation. Agreement of grid and per-bin features:
+        ``docs/scaling.md``.
     precision
         Arithmetic of neural encoders: ``"auto"`` (bf16 autocast on CPUs with native bf16, i.e. AVX512-BF16 or
         AMX, and fp32 on other CPUs; bf16, else fp16, autocast on CUDA), ``"fp32"``, ``"bf16"`` or ``"fp16"``
@@ -294,11 +317,14 @@ def histology_features(
 
     if name == "precomputed":
         feats, per_lib = _precomputed(table, features_key), {}
-        patch_size_um = None
+        patch_size_um, grid_um, grid_choice = None, None, None
     else:
         patch_size_um = float(patch_size_um if patch_size_um is not None else spec.input_size * spec.mpp)
         per_lib = _plan(sdata, table_key, library_key, image_key, shapes_key, patch_size_um, spec)
-        if grid_um is not None:
+        grid_um, grid_choice = _grid.resolve_grid_um(
+            grid_um, {lib: p["centres"] for lib, p in per_lib.items()}, patch_size_um
+        )
+        if grid_um is not None and not _PARTITION.get():
             check_grid_extent(float(grid_um), {lib: p["centres"] for lib, p in per_lib.items()})
 
     settings = {
@@ -325,6 +351,8 @@ def histology_features(
     if key_added in table.obsm and existing is not None and not overwrite:
         diff = [k for k in _SETTINGS if k in replay or k in existing]
         diff = [k for k in diff if not same_setting(existing.get(k), replay.get(k))]
+        if diff == ["grid_um"] and str(grid_choice).startswith("auto"):
+            diff = []  # the spacing was left to nichekd: features made with another recorded choice are kept
         if precision != "auto" and spec.kind != "handcrafted":  # an explicit request must be honoured
             if existing.get("precision_used", "fp32") != precision:
                 diff.append("precision_used")
@@ -392,6 +420,7 @@ def histology_features(
         "precision_used": None if name == "precomputed" else encoder.precision,
         "threads_used": None if name == "precomputed" else int(encoder.n_threads or _torch_threads()),
         "grid_nodes": None if readout is None else int(n_work),
+        "grid_choice": grid_choice,
     }  # fmt: skip
     store_params(target, key_added, params, claim=written)
     return target if copy else None
@@ -476,19 +505,29 @@ def _reference(
 
 
 def _batches(stream, batch_size: int):
-    """Regroup ``(indices, patches)`` tiles from :func:`_image.iter_patches` into batches of ``batch_size``."""
-    idx_buf, patch_buf, held = [], [], 0
+    """Regroup ``(indices, patches)`` tiles from :func:`_image.iter_patches` into batches of ``batch_size``.
+
+    Full batches are views into each tile's array; only the few patches left over at a tile's end are copied
+    (joined with the next tile's first ones), so a tile of thousands of patches is never copied again per batch.
+    """
+    idx_left, patch_left = None, None
     for idx, patches in stream:
-        idx_buf.append(idx)
-        patch_buf.append(patches)
-        held += len(idx)
-        while held >= batch_size:
-            idx_all, patches_all = np.concatenate(idx_buf), np.concatenate(patch_buf)
-            yield idx_all[:batch_size], patches_all[:batch_size]
-            idx_buf, patch_buf = [idx_all[batch_size:]], [patches_all[batch_size:]]
-            held -= batch_size
-    if held:
-        yield np.concatenate(idx_buf), np.concatenate(patch_buf)
+        if idx_left is not None:
+            need = batch_size - len(idx_left)
+            idx_left = np.concatenate([idx_left, idx[:need]])
+            patch_left = np.concatenate([patch_left, patches[:need]])
+            idx, patches = idx[need:], patches[need:]
+            if len(idx_left) < batch_size:
+                continue
+            yield idx_left, patch_left
+            idx_left, patch_left = None, None
+        full = len(idx) - len(idx) % batch_size
+        for s in range(0, full, batch_size):
+            yield idx[s : s + batch_size], patches[s : s + batch_size]
+        if full < len(idx):
+            idx_left, patch_left = idx[full:], patches[full:]
+    if idx_left is not None:
+        yield idx_left, patch_left
 
 
 def _encode(

@@ -19,12 +19,15 @@ from .._core.spatial import Library, microns_record, resolve
 from .._core.table import get_table
 from ..io._build import make_shapes
 from ..models import encoders as _enc
+from . import _grid
 from ._features import (
     _standardize,
     check_feature_args,
+    check_grid_extent,
     fit_rows,
     fitted_statistics,
     histology_features,
+    partition_of_checked_section,
     statistics_from,
 )
 
@@ -70,10 +73,17 @@ def _encode_partition(image: Any, image_name: str, part: ad.AnnData, kwargs: dic
     part.obs[REGION_KEY] = pd.Categorical([region] * part.n_obs)
     part.obs[INSTANCE_KEY] = np.arange(part.n_obs)
     part = TableModel.parse(part, region=region, region_key=REGION_KEY, instance_key=INSTANCE_KEY)
+    if not hasattr(image, "children") and not hasattr(image.data, "dask"):  # held in memory, not in a store
+        import dask.array as da
+
+        # SpatialData takes dask-backed images only; tiles of MAX_TILE_PX read the same regions as one process
+        image = image.copy(
+            data=da.from_array(image.data, chunks=(-1, _image.MAX_TILE_PX, _image.MAX_TILE_PX))
+        )
     work = SpatialData(images={image_name: image}, shapes={region: shapes}, tables={TABLE_KEY: part})
     # image chunks are read here, in the worker: a nested compute on the cluster would wait for a free
     # worker thread while holding this one (a deadlock with one thread per worker)
-    with dask.config.set(scheduler="sync"):
+    with dask.config.set(scheduler="sync"), partition_of_checked_section():
         out = histology_features(work, table_key=TABLE_KEY, copy=True, **kwargs)
     key = kwargs["key_added"]
     return np.asarray(out.obsm[key], dtype=np.float32), dict(out.uns[key]["params"])
@@ -189,6 +199,13 @@ def histology_features_dask(
     if spec.name == "precomputed":
         raise ValueError("backbone='precomputed' reads no image: use nk.pp.histology_features.")
     patch_size_um = kwargs.get("patch_size_um") or spec.input_size * spec.mpp
+    # "auto" is decided once over each whole section: partitions must share one grid
+    sections = {lib: xy[labels == lib] for lib in dict.fromkeys(labels)}
+    kwargs["grid_um"], grid_choice = _grid.resolve_grid_um(
+        kwargs.get("grid_um", "auto"), sections, patch_size_um
+    )
+    if kwargs["grid_um"] is not None:
+        check_grid_extent(kwargs["grid_um"], sections)  # here, per section: a partition may be smaller
     parts, part_lib = [], []
     for lib in dict.fromkeys(labels):
         rows = np.flatnonzero(labels == lib)
@@ -228,6 +245,7 @@ def histology_features_dask(
         partitions=len(parts),
         partition_size=int(partition_size),
         scheduler=_dask.scheduler_name(),
+        grid_choice=grid_choice,
     )
     for drop in ("versions", "date"):
         params.pop(drop, None)

@@ -8,6 +8,7 @@ every observation the bilinear interpolation of the 4 nodes around it cuts the e
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,3 +93,66 @@ def read_out(node_features: np.ndarray, readout: GridReadout, n_obs: int) -> np.
         c, w = readout.corners[s : s + step], readout.weights[s : s + step]
         out[readout.rows[s : s + step]] = np.einsum("nk,nkd->nd", w, node_features[c])
     return out
+
+
+#: ``grid_um="auto"``: the grid spacing as a fraction of the patch side (28 um for a 112 um patch); features of
+#: patches a quarter patch apart overlap by three quarters, so the bilinear read-out loses little.
+AUTO_GRID_FRACTION = 0.25
+#: ``grid_um="auto"`` chooses the grid only when it makes at least this many times fewer encoder passes than
+#: one patch per observation (Visium HD bins, cells packed closer than ~10 um); sparser observations
+#: (Visium spots, cells of most tissues: 4-5x on the simulator) keep their own patches.
+AUTO_GRID_MIN_SAVING = 8.0
+
+
+def auto_grid_um(centres: Mapping[str, np.ndarray], patch_size_um: float) -> tuple[float | None, str]:
+    """The grid spacing ``grid_um="auto"`` means for these observations, and why.
+
+    A grid of spacing ``AUTO_GRID_FRACTION * patch_size_um`` is chosen when its nodes (those around the
+    observations, counted per section) are at least ``AUTO_GRID_MIN_SAVING`` times fewer than the
+    observations, and every section spans several grid cells; otherwise ``None`` (one patch per observation).
+
+    Parameters
+    ----------
+    centres
+        Micron positions ``(n, 2)`` per section.
+    patch_size_um
+        Patch side in microns.
+
+    Returns
+    -------
+    ``(grid_um or None, reason)``: the reason is recorded in the features' params.
+
+    Examples
+    --------
+    >>> bins = np.mgrid[0:800:8, 0:800:8].reshape(2, -1).T.astype(float)  # 8 um bins over 0.8 mm
+    >>> auto_grid_um({"s": bins}, 112.0)[0]
+    28.0
+    >>> spots = np.mgrid[0:2000:100, 0:2000:100].reshape(2, -1).T.astype(float)  # Visium-like spacing
+    >>> auto_grid_um({"s": spots}, 112.0)[0] is None
+    True
+    """
+    grid_um = float(patch_size_um) * AUTO_GRID_FRACTION
+    sections = {lib: np.asarray(c, dtype=float).reshape(-1, 2) for lib, c in centres.items() if len(c)}
+    n_obs = sum(len(c) for c in sections.values())
+    if not sections:
+        return None, "auto: no observations"
+    small = [lib for lib, c in sections.items() if np.ptp(c, axis=0).max() < 4 * grid_um]
+    nodes = sum(len(grid_nodes(c, grid_um)[0]) for c in sections.values())
+    saving = n_obs / max(nodes, 1)
+    counts = f"{n_obs:,} observations, {nodes:,} nodes of a {grid_um:g} um grid ({saving:.1f}x fewer patches)"
+    if saving >= AUTO_GRID_MIN_SAVING and not small:
+        return grid_um, f"auto: grid chosen, {counts}"
+    why = f"sections {small[:3]} span under 4 grid cells" if small else f"under {AUTO_GRID_MIN_SAVING:g}x"
+    return None, f"auto: one patch per observation ({why}; {counts})"
+
+
+def resolve_grid_um(
+    grid_um: float | str | None, centres: Mapping[str, np.ndarray], patch_size_um: float
+) -> tuple[float | None, str]:
+    """The spacing ``histology_features`` uses for its ``grid_um`` argument (``"auto"``, a number or ``None``),
+    and the reason recorded with it (see :func:`auto_grid_um`)."""
+    if grid_um == "auto":
+        return auto_grid_um(centres, patch_size_um)
+    if grid_um is None:
+        return None, "given: one patch per observation"
+    return float(grid_um), f"given: grid of {float(grid_um):g} um"
