@@ -246,6 +246,7 @@ STUDENT_SPECS = [
     ("n_members", "int", {"huge": True}),
     ("epochs", "int", {}),
     ("batch_size", "int", {}),
+    ("epoch_cells", "int", {"optional": True}),
     ("lr", "positive", {}),
     ("weight_decay", "nonneg", {}),
     ("patience", "int", {}),
