@@ -105,8 +105,13 @@ def worker(
     seed: int,
     store: Path,
     architecture: str = "transformer",
+    defaults: bool = False,
 ) -> None:
-    """Run the pipeline once and emit per-stage numbers (after every stage, so a stopped run keeps them)."""
+    """Run the pipeline once and emit per-stage numbers (after every stage, so a stopped run keeps them).
+
+    ``defaults``: every public function with its default arguments (the teacher's K, the EfficientNet-Lite0
+    features with ``grid_um="auto"``, the default student with early stopping), as a user who follows the
+    docs runs it; ``grid_um``, ``epochs`` and ``architecture`` are then ignored."""
     import numpy as np
     import spatialdata as sd
     import torch
@@ -115,7 +120,9 @@ def worker(
     from nichekd._core.patches import level_arrays
 
     out: dict = {"n_tiles": n_tiles, "grid_um": grid_um, "epochs": epochs, "seed": seed, "error": None,
-                 "threads": torch.get_num_threads(), "architecture": architecture}  # fmt: skip
+                 "threads": torch.get_num_threads(), "architecture": architecture, "defaults": defaults}  # fmt: skip
+    if defaults:
+        out.update(grid_um="auto", epochs="default (early stopping)", architecture="defaults")
 
     def record() -> None:
         out["stages"] = stage.records
@@ -133,21 +140,35 @@ def worker(
         out["n_bins_16um"] = int(sdata.tables["square_016um"].n_obs)
         del sdata.tables["square_016um"], sdata.shapes["kidney_square_016um"]
         with stage("teacher"):
-            nk.tl.teacher_niches(sdata, n_niches=5, method="aggregate", random_state=seed, progress=False)
+            if defaults:
+                nk.tl.teacher_niches(sdata, random_state=seed, progress=False)
+            else:
+                nk.tl.teacher_niches(sdata, n_niches=5, method="aggregate", random_state=seed, progress=False)
+        k = int(table.obs["teacher_niche"].nunique())
         with stage("features"):
-            nk.pp.histology_features(sdata, backbone="stain", key_added="he_features", device="cpu",
-                                     grid_um=grid_um)  # fmt: skip
-        out["feature_patches"] = int(table.uns["he_features"]["params"].get("grid_nodes", table.n_obs))
+            if defaults:
+                nk.pp.histology_features(sdata, key_added="he_features")
+            else:
+                nk.pp.histology_features(sdata, backbone="stain", key_added="he_features", device="cpu",
+                                         grid_um=grid_um)  # fmt: skip
+        params = table.uns["he_features"]["params"]
+        out["feature_patches"] = int(params.get("grid_nodes") or table.n_obs)
+        out["backbone"], out["grid_choice"] = params.get("backbone"), params.get("grid_choice")
         with stage("split"):
             nk.pp.spatial_split(sdata)
         with stage("distill"):
-            model = nk.tl.distill(sdata, features_key="he_features", architecture=architecture, epochs=epochs,
-                                  patience=epochs, device="cpu", random_state=seed, progress=False)  # fmt: skip
+            if defaults:
+                model = nk.tl.distill(sdata, features_key="he_features", random_state=seed, progress=False)
+            else:
+                model = nk.tl.distill(sdata, features_key="he_features", architecture=architecture,
+                                      epochs=epochs, patience=epochs, device="cpu", random_state=seed,
+                                      progress=False)  # fmt: skip
+        out["epochs_trained"] = len(model.history["train_loss"])
         with stage("baseline_kmeans"):
-            nk.tl.histology_baseline(sdata, method="kmeans", n_niches=5, features_key="he_features",
+            nk.tl.histology_baseline(sdata, method="kmeans", n_niches=k, features_key="he_features",
                                      random_state=seed)  # fmt: skip
         with stage("baseline_leiden"):
-            nk.tl.histology_baseline(sdata, method="leiden", n_niches=5, features_key="he_features",
+            nk.tl.histology_baseline(sdata, method="leiden", n_niches=k, features_key="he_features",
                                      random_state=seed)  # fmt: skip
         with stage("evaluate"):
             scores = nk.tl.evaluate(
@@ -158,7 +179,7 @@ def worker(
         }
         with stage("predict_he_only"):
             he = _he_only(sdata)
-            nk.tl.predict_niches(he, model, key_added="predicted", device="cpu")
+            nk.tl.predict_niches(he, model, key_added="predicted", **({} if defaults else {"device": "cpu"}))
         pred = he.tables["table"].obs["predicted"].astype(str).to_numpy()
         out["he_only_equal_to_student"] = float(
             np.mean(pred == table.obs["student_niche"].astype(str).to_numpy())
@@ -240,14 +261,15 @@ def run(
     seed: int,
     timeout_s: float | None,
     architecture: str = "transformer",
+    defaults: bool = False,
 ) -> dict:
     data = _common.load_results("hd") or {}
-    name = f"{n_tiles}_{architecture}"
+    name = f"{n_tiles}_defaults" if defaults else f"{n_tiles}_{architecture}"
     log = _common.WORK_DIR / f"hd_{name}.log"
     store = _common.WORK_DIR / f"hd_{name}.zarr"
     print(f"hd: {n_tiles} tiles (log {log})", flush=True)
     args = [str(Path(__file__).resolve()), "--worker", "--tiles", str(n_tiles), "--epochs", str(epochs),
-            "--seed", str(seed), "--store", str(store), "--architecture", architecture] + ([] if grid_um is None else ["--grid-um", str(grid_um)])  # fmt: skip
+            "--seed", str(seed), "--store", str(store), "--architecture", architecture] + ([] if grid_um is None else ["--grid-um", str(grid_um)]) + (["--defaults"] if defaults else [])  # fmt: skip
     res = _common.run_worker(args, log, timeout_s=timeout_s)
     res["machine"] = _common.machine()
     data.setdefault("runs", {})[name] = res
@@ -270,7 +292,9 @@ def report(data: dict | None) -> list[str]:
             "The kidney crop (Visium HD, 8 um bins, 2,012 genes) tiled into one section (see "
             "`benchmarks/bench_hd.py`); teacher `aggregate` K=5, stain encoder on a grid with per-bin bilinear "
             "read-out, student (column header) for a fixed number of epochs, k-means and Leiden on the same "
-            "features, H&E-only prediction on an expression-free copy, zarr write. Time is wall clock (in "
+            "features, H&E-only prediction on an expression-free copy, zarr write; a column headed *defaults* "
+            "calls every function with its default arguments instead (the teacher's default K, EfficientNet-Lite0 "
+            "features with `grid_um='auto'`, the default student with early stopping). Time is wall clock (in "
             "brackets: CPU seconds of the process, all threads; on the shared machine the wall time is mostly "
             "waiting for a core), memory the resident-set peak (per step: high-water mark reset before the step; "
             "whole run: `ru_maxrss`).",
@@ -331,6 +355,9 @@ def report(data: dict | None) -> list[str]:
         for r in runs:
             extra = [f"{r.get('n_tiles')} tiles", f"grid {r.get('grid_um')} um",
                      f"{r.get('architecture', 'transformer')} student, {r.get('epochs')} epochs"]  # fmt: skip
+            if r.get("defaults"):
+                extra += [f"backbone {r.get('backbone')}", f"grid: {r.get('grid_choice')}",
+                          f"{r.get('epochs_trained')} epochs trained"]  # fmt: skip
             if r.get("image_px"):
                 extra.append(f"image {r['image_px'][1]} x {r['image_px'][0]} px")
             if r.get("feature_patches"):
@@ -395,12 +422,14 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=float, default=None, help="seconds")
     parser.add_argument("--agreement", action="store_true", help="grid vs per-bin features on the crop")
+    parser.add_argument("--defaults", action="store_true",
+                        help="every function with its default arguments (grid, epochs, architecture ignored)")  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     grid = args.grid_um if args.grid_um and args.grid_um > 0 else None
     if args.worker:
-        worker(args.tiles, grid, args.epochs, args.seed, args.store, args.architecture)
+        worker(args.tiles, grid, args.epochs, args.seed, args.store, args.architecture, args.defaults)
         return
     if args.agreement:
         result = agreement(epochs=args.epochs, seed=args.seed)
@@ -408,7 +437,7 @@ def main() -> None:
         data["agreement"] = result
         _common.save_results("hd", data)
     else:
-        data = run(args.tiles, grid, args.epochs, args.seed, args.timeout, args.architecture)
+        data = run(args.tiles, grid, args.epochs, args.seed, args.timeout, args.architecture, args.defaults)
     print("\n".join(report(data)))
 
 

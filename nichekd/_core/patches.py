@@ -307,67 +307,149 @@ def _read_region(level: ImageLevel, x0: int, y0: int, x1: int, y1: int) -> np.nd
     return out
 
 
-def _patch_grids(level: ImageLevel, centres_um: np.ndarray, size_um: float, out_px: int) -> np.ndarray:
-    """``(n, out, out, 2)`` pixel-index coordinates (x, y) of every output pixel centre, in ``level``."""
-    t = (np.arange(out_px, dtype=np.float32) + 0.5) / out_px - 0.5  # output pixel centres, patch fractions
-    off = np.stack(np.meshgrid(t * size_um, t * size_um, indexing="xy"), axis=-1)  # (out, out, 2) microns
-    inv = np.linalg.inv(level.to_um)[:2, :2].astype(np.float32)
-    centre_px = level.um_to_px(centres_um).astype(np.float32)  # continuous
-    grid = centre_px[:, None, None, :] + (off @ inv.T)[None]
-    return grid - np.float32(0.5)  # continuous -> pixel-index coordinates (pixel i's centre is at i + 0.5)
+def _patch_frames(
+    level: ImageLevel, centres_um: np.ndarray, size_um: float, out_px: int, origin: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the output pixels of each patch sample ``level``: row ``i``, column ``j`` of patch ``p`` at
+    ``centre[p] + t[j] * step[:, 0] + t[i] * step[:, 1]``.
+
+    Positions are pixel indices (pixel ``i``'s centre at ``i``) of the region read from level pixel ``origin``
+    ``(x, y)`` and box-averaged by ``k`` (:func:`_prepare`; ``k = 1``: not averaged).
+
+    Returns
+    -------
+    centre
+        ``(n, 2)`` patch centres ``(x, y)``.
+    step
+        ``(2, 2)`` displacement across the whole patch: column 0 along output x, column 1 along output y.
+    t
+        ``(out_px,)`` output pixel centres as fractions of the patch (``-0.5 .. 0.5``).
+    """
+    t = (np.arange(out_px) + 0.5) / out_px - 0.5
+    inv = np.linalg.inv(level.to_um)[:2, :2]
+    # continuous level px -> continuous px of the averaged region -> pixel index (pixel i spans [i, i + 1))
+    centre = (level.um_to_px(centres_um) - origin) / k - 0.5
+    return centre, inv * (size_um / k), t
+
+
+def _axis_aligned(step: np.ndarray) -> bool:
+    """Whether output rows and columns follow region rows and columns (no rotation or shear): bilinear
+    sampling is then separable. The off-diagonal displacement over the whole patch must be below 1e-6 px."""
+    return bool(abs(step[0, 1]) + abs(step[1, 0]) < 1e-6)
 
 
 def _prepare(region: np.ndarray, scale: float) -> np.ndarray:
-    """The region box-averaged by ``k = floor(scale)`` when ``k >= 2`` (anti-aliasing), still uint8."""
+    """The region box-averaged by ``k = floor(scale)`` when ``k >= 2`` (anti-aliasing), rounded half up to uint8;
+    the last partial blocks are averaged with background."""
     k = int(np.floor(scale))
     if k < 2:
         return region
-    import torch
-    import torch.nn.functional as F
-
-    img = torch.from_numpy(region).float()[None]
-    ph, pw = (-img.shape[2]) % k, (-img.shape[3]) % k
+    ph, pw = (-region.shape[1]) % k, (-region.shape[2]) % k
     if ph or pw:
-        img = F.pad(img, (0, pw, 0, ph), value=float(BACKGROUND))
-    return F.avg_pool2d(img, k)[0].add_(0.5).clamp_(0, 255).to(torch.uint8).numpy()
+        region = np.pad(region, ((0, 0), (0, ph), (0, pw)), constant_values=BACKGROUND)
+    # exact integer block sums, one axis at a time (2k strided adds instead of k * k)
+    rows = region[:, :, 0::k].astype(np.uint16 if k * k * 255 < 2**16 else np.uint32)
+    for dx in range(1, k):
+        rows += region[:, :, dx::k]
+    acc = rows[:, 0::k].copy()
+    for dy in range(1, k):
+        acc += rows[:, dy::k]
+    acc += k * k // 2
+    acc //= k * k
+    return acc.astype(np.uint8)
 
 
-def _sample(region: np.ndarray, grids: np.ndarray, scale: float) -> np.ndarray:
-    """Bilinear resampling of ``region`` (from :func:`_prepare`) at ``grids`` (n, o, o, 2 region-local pixel
-    indices) -> ``(n, 3, o, o)`` uint8. Each patch is cropped first so that ``grid_sample`` works on small
-    inputs (much faster than sampling the whole region)."""
+def _windows(lo: np.ndarray, hi: np.ndarray, size: int) -> tuple[np.ndarray, int]:
+    """Start ``(n,)`` and common length of the crops, along an axis of ``size`` pixels, that hold both
+    interpolation taps of every position in ``[lo, hi]`` clamped to ``[0, size - 1]`` (the border rule)."""
+    first = np.floor(np.clip(lo, 0, size - 1)).astype(np.intp)
+    last = np.floor(np.clip(hi, 0, size - 1)).astype(np.intp)
+    length = min(int((last - first).max()) + 2, size)
+    return np.minimum(first, size - length), length
+
+
+def _crops(region: np.ndarray, x0: np.ndarray, y0: np.ndarray, sx: int, sy: int) -> np.ndarray:
+    """``(n, c, sy, sx)`` crops of ``region`` ``(c, h, w)`` starting at columns ``x0`` and rows ``y0``."""
+    out = np.empty((len(x0), region.shape[0], sy, sx), dtype=region.dtype)
+    for i, (x, y) in enumerate(zip(x0.tolist(), y0.tolist())):
+        out[i] = region[:, y : y + sy, x : x + sx]
+    return out
+
+
+def _sample_grid(region: np.ndarray, centre: np.ndarray, step: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Bilinear resampling of ``region`` (from :func:`_prepare`) at the positions of :func:`_patch_frames` with
+    ``grid_sample`` (any affine map, rotated or sheared) -> ``(n, 3, o, o)`` uint8. Each patch is cropped first
+    so that ``grid_sample`` works on small inputs (much faster than sampling the whole region)."""
     import torch
     import torch.nn.functional as F
 
-    n, o = grids.shape[:2]
-    k = int(np.floor(scale))
-    if k >= 2:
-        grids = (grids + 0.5) / k - 0.5
     h, w = region.shape[1:]
-    # the grid is affine in the output pixel: its four corners bound it
-    corners = grids[:, [0, 0, -1, -1], [0, -1, 0, -1], :]
-    lo = np.floor(corners.min(1)).astype(int)
-    sx, sy = (np.ceil(corners.max(1)).astype(int) - lo).max(0) + 2
-    if sx > w or sy > h:  # cannot happen with the region margin; keep the crop inside the region anyway
-        region = np.pad(
-            region, ((0, 0), (0, max(0, sy - h)), (0, max(0, sx - w))), constant_values=BACKGROUND
-        )
-        h, w = region.shape[1:]
-    lo = np.clip(lo, 0, [w - sx, h - sy])
-    crops = np.stack([region[:, y : y + sy, x : x + sx] for x, y in lo])
-    g = torch.from_numpy((grids - lo[:, None, None, :]).astype(np.float32))
-    g[..., 0] = g[..., 0] * (2.0 / max(sx - 1, 1)) - 1.0
-    g[..., 1] = g[..., 1] * (2.0 / max(sy - 1, 1)) - 1.0
+    # positions are affine in the output pixel: the four corner pixels bound them
+    ends = np.array([[t[0], t[0]], [t[-1], t[0]], [t[0], t[-1]], [t[-1], t[-1]]])
+    corners = centre[:, None, :] + ends @ step.T
+    x0, sx = _windows(corners[..., 0].min(1), corners[..., 0].max(1), w)
+    y0, sy = _windows(corners[..., 1].min(1), corners[..., 1].max(1), h)
+    crops = _crops(region, x0, y0, sx, sy)
+    local = (centre - np.stack([x0, y0], axis=1)).astype(np.float32)  # small numbers: float32 is exact enough
+    off = (t[:, None, None] * step[:, 1] + t[None, :, None] * step[:, 0]).astype(np.float32)  # (o, o, 2)
+    # align_corners=True: -1 and 1 are the centres of the first and last pixels of the crop
+    norm = np.array([2 / max(sx - 1, 1), 2 / max(sy - 1, 1)], dtype=np.float32)
+    grids = torch.from_numpy((local[:, None, None, :] + off) * norm - np.float32(1))
     out = F.grid_sample(
-        torch.from_numpy(crops).float(), g, mode="bilinear", padding_mode="border", align_corners=True
+        torch.from_numpy(crops).float(), grids, mode="bilinear", padding_mode="border", align_corners=True
     )
     return out.add_(0.5).clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def _taps(pos: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """First tap index and weight of the second of 1-D linear interpolation at ``pos``, clamped to the border
+    ``[0, size - 1]`` as ``grid_sample(padding_mode="border", align_corners=True)``."""
+    pos = np.clip(pos, 0, size - 1)
+    first = np.minimum(np.floor(pos), size - 2).astype(np.intp)  # pos == size - 1: taps size - 2, size - 1
+    return first, (pos - first).astype(np.float32)
+
+
+def _lerp_rows(rows: np.ndarray, taps: np.ndarray, length: int, weights: np.ndarray) -> np.ndarray:
+    """1-D linear interpolation between rows: ``rows`` holds ``length`` rows per patch and channel, ``(n * c *
+    length, m)``; ``taps`` and ``weights`` ``(n, o)`` the first tap (patch-local) and weight of each output row
+    -> ``(n * c * o, m)`` float32."""
+    n, o = taps.shape
+    c = rows.shape[0] // (n * length)
+    first = ((np.arange(n * c) * length).reshape(n, c, 1) + taps[:, None, :]).ravel()
+    a = np.take(rows, first, axis=0).astype(np.float32, copy=False)
+    b = np.take(rows, first + 1, axis=0).astype(np.float32, copy=False)
+    b -= a
+    b *= np.broadcast_to(weights[:, None, :], (n, c, o)).reshape(-1, 1)
+    b += a
+    return b
+
+
+def _sample_separable(region: np.ndarray, centre: np.ndarray, step: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """What :func:`_sample_grid` computes, for axis-aligned patches (:func:`_axis_aligned`), as two 1-D passes:
+    bilinear weights are a product of 1-D weights, so rows are interpolated first, then columns. Each pass
+    gathers whole rows (no per-pixel indexing), and no ``(n, o, o, 2)`` grid is built."""
+    n, o = len(centre), len(t)
+    h, w = region.shape[1:]
+    xs = centre[:, :1] + t * step[0, 0]  # (n, o): positions of the output columns, and below of the rows
+    ys = centre[:, 1:] + t * step[1, 1]
+    x0, sx = _windows(xs.min(1), xs.max(1), w)
+    y0, sy = _windows(ys.min(1), ys.max(1), h)
+    crops = _crops(region, x0, y0, sx, sy)
+    (yt, wy), (xt, wx) = _taps(ys, h), _taps(xs, w)
+    v = _lerp_rows(crops.reshape(-1, sx), yt - y0[:, None], sy, wy)  # (n * 3 * o rows, sx)
+    # columns become rows: the second pass gathers rows as well
+    v = v.reshape(n * 3, o, sx).transpose(0, 2, 1).reshape(-1, o)
+    v = _lerp_rows(v, xt - x0[:, None], sx, wx)  # (n * 3 * o columns, o rows)
+    v += 0.5  # round half up; no clamp: a convex mix of 0..255 stays within [0.5, 255.5)
+    out = np.empty((n, 3, o, o), dtype=np.uint8)
+    np.copyto(out.transpose(0, 1, 3, 2), v.reshape(n, 3, o, o), casting="unsafe")
+    return out
 
 
 def _slice(region: np.ndarray, centres_px: np.ndarray, out_px: int) -> np.ndarray:
     """``(n, 3, out, out)`` crops of ``region`` whose pixel corners lie nearest to ``centre - out / 2``."""
     starts = np.rint(centres_px - out_px / 2).astype(int)
-    return np.stack([region[:, y : y + out_px, x : x + out_px] for x, y in starts])
+    return _crops(region, starts[:, 0], starts[:, 1], out_px, out_px)
 
 
 def _tile_size(level: ImageLevel) -> tuple[int, int]:
@@ -409,8 +491,6 @@ def iter_patches(
     order = np.argsort(tile_id, kind="stable")
     bounds = np.flatnonzero(np.diff(tile_id[order])) + 1
     groups = np.split(order, bounds) if len(order) else []
-    # bound memory: the sampling grid is n * out_px**2 * 2 floats
-    per_call = max(1, int(2**22 // (out_px * out_px)))
     # per-patch bounding box in level pixels (corners of the micron square) plus a resampling margin
     corners = np.array([[-1, -1], [1, -1], [-1, 1], [1, 1]], dtype=float) * (patch_size_um / 2)
     inv = np.linalg.inv(lv.to_um)[:2, :2]
@@ -419,13 +499,19 @@ def iter_patches(
     # output pixels == level pixels on an axis-aligned grid: plain slicing (centre rounded to the nearest
     # pixel corner, at most half a pixel off) instead of resampling
     lin = lv.to_um[:2, :2]
-    step = patch_size_um / out_px
+    out_um = patch_size_um / out_px
     pixel_exact = bool(
         abs(lin[0, 1]) < 1e-12 and abs(lin[1, 0]) < 1e-12 and lin[0, 0] > 0 and lin[1, 1] > 0
-        and abs(lin[0, 0] - step) < 1e-6 * step and abs(lin[1, 1] - step) < 1e-6 * step
+        and abs(lin[0, 0] - out_um) < 1e-6 * out_um and abs(lin[1, 1] - out_um) < 1e-6 * out_um
     )  # fmt: skip
 
     pool_k = max(1, int(np.floor(scale)))
+    # where the output pixels fall in a region: only its origin differs from tile to tile
+    _, frame_step, _ = _patch_frames(lv, centres[:1], patch_size_um, out_px, np.zeros(2), pool_k)
+    sample = _sample_separable if _axis_aligned(frame_step) else _sample_grid
+    # patches per resampling call: the separable passes stay within the CPU cache (~1 MB of floats); the
+    # grid path bounds memory (its grid is n * out_px**2 * 2 floats)
+    per_call = max(1, (2**16 if sample is _sample_separable else 2**22) // (out_px * out_px))
 
     def region_of(idx: np.ndarray) -> tuple[int, int, int, int]:
         lo = np.floor(px[idx].min(0) - reach).astype(int)
@@ -435,28 +521,26 @@ def iter_patches(
         hi = np.ceil(px[idx].max(0) + reach).astype(int)
         return int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1])
 
-    def load(idx: np.ndarray):
+    def load(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x0, y0, x1, y1 = region_of(idx)
-        return idx, (x0, y0), _read_region(lv, x0, y0, x1, y1)
+        region = _read_region(lv, x0, y0, x1, y1)
+        # box-averaged in the reader thread too, beside the resampling of the previous tile
+        return idx, np.array([x0, y0], dtype=float), region if pixel_exact else _prepare(region, scale)
 
     with ThreadPoolExecutor(max_workers=max(1, int(num_workers))) as pool:
         pending = [pool.submit(load, g) for g in groups[: max(1, num_workers) + 1]]
         nxt = len(pending)
         while pending:
-            idx, (x0, y0), region = pending.pop(0).result()
+            idx, origin, region = pending.pop(0).result()
             if nxt < len(groups):
                 pending.append(pool.submit(load, groups[nxt]))
                 nxt += 1
             if pixel_exact:
-                yield idx, _slice(region, px[idx] - np.array([x0, y0]), out_px)
+                yield idx, _slice(region, px[idx] - origin, out_px)
                 continue
-            region = _prepare(region, scale)
+            centre, frame_step, t = _patch_frames(lv, centres[idx], patch_size_um, out_px, origin, pool_k)
             for s in range(0, len(idx), per_call):
-                sub = idx[s : s + per_call]
-                grids = _patch_grids(lv, centres[sub], patch_size_um, out_px) - np.array(
-                    [x0, y0], dtype=np.float32
-                )
-                yield sub, _sample(region, grids, scale)
+                yield idx[s : s + per_call], sample(region, centre[s : s + per_call], frame_step, t)
     _warn_nonfinite(lv.pixels, counted)
 
 

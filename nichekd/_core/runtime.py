@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -97,6 +99,31 @@ def torch_threads(n_threads: int | None, *, at_most: bool = False) -> Iterator[N
         yield
     finally:
         torch.set_num_threads(before)
+
+
+_POOLS: dict[int, Any] = {}
+_POOLS_LOCK = threading.Lock()
+os.register_at_fork(after_in_child=_POOLS.clear)  # a forked child has none of the parent's threads
+
+
+def worker_pool(n_threads: int) -> Any:
+    """A process-wide :class:`~concurrent.futures.ThreadPoolExecutor` of ``n_threads`` threads, started once.
+
+    Encoders run every batch's chunks on it: starting fresh threads per batch cost more than a stain batch's
+    work. Its tasks must not submit to it and wait (a full pool would wait on itself).
+
+    Examples
+    --------
+    >>> list(worker_pool(2).map(abs, [-1, 2]))
+    [1, 2]
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = max(1, int(n_threads))
+    with _POOLS_LOCK:
+        if n not in _POOLS:
+            _POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix=f"nichekd-worker{n}")
+        return _POOLS[n]
 
 
 @contextmanager

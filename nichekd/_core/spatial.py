@@ -314,13 +314,34 @@ def is_placeholder(sdata: Any, name: str) -> bool:
     that is refused first, naming the files (:func:`nichekd._core.backing.check_element_files`)."""
 
     check_element_files(sdata.images[name], "image", name)
-    arr = level_arrays(sdata.images[name])[-1]
+    arrays = level_arrays(sdata.images[name])
+    if _windows_differ(arrays[0]):
+        return False
+    arr = arrays[-1]
     data = arr.data
     h, w = int(arr.sizes["y"]), int(arr.sizes["x"])
     step = max(1, int(max(h, w) // 512))
     sub = data[:3, ::step, ::step]
     sub = np.asarray(sub.compute(scheduler="synchronous") if hasattr(sub, "compute") else sub, dtype=float)
     return float(sub.std()) < 1e-3
+
+
+def _windows_differ(arr: Any, size: int = 256) -> bool:
+    """True when a few small windows of the finest level already show clear contrast (a standard deviation of
+    at least one grey level, 1/255 for float images). They cost a few chunks, where the coarsest level of a
+    pyramid that spatialdata computes lazily costs a pass over the whole image; an image that does not pass
+    here goes on to the full check."""
+    h, w = int(arr.sizes["y"]), int(arr.sizes["x"])
+    data = arr.data
+    wins = []
+    for fy, fx in ((0.5, 0.5), (0.25, 0.25), (0.75, 0.75), (0.25, 0.75), (0.75, 0.25)):
+        y0, x0 = max(0, int(h * fy) - size // 2), max(0, int(w * fx) - size // 2)
+        win = data[:3, y0 : y0 + size, x0 : x0 + size]
+        wins.append(
+            np.asarray(win.compute(scheduler="synchronous") if hasattr(win, "compute") else win).ravel()
+        )
+    grey = 1.0 if np.issubdtype(data.dtype, np.integer) else 1.0 / 255.0
+    return float(np.concatenate(wins).astype(float).std()) >= grey
 
 
 def image_problem(sdata: Any, name: str, *, grey: bool = False) -> str | None:

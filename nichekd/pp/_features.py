@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import anndata as ad
@@ -548,9 +549,23 @@ def _encode(
     ``transform`` (optional) maps each batch of uint8 patches to new patches before stain normalisation and
     encoding: the hook ``nk.pp.augmented_features`` uses to encode augmented views.
     """
+
+    def encode(x: np.ndarray) -> np.ndarray:
+        if transform is not None:
+            x = transform(x)
+        if stain_normalization is not None:
+            x = _enc._stain.normalize_stain(x, stain_normalization, reference)
+        return np.asarray(encoder(x), dtype=np.float32).reshape(len(x), -1)
+
     out = None
     total = sum(len(p["rows"]) for p in plan.values())
-    with tqdm(total=total, desc=desc or f"histology features ({spec.name})", unit="patch") as bar:
+    # one batch encodes in its own thread while this one reads the next: the reader never starves the encoder.
+    # A single encoding thread keeps the batches in order (augmentations draw from one generator in turn).
+    with (
+        tqdm(total=total, desc=desc or f"histology features ({spec.name})", unit="patch") as bar,
+        ThreadPoolExecutor(1, thread_name_prefix="nichekd-encode") as runner,
+    ):
+        pending = None
         for p in plan.values():
             stream = _image.iter_patches(
                 p["pyramid"],
@@ -561,13 +576,20 @@ def _encode(
                 num_workers=num_workers,
             )
             for idx, x in _batches(stream, batch_size):
-                if transform is not None:
-                    x = transform(x)
-                if stain_normalization is not None:
-                    x = _enc._stain.normalize_stain(x, stain_normalization, reference)
-                f = np.asarray(encoder(x), dtype=np.float32).reshape(len(idx), -1)
-                if out is None:
-                    out = np.zeros((n_obs, f.shape[1]), dtype=np.float32)
-                out[p["rows"][idx]] = f
-                bar.update(len(idx))
+                job = (p["rows"][idx], runner.submit(contextvars.copy_context().run, encode, x))
+                if pending is not None:
+                    out = _store(out, n_obs, *pending, bar)
+                pending = job
+        if pending is not None:
+            out = _store(out, n_obs, *pending, bar)
+    return out
+
+
+def _store(out: np.ndarray | None, n_obs: int, rows: np.ndarray, job: Future, bar) -> np.ndarray:
+    """Write one encoded batch's features into ``out`` (allocated at the first batch, once the width is known)."""
+    f = job.result()
+    if out is None:
+        out = np.zeros((n_obs, f.shape[1]), dtype=np.float32)
+    out[rows] = f
+    bar.update(len(rows))
     return out

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..._core.runtime import torch_threads
+from ..._core.runtime import torch_threads, worker_pool
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -288,10 +288,10 @@ class TorchEncoder(Encoder):
         chunks = [x[i : i + step] for i in range(0, len(x), step)]
         workers = min(len(chunks), int(self.n_threads or torch.get_num_threads()))
         if self.device == "cpu" and workers > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with torch_threads(1), ThreadPoolExecutor(workers) as pool:
-                out = list(pool.map(lambda c: self._forward_chunk(c, single_thread=True), chunks))
+            with torch_threads(1):
+                out = list(
+                    worker_pool(workers).map(lambda c: self._forward_chunk(c, single_thread=True), chunks)
+                )
         else:
             with torch_threads(self.n_threads):
                 out = [self._forward_chunk(c) for c in chunks]

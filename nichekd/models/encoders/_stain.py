@@ -6,6 +6,7 @@ on a whole batch at once.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -43,10 +44,13 @@ SPEC = BackboneSpec(
 )
 
 
+@functools.cache
 def _hed_from_rgb() -> np.ndarray:
     from skimage.color.colorconv import hed_from_rgb
 
-    return np.asarray(hed_from_rgb, dtype=np.float32)
+    m = np.asarray(hed_from_rgb, dtype=np.float32)
+    m.flags.writeable = False  # shared by every call
+    return m
 
 
 def rgb_to_hed(patches: np.ndarray, *, clip: bool = True) -> np.ndarray:
@@ -74,16 +78,23 @@ def _glcm_stats(q: np.ndarray) -> np.ndarray:
     """Contrast, homogeneity, energy, correlation, entropy of the symmetric co-occurrence matrix of each
     quantised patch ``q`` (n, h, w) for unit offsets right and down."""
     n, levels = len(q), GLCM_LEVELS
-    q = q.astype(np.intp, copy=False)
     size = n * levels * levels
-    base = (np.arange(n, dtype=np.intp) * levels * levels)[:, None, None]
-    right = q[:, :, :-1] * levels + q[:, :, 1:] + base
-    down = q[:, :-1, :] * levels + q[:, 1:, :] + base
-    p = np.bincount(right.ravel(), minlength=size) + np.bincount(down.ravel(), minlength=size)
+    # int32 codes (a quarter of intp's memory traffic), both offsets in one array for one bincount
+    q = q.astype(np.int32, copy=False)
+    _, hh, ww = q.shape
+    base = (np.arange(n, dtype=np.int32) * (levels * levels))[:, None, None]
+    codes = np.empty(n * (hh * (ww - 1) + (hh - 1) * ww), dtype=np.int32)
+    right = codes[: n * hh * (ww - 1)].reshape(n, hh, ww - 1)
+    down = codes[n * hh * (ww - 1) :].reshape(n, hh - 1, ww)
+    for out, a, b in ((right, q[:, :, :-1], q[:, :, 1:]), (down, q[:, :-1, :], q[:, 1:, :])):
+        np.multiply(a, levels, out=out)
+        out += b
+        out += base
+    p = np.bincount(codes, minlength=size)
     p = p.reshape(n, levels, levels).astype(np.float64)
     p = p + p.transpose(0, 2, 1)
     p /= p.sum(axis=(1, 2), keepdims=True)
-    i, j = np.meshgrid(np.arange(levels), np.arange(levels), indexing="ij")
+    i, j = _GLCM_IJ
     contrast = (p * (i - j) ** 2).sum(axis=(1, 2))
     homogeneity = (p / (1.0 + (i - j) ** 2)).sum(axis=(1, 2))
     energy = np.sqrt((p**2).sum(axis=(1, 2)))
@@ -94,6 +105,8 @@ def _glcm_stats(q: np.ndarray) -> np.ndarray:
     entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=(1, 2))
     return np.stack([contrast, homogeneity, energy, correlation, entropy], axis=1)
 
+
+_GLCM_IJ = np.meshgrid(np.arange(GLCM_LEVELS), np.arange(GLCM_LEVELS), indexing="ij")
 
 # Histogram percentiles: bins uniform in log1p(v / HIST_V0) over [0, HIST_V_MAX] (>= the largest possible H or E
 # value, 1.88), so they are fine where H&E values live (0-0.3) and exact zeros (background) get a bin of their own.
@@ -135,13 +148,13 @@ def _hist_percentiles(v: np.ndarray, q: tuple[float, ...]) -> np.ndarray:
     stay exactly zero.
     """
     n, m = v.shape
-    nb = HIST_BINS + 1  # bin 0: exact zeros; bin j >= 1: [edge[j-1], edge[j])
+    nb = HIST_BINS + 1  # bin 0: exact zeros; bin j >= 1: (edge[j-1], edge[j]]
     key = np.log1p(v * np.float32(1.0 / HIST_V0))
     key *= np.float32(HIST_BINS / _HIST_SCALE)
+    # ceil: an exact zero (key 0) lands in bin 0 and every positive value in a bin >= 1, without a masked write
+    np.ceil(key, out=key)
     idx = key.astype(np.intp)
-    np.minimum(idx, HIST_BINS - 1, out=idx)
-    idx += 1
-    idx[v <= 0] = 0
+    np.minimum(idx, HIST_BINS, out=idx)
     idx += (np.arange(n, dtype=np.intp) * nb)[:, None]
     counts = np.bincount(idx.ravel(), minlength=n * nb).reshape(n, nb)
     cum = np.cumsum(counts, axis=1)
@@ -217,15 +230,30 @@ def _features_chunk(x: np.ndarray) -> np.ndarray:
     levels = np.clip(h * np.float32(GLCM_LEVELS / GLCM_H_MAX), 0, GLCM_LEVELS - 1).astype(np.intp)
     grad_h = np.abs(np.diff(h, axis=1)).mean((1, 2)) + np.abs(np.diff(h, axis=2)).mean((1, 2))
     grad_e = np.abs(np.diff(e, axis=1)).mean((1, 2)) + np.abs(np.diff(e, axis=2)).mean((1, 2))
-    rgb = x.reshape(n, 3, -1).astype(np.float32)
-    rgb *= np.float32(1.0 / 255.0)
+    rgb_mean, rgb_std = _rgb_moments(x)
     cols = [
         tissue[:, None], hm[:, None], em[:, None], hf.std(1)[:, None], ef.std(1)[:, None], hp, ep,
         (hm / np.maximum(em, 1e-6))[:, None], (hf > NUCLEAR_H).mean(1)[:, None],
         _blob_density(h)[:, None], _glcm_stats(levels), grad_h[:, None], grad_e[:, None],
-        rgb.mean(2), rgb.std(2),
+        rgb_mean, rgb_std,
     ]  # fmt: skip
     return np.concatenate(cols, axis=1).astype(np.float32)
+
+
+def _rgb_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each channel of ``(n, 3, h, w)`` uint8 patches, in 0-1 units, from exact
+    integer sums (255**2 fits uint16 and a patch's sum of squares uint32 up to 66,000 pixels; float64 beyond)."""
+    n = len(x)
+    flat = x.reshape(n, 3, -1)
+    m = flat.shape[2]
+    acc = np.uint32 if m <= 66_000 else np.float64
+    total = flat.sum(2, dtype=acc).astype(np.float64)
+    sq = flat.astype(np.uint16)
+    sq *= sq
+    total_sq = sq.sum(2, dtype=acc).astype(np.float64)
+    mean = total / m
+    var = np.maximum(total_sq * m - total * total, 0.0) / (m * m)  # exact integers up to the last division
+    return mean / 255.0, np.sqrt(var) / 255.0
 
 
 def stain_features(patches: np.ndarray, *, n_threads: int | None = None) -> np.ndarray:
@@ -261,11 +289,10 @@ def stain_features(patches: np.ndarray, *, n_threads: int | None = None) -> np.n
 
         n_threads = torch.get_num_threads()
     if n_threads > 1 and len(chunks) > 1:
-        from concurrent.futures import ThreadPoolExecutor
+        from ..._core.runtime import worker_pool
 
         # numpy releases the GIL inside its loops, so chunks on threads use the cores
-        with ThreadPoolExecutor(min(n_threads, len(chunks))) as pool:
-            parts = list(pool.map(_features_chunk, chunks))
+        parts = list(worker_pool(min(n_threads, len(chunks))).map(_features_chunk, chunks))
     else:
         parts = [_features_chunk(c) for c in chunks]
     return np.concatenate(parts)
