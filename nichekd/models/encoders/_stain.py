@@ -266,9 +266,9 @@ def stain_features(patches: np.ndarray, *, n_threads: int | None = None) -> np.n
     Tolerance against :func:`_stain_features_reference` (the straightforward implementation, kept for tests):
     the six percentiles agree within ``HIST_RTOL * (exact + HIST_V0)`` (0.49% + 5e-7); the blob density counts
     the same maxima except where the reference's float32 rounding splits an exactly flat plateau (rare on real
-    H&E: identical on 100% of 512 real patches); the means and standard deviations of R, G, B are exact to
-    1e-6 (the reference's float32 sums are off by up to 5e-5); every other feature agrees to float32 rounding
-    (relative 1e-5).
+    H&E: identical on 100% of 512 real patches); the means and standard deviations of R, G, B come from exact
+    integer sums, so they are exact to float32 rounding (the reference's float32 sums are off by up to 5e-5);
+    every other feature agrees to float32 rounding (relative 1e-5).
 
     Examples
     --------
