@@ -215,8 +215,11 @@ def _he_only(sdata):
     return SpatialData(images=dict(sdata.images), shapes=dict(sdata.shapes), tables={"table": bare})
 
 
-def agreement(grid_ums=(16.0, 32.0, 48.0), epochs: int = 10, seed: int = 0) -> dict:
-    """Grid features against per-bin features on the kidney crop: correlation per feature and student ARI."""
+def agreement(grid_ums=(16.0, 32.0, 48.0), epochs: int = 10, seed: int = 0, backbone: str = "stain") -> dict:
+    """Grid features against per-bin features on the kidney crop: correlation per feature and student ARI.
+
+    ``grid_ums`` may hold ``"auto"`` (the default of ``histology_features``: recorded with the spacing it chose).
+    """
     import time
 
     import numpy as np
@@ -226,15 +229,17 @@ def agreement(grid_ums=(16.0, 32.0, 48.0), epochs: int = 10, seed: int = 0) -> d
     sdata = nk.datasets.visium_hd_kidney_crop()
     table = sdata.tables["table"]
     nk.tl.teacher_niches(sdata, n_niches=5, method="aggregate", random_state=seed, progress=False)
-    out: dict = {"n_bins": int(table.n_obs), "epochs": epochs, "seed": seed, "runs": {}}
+    out: dict = {"n_bins": int(table.n_obs), "epochs": epochs, "seed": seed, "backbone": backbone, "runs": {}}
     ref = None
     for g in (None, *grid_ums):
-        key = "he_bins" if g is None else f"he_grid{int(g)}"
+        key = "he_bins" if g is None else ("he_auto" if g == "auto" else f"he_grid{int(g)}")
         t0 = time.perf_counter()
-        nk.pp.histology_features(sdata, backbone="stain", key_added=key, device="cpu", grid_um=g)
+        nk.pp.histology_features(sdata, backbone=backbone, key_added=key, device="cpu", grid_um=g)
         sec = time.perf_counter() - t0
         x = np.asarray(table.obsm[key], dtype=float)
-        rec = {"seconds": sec, "patches": int(table.uns[key]["params"].get("grid_nodes", table.n_obs))}
+        params = table.uns[key]["params"]
+        rec = {"seconds": sec, "patches": int(params.get("grid_nodes") or table.n_obs),
+               "grid_um": params.get("grid_um"), "patch_size_um": params.get("patch_size_um")}  # fmt: skip
         if ref is None:
             nk.pp.spatial_split(sdata)  # the same split for every feature set (buffer: half the patch)
             ref = x
@@ -382,10 +387,11 @@ def report(data: dict | None) -> list[str]:
                 + f"; load average at the end {m.get('load_average_1min')} ({m.get('date')})"
             )  # fmt: skip
         lines.append("")
-    agr = data.get("agreement")
-    if agr:
+    for agreement_key in sorted(k for k in data if k.startswith("agreement")):
+        agr = data[agreement_key]
         lines += [
-            f"**Grid features vs one patch per bin** on the untiled crop ({agr['n_bins']:,} bins, stain encoder; "
+            f"**Grid features vs one patch per bin** on the untiled crop ({agr['n_bins']:,} bins, "
+            f"{agr.get('backbone', 'stain')} encoder; "
             f"student: transformer, {agr['epochs']} epochs, ARI against the teacher on the test strip):",
             "",
             "| features | patches encoded | time | Pearson r with per-bin features (median / min over features) "
@@ -398,7 +404,13 @@ def report(data: dict | None) -> list[str]:
                 if "pearson_median" in rec
                 else "(reference)"
             )
-            name = "one patch per bin" if key == "he_bins" else f"grid {key.removeprefix('he_grid')} um"
+            name = (
+                "one patch per bin"
+                if key == "he_bins"
+                else f"`grid_um='auto'` (default): {rec.get('grid_um')} um"
+                if key == "he_auto"
+                else f"grid {key.removeprefix('he_grid')} um"
+            )
             lines.append(
                 f"| {name} | {rec['patches']:,} | {_common.fmt_seconds(rec['seconds'])} | {r} | {rec['student_ari']:.3f} |"
             )
@@ -422,6 +434,8 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=float, default=None, help="seconds")
     parser.add_argument("--agreement", action="store_true", help="grid vs per-bin features on the crop")
+    parser.add_argument("--agreement-grids", default="16,32,48", help="comma-separated; 'auto' allowed")
+    parser.add_argument("--backbone", default="stain", help="encoder of --agreement")
     parser.add_argument("--defaults", action="store_true",
                         help="every function with its default arguments (grid, epochs, architecture ignored)")  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -432,9 +446,10 @@ def main() -> None:
         worker(args.tiles, grid, args.epochs, args.seed, args.store, args.architecture, args.defaults)
         return
     if args.agreement:
-        result = agreement(epochs=args.epochs, seed=args.seed)
+        grids = [g if g == "auto" else float(g) for g in args.agreement_grids.split(",")]
+        result = agreement(grids, epochs=args.epochs, seed=args.seed, backbone=args.backbone)
         data = _common.load_results("hd") or {}  # read after the run: other runs may have written meanwhile
-        data["agreement"] = result
+        data["agreement" if args.backbone == "stain" else f"agreement_{args.backbone}"] = result
         _common.save_results("hd", data)
     else:
         data = run(args.tiles, grid, args.epochs, args.seed, args.timeout, args.architecture, args.defaults)
