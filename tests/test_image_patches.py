@@ -168,3 +168,80 @@ def test_bad_geometry_raises():
         _image.image_pyramid(sdata, "L_he", "other")
     with pytest.raises(KeyError, match="No image element"):
         resolve(sdata, image_key="nope")
+
+
+SCALES = (0.7, 1.0, 1.37, 2.0, 3.3)  # level pixels per output pixel
+
+
+def _assert_close(a: np.ndarray, b: np.ndarray) -> None:
+    """Within one grey level (float rounding at .5), and almost everywhere equal."""
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_separable_sampling_matches_grid_sample(scale):
+    rng = np.random.default_rng(int(scale * 100))
+    region = rng.integers(0, 256, (3, 90, 110), dtype=np.uint8)
+    out_px = 21
+    t = (np.arange(out_px) + 0.5) / out_px - 0.5
+    # centres anywhere, past the region's edges too (border rule); x and y pixel sizes differ; flipped axes
+    centre = np.concatenate([rng.uniform(-15, 125, (40, 2)), [[0.0, 0.0], [109.0, 89.0], [-3.0, 95.0]]])
+    for sx, sy in ((1.0, 1.0), (1.0, 1.6), (0.55, 1.0), (-1.0, 1.3), (1.0, -0.8)):
+        step = np.diag([sx, sy]) * (scale * out_px)
+        assert _image._axis_aligned(step)
+        _assert_close(
+            _image._sample_separable(region, centre, step, t), _image._sample_grid(region, centre, step, t)
+        )
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_separable_path_matches_grid_path_end_to_end(scale, monkeypatch):
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (200, 240, 3), dtype=np.uint8)
+    a = ad.AnnData(np.zeros((1, 1), np.float32))
+    sdata = build_library(a, library="L", xy_um=np.array([[5.0, 5.0]]), diameter_um=10, image=img, mpp=0.5)
+    el = sdata.images["L_he"]
+    out_px = 24
+    # anisotropic pixels (0.5 um wide, 0.8 um tall), then the same image flipped left-right
+    flip = np.array([[-0.5, 0, 120.0], [0, 0.8, 0], [0, 0, 1]])
+    transforms = (
+        Scale([0.8, 0.5], axes=("y", "x")),
+        Affine(flip, input_axes=("x", "y"), output_axes=("x", "y")),
+    )
+    calls, real = [], _image._sample_separable
+
+    def spy(*args):
+        calls.append(1)
+        return real(*args)
+
+    for transform in transforms:
+        set_transformation(el, transform, to_coordinate_system="L")
+        pyr = _image.image_pyramid(sdata, "L_he", "L")
+        x0, x1, y0, y1 = pyr.extent_um
+        # near and past the edges of the image, and its corners
+        xy = np.concatenate([rng.uniform([x0 - 5, y0 - 5], [x1 + 5, y1 + 5], (60, 2)), [[x0, y0], [x1, y1]]])
+        size_um = scale * out_px * 0.5
+        calls.clear()
+        monkeypatch.setattr(_image, "_sample_separable", spy)
+        sep = _image.read_patches(pyr, xy, size_um, out_px, level=pyr.levels[0])
+        assert calls  # the separable path was taken
+        monkeypatch.undo()
+        monkeypatch.setattr(_image, "_axis_aligned", lambda step: False)
+        grid = _image.read_patches(pyr, xy, size_um, out_px, level=pyr.levels[0])
+        monkeypatch.undo()
+        _assert_close(sep, grid)
+
+
+def test_box_average_matches_avg_pool():
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    region = rng.integers(0, 256, (3, 47, 61), dtype=np.uint8)
+    for k in (2, 3, 4, 6, 7):
+        img = torch.from_numpy(region).float()[None]
+        ph, pw = (-47) % k, (-61) % k
+        img = F.pad(img, (0, pw, 0, ph), value=255.0)  # partial blocks average with background
+        ref = F.avg_pool2d(img, k)[0].add_(0.5).clamp_(0, 255).to(torch.uint8).numpy()
+        np.testing.assert_array_equal(_image._prepare(region, k + 0.5), ref)

@@ -7,8 +7,10 @@ coordinate system (microns). Level ``k`` of a pyramid covers the same area as le
 its intrinsic coordinates are level-0 coordinates divided by the per-axis shape ratio.
 
 Patches are read chunk-wise: patches are grouped by image tiles, each tile region (plus a margin for the
-patches that stick out of it) is read once from the dask array, and every patch of the group is resampled
-from it in one ``grid_sample`` call. Reading one patch at a time through dask is an order of magnitude slower.
+patches that stick out of it) is read once from the dask array, and the group's patches are resampled from it
+in blocks, in worker threads: axis-aligned ones by separable bilinear interpolation (rows, then columns),
+rotated or sheared ones with ``grid_sample``. Reading one patch at a time through dask is an order of magnitude
+slower.
 
 Pixel values follow one rule per image (:attr:`ImagePyramid.pixel_rule`, from :mod:`nichekd._core.image`), the
 readers' rule, so that an image element made by hand or by another tool reads like one from a nichekd reader:
@@ -22,6 +24,7 @@ was deleted since is refused, naming its files (:mod:`nichekd._core.backing`), b
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +36,10 @@ BACKGROUND = 255  # white glass: what lies outside the scanned area
 
 # Tiles are read whole; larger dask chunks are split so that no read comes near loading a slide.
 MAX_TILE_PX = 2048
+
+# size of the work arrays of the separable resampling, in floats (1 MB): it sets how many patches one pass
+# takes (measured fastest on 2 cores)
+_PASS_FLOATS = 2**18
 
 
 @dataclass(frozen=True)
@@ -368,10 +375,14 @@ def _windows(lo: np.ndarray, hi: np.ndarray, size: int) -> tuple[np.ndarray, int
     return np.minimum(first, size - length), length
 
 
-def _crops(region: np.ndarray, x0: np.ndarray, y0: np.ndarray, sx: int, sy: int) -> np.ndarray:
-    """``(n, c, sy, sx)`` crops of ``region`` ``(c, h, w)`` starting at columns ``x0`` and rows ``y0``."""
-    out = np.empty((len(x0), region.shape[0], sy, sx), dtype=region.dtype)
-    for i, (x, y) in enumerate(zip(x0.tolist(), y0.tolist())):
+def _crops(
+    region: np.ndarray, x0: np.ndarray, y0: np.ndarray, sx: int, sy: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """``(n, c, sy, sx)`` crops of ``region`` ``(c, h, w)`` starting at columns ``x0`` and rows ``y0`` (into
+    ``out``, of any memory layout, when given)."""
+    if out is None:
+        out = np.empty((len(x0), region.shape[0], sy, sx), dtype=region.dtype)
+    for i, (x, y) in enumerate(zip(x0.tolist(), y0.tolist(), strict=True)):
         out[i] = region[:, y : y + sy, x : x + sx]
     return out
 
@@ -402,47 +413,72 @@ def _sample_grid(region: np.ndarray, centre: np.ndarray, step: np.ndarray, t: np
 
 
 def _taps(pos: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """First tap index and weight of the second of 1-D linear interpolation at ``pos``, clamped to the border
-    ``[0, size - 1]`` as ``grid_sample(padding_mode="border", align_corners=True)``."""
+    """1-D linear interpolation at ``pos``: the index of the first of its two taps and the weight of the second,
+    positions clamped to ``[0, size - 1]`` as by ``grid_sample(padding_mode="border", align_corners=True)``."""
     pos = np.clip(pos, 0, size - 1)
     first = np.minimum(np.floor(pos), size - 2).astype(np.intp)  # pos == size - 1: taps size - 2, size - 1
     return first, (pos - first).astype(np.float32)
 
 
-def _lerp_rows(rows: np.ndarray, taps: np.ndarray, length: int, weights: np.ndarray) -> np.ndarray:
-    """1-D linear interpolation between rows: ``rows`` holds ``length`` rows per patch and channel, ``(n * c *
-    length, m)``; ``taps`` and ``weights`` ``(n, o)`` the first tap (patch-local) and weight of each output row
-    -> ``(n * c * o, m)`` float32."""
-    n, o = taps.shape
-    c = rows.shape[0] // (n * length)
-    first = ((np.arange(n * c) * length).reshape(n, c, 1) + taps[:, None, :]).ravel()
-    a = np.take(rows, first, axis=0).astype(np.float32, copy=False)
-    b = np.take(rows, first + 1, axis=0).astype(np.float32, copy=False)
+def _row_major(region: np.ndarray) -> np.ndarray:
+    """``region`` ``(c, h, w)`` with its memory laid out ``(h, c, w)``, so that one row holds every channel (how
+    :func:`_sample_separable` reads it); no copy when it already is."""
+    return np.ascontiguousarray(region.transpose(1, 0, 2)).transpose(1, 0, 2)
+
+
+def _lerp(a: np.ndarray, b: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``a + weight * (b - a)``, written into ``b``."""
     b -= a
-    b *= np.broadcast_to(weights[:, None, :], (n, c, o)).reshape(-1, 1)
+    b *= weight
     b += a
     return b
 
 
 def _sample_separable(region: np.ndarray, centre: np.ndarray, step: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """What :func:`_sample_grid` computes, for axis-aligned patches (:func:`_axis_aligned`), as two 1-D passes:
-    bilinear weights are a product of 1-D weights, so rows are interpolated first, then columns. Each pass
-    gathers whole rows (no per-pixel indexing), and no ``(n, o, o, 2)`` grid is built."""
+    """What :func:`_sample_grid` computes, for axis-aligned patches (:func:`_axis_aligned`), in two 1-D passes:
+    bilinear weights are a product of 1-D weights, so rows are interpolated first, then columns.
+
+    Both passes gather whole rows of pixels (never pixel by pixel), and no ``(n, o, o, 2)`` grid is built.
+    """
     n, o = len(centre), len(t)
     h, w = region.shape[1:]
-    xs = centre[:, :1] + t * step[0, 0]  # (n, o): positions of the output columns, and below of the rows
+    xs = centre[:, :1] + t * step[0, 0]  # (n, o): positions of the output columns, and of the rows
     ys = centre[:, 1:] + t * step[1, 1]
     x0, sx = _windows(xs.min(1), xs.max(1), w)
     y0, sy = _windows(ys.min(1), ys.max(1), h)
-    crops = _crops(region, x0, y0, sx, sy)
     (yt, wy), (xt, wx) = _taps(ys, h), _taps(xs, w)
-    v = _lerp_rows(crops.reshape(-1, sx), yt - y0[:, None], sy, wy)  # (n * 3 * o rows, sx)
-    # columns become rows: the second pass gathers rows as well
-    v = v.reshape(n * 3, o, sx).transpose(0, 2, 1).reshape(-1, o)
-    v = _lerp_rows(v, xt - x0[:, None], sx, wx)  # (n * 3 * o columns, o rows)
-    v += 0.5  # round half up; no clamp: a convex mix of 0..255 stays within [0.5, 255.5)
+    yt -= y0[:, None]  # taps within each patch's crop
+    xt -= x0[:, None]
+    region = _row_major(region)  # one weight then scales all channels of a row at once
     out = np.empty((n, 3, o, o), dtype=np.uint8)
-    np.copyto(out.transpose(0, 1, 3, 2), v.reshape(n, 3, o, o), casting="unsafe")
+    # a few patches per pass, in work arrays allocated once and reused
+    m = min(n, max(1, _PASS_FLOATS // (3 * o * max(o, sx))))
+    crops = np.empty((m, sy, 3, sx), dtype=np.uint8)
+    ua, ub = np.empty((2, m * o, 3 * sx), dtype=np.uint8)
+    fa, fb = np.empty((2, m * o, 3 * sx), dtype=np.float32)
+    cols = np.empty((m, sx, 3, o), dtype=np.float32)
+    ga, gb = np.empty((2, m * o, 3 * o), dtype=np.float32)
+    for s in range(0, n, m):
+        e = min(n, s + m)
+        k = (e - s) * o  # rows out of each pass
+        _crops(region, x0[s:e], y0[s:e], sx, sy, out=crops[: e - s].transpose(0, 2, 1, 3))
+        src = crops[: e - s].reshape(-1, 3 * sx)
+        first = (yt[s:e] + (np.arange(e - s) * sy)[:, None]).ravel()
+        # mode="clip": unbuffered (every tap is in range)
+        np.take(src, first, axis=0, out=ua[:k], mode="clip")
+        np.take(src, first + 1, axis=0, out=ub[:k], mode="clip")
+        np.copyto(fa[:k], ua[:k])
+        np.copyto(fb[:k], ub[:k])
+        v = _lerp(fa[:k], fb[:k], wy[s:e].reshape(-1, 1))  # (patch, row, channel, x)
+        # columns become rows, for the second pass to gather rows too; + 0.5: round half up at the end (no
+        # clamp needed: a convex mix of 0..255 stays within 0.5..255.5, up to float rounding)
+        np.add(v.reshape(e - s, o, 3, sx).transpose(0, 3, 2, 1), np.float32(0.5), out=cols[: e - s])
+        src = cols[: e - s].reshape(-1, 3 * o)
+        first = (xt[s:e] + (np.arange(e - s) * sx)[:, None]).ravel()
+        np.take(src, first, axis=0, out=ga[:k], mode="clip")
+        np.take(src, first + 1, axis=0, out=gb[:k], mode="clip")
+        v = _lerp(ga[:k], gb[:k], wx[s:e].reshape(-1, 1))  # (patch, column, channel, row)
+        np.copyto(out[s:e].transpose(0, 3, 1, 2), v.reshape(e - s, o, 3, o), casting="unsafe")
     return out
 
 
@@ -474,8 +510,8 @@ def iter_patches(
 
     Each patch is the square of side ``patch_size_um`` (axis-aligned in microns) centred on its centre,
     resampled to ``out_px`` pixels from ``level`` (default: the coarsest level at least as fine as
-    ``patch_size_um / out_px``). Areas outside the image are background (255), never wrapped. Tile reads
-    run ahead in ``num_workers`` threads while the previous tile is resampled.
+    ``patch_size_um / out_px``). Areas outside the image are background (255), never wrapped. ``num_workers``
+    threads read the next tiles and resample blocks of patches ahead of the caller; blocks come in order.
     """
     centres = np.asarray(centres_um, dtype=float).reshape(-1, 2)
     lv = level if level is not None else pyramid.level_for(patch_size_um / out_px)
@@ -509,9 +545,8 @@ def iter_patches(
     # where the output pixels fall in a region: only its origin differs from tile to tile
     _, frame_step, _ = _patch_frames(lv, centres[:1], patch_size_um, out_px, np.zeros(2), pool_k)
     sample = _sample_separable if _axis_aligned(frame_step) else _sample_grid
-    # patches per resampling call: the separable passes stay within the CPU cache (~1 MB of floats); the
-    # grid path bounds memory (its grid is n * out_px**2 * 2 floats)
-    per_call = max(1, (2**16 if sample is _sample_separable else 2**22) // (out_px * out_px))
+    # patches per yield and resampling call (memory: the grid path's grid is n * out_px**2 * 2 floats)
+    per_block = max(1, 2**22 // (out_px * out_px))
 
     def region_of(idx: np.ndarray) -> tuple[int, int, int, int]:
         lo = np.floor(px[idx].min(0) - reach).astype(int)
@@ -524,23 +559,41 @@ def iter_patches(
     def load(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x0, y0, x1, y1 = region_of(idx)
         region = _read_region(lv, x0, y0, x1, y1)
-        # box-averaged in the reader thread too, beside the resampling of the previous tile
-        return idx, np.array([x0, y0], dtype=float), region if pixel_exact else _prepare(region, scale)
+        if not pixel_exact:
+            region = _prepare(region, scale)
+        if not pixel_exact and sample is _sample_separable:
+            region = _row_major(region)  # once per tile, not per block
+        return idx, np.array([x0, y0], dtype=float), region
 
-    with ThreadPoolExecutor(max_workers=max(1, int(num_workers))) as pool:
-        pending = [pool.submit(load, g) for g in groups[: max(1, num_workers) + 1]]
-        nxt = len(pending)
+    def resample(idx: np.ndarray, origin: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if pixel_exact:
+            return idx, _slice(region, px[idx] - origin, out_px)
+        centre, frame_step, t = _patch_frames(lv, centres[idx], patch_size_um, out_px, origin, pool_k)
+        return idx, sample(region, centre, frame_step, t)
+
+    workers = max(1, int(num_workers))
+    # one pool reads the next tiles and resamples blocks of patches: at most workers + 1 blocks in memory
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+
+        def blocks() -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+            reads = deque(pool.submit(load, g) for g in groups[: workers + 1])
+            nxt = len(reads)
+            while reads:
+                idx, origin, region = reads.popleft().result()
+                if nxt < len(groups):
+                    reads.append(pool.submit(load, groups[nxt]))
+                    nxt += 1
+                # at least one block per worker, so that a small image is resampled in parallel as well
+                for block in np.array_split(idx, max(min(workers, len(idx)), -(-len(idx) // per_block))):
+                    yield block, origin, region
+
+        pending = deque()
+        for block in blocks():
+            pending.append(pool.submit(resample, *block))
+            if len(pending) > workers:
+                yield pending.popleft().result()
         while pending:
-            idx, origin, region = pending.pop(0).result()
-            if nxt < len(groups):
-                pending.append(pool.submit(load, groups[nxt]))
-                nxt += 1
-            if pixel_exact:
-                yield idx, _slice(region, px[idx] - origin, out_px)
-                continue
-            centre, frame_step, t = _patch_frames(lv, centres[idx], patch_size_um, out_px, origin, pool_k)
-            for s in range(0, len(idx), per_call):
-                yield idx[s : s + per_call], sample(region, centre[s : s + per_call], frame_step, t)
+            yield pending.popleft().result()
     _warn_nonfinite(lv.pixels, counted)
 
 

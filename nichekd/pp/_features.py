@@ -228,7 +228,8 @@ def histology_features(
         Patch side in microns; default the encoder's field of view (input size x its microns per pixel).
     batch_size
         Patches read and handed to the encoder at once; on CPU a neural encoder runs them in micro-batches
-        sized to the last-level cache.
+        sized to the last-level cache. The stain encoder takes at least 1,024 (chunks of 64 on its threads).
+        Features do not depend on it.
     device
         %(device)s
     key_added
@@ -237,7 +238,7 @@ def histology_features(
         %(overwrite)s
         Also recomputes features that ``key_added`` holds with the same settings (otherwise they are reused).
     num_workers
-        Threads reading image tiles ahead of the encoder.
+        Threads reading image tiles and resampling patches ahead of the encoder.
     checkpoint_path
         Local weights for the backbone (foundation models without hub access, ``timm:`` architectures).
     input_size, mpp, mean, std
@@ -575,7 +576,7 @@ def _encode(
                 level=p["level"],
                 num_workers=num_workers,
             )
-            for idx, x in _batches(stream, batch_size):
+            for idx, x in _batches(stream, max(batch_size, getattr(encoder, "min_batch", 1))):
                 job = (p["rows"][idx], runner.submit(contextvars.copy_context().run, encode, x))
                 if pending is not None:
                     out = _store(out, n_obs, *pending, bar)

@@ -125,13 +125,15 @@ class Encoder:
     """Base class: ``encoder(patches)`` maps ``(n, 3, s, s)`` uint8 RGB to ``(n, d)`` float32 features.
 
     ``n_threads`` (``None``: torch's current setting) is the CPU thread count the encoder may use;
-    ``precision`` is the arithmetic it actually runs in (``"fp32"``, ``"bf16"`` or ``"fp16"``).
+    ``precision`` is the arithmetic it actually runs in (``"fp32"``, ``"bf16"`` or ``"fp16"``);
+    ``min_batch`` is the fewest patches per call that keep all its threads busy (callers batch at least that).
     """
 
     spec: BackboneSpec
     device: str = "cpu"
     n_threads: int | None = None
     precision: str = "fp32"
+    min_batch: int = 1
 
     @property
     def output_dim(self) -> int | None:

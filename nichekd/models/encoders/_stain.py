@@ -116,7 +116,9 @@ HIST_V_MAX = 2.0
 _HIST_SCALE = np.log1p(HIST_V_MAX / HIST_V0)
 #: Relative bin width: a histogram percentile is within ``HIST_RTOL * (exact + HIST_V0)`` of the exact one.
 HIST_RTOL = float(np.expm1(_HIST_SCALE / HIST_BINS))
-_CHUNK = 32  # patches per work unit: a chunk's intermediates stay in cache, chunks run on separate threads
+# patches per work unit: a chunk's intermediates stay in cache, chunks run on separate threads (64 measured
+# fastest on 2 cores: 10,900 patches/s against 8,800 with 32 and 9,700 with 128)
+_CHUNK = 64
 
 
 def _deconvolve(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -347,6 +349,8 @@ def _stain_features_reference(patches: np.ndarray) -> np.ndarray:
 
 class StainEncoder(Encoder):
     """Hand-crafted stain and texture features; CPU only, vectorised over the batch."""
+
+    min_batch = 16 * _CHUNK  # chunks for every thread, and few calls
 
     def __init__(self, spec: BackboneSpec = SPEC) -> None:
         self.spec = spec
