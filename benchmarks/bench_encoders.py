@@ -107,7 +107,7 @@ def end_to_end_cases(has_bf16: bool) -> list[dict]:
         {"name": "stain", "sdata": large, "backbone": "stain", "kw": {}, "ceiling": None},
     ]  # fmt: skip
     try:
-        kidney = nk.datasets.visium_hd_kidney_crop(DATA / "visium_hd_kidney_crop")
+        kidney = nk.datasets.visium_hd_kidney_crop(DATA)
     except (FileNotFoundError, OSError) as err:
         print(f"real kidney crop not found ({err}); skipping its rows")
     else:
