@@ -245,3 +245,32 @@ def test_box_average_matches_avg_pool():
         img = F.pad(img, (0, pw, 0, ph), value=255.0)  # partial blocks average with background
         ref = F.avg_pool2d(img, k)[0].add_(0.5).clamp_(0, 255).to(torch.uint8).numpy()
         np.testing.assert_array_equal(_image._prepare(region, k + 0.5), ref)
+
+
+def test_a_lazily_derived_level_is_computed_once_with_the_same_pixels():
+    """A coarser level that spatialdata computes from the finest on every read is computed once (same pixels,
+    same patches); the finest level and a level above the size cap are left as they are."""
+    from unittest.mock import patch
+
+    import dask.array as da
+    import spatialdata as sd
+    from spatialdata.models import Image2DModel
+
+    from nichekd._core.patches import computed_once, image_pyramid, level_arrays, read_patches
+
+    rng = np.random.default_rng(0)
+    img = da.from_array(rng.integers(0, 256, (3, 1024, 1024), dtype=np.uint8), chunks=(3, 256, 256))
+    element = Image2DModel.parse(img, dims=("c", "y", "x"), scale_factors=[2, 2])
+    sdata = sd.SpatialData(images={"he": element})
+    pyr = image_pyramid(sdata, "he", "global")
+    lv = pyr.levels[1]
+    fast = computed_once(pyr, lv)
+    assert isinstance(fast.data.data, np.ndarray)
+    np.testing.assert_array_equal(fast.data.data, np.asarray(level_arrays(element)[1].data))
+    assert computed_once(pyr, pyr.levels[0]) is pyr.levels[0]
+    centres = rng.uniform(40, 980, (200, 2))
+    np.testing.assert_array_equal(
+        read_patches(pyr, centres, 64.0, 32, level=fast), read_patches(pyr, centres, 64.0, 32, level=lv)
+    )
+    with patch.object(_image, "MAX_COMPUTED_LEVEL_BYTES", 1000):
+        assert computed_once(pyr, lv) is lv

@@ -488,6 +488,29 @@ def _slice(region: np.ndarray, centres_px: np.ndarray, out_px: int) -> np.ndarra
     return _crops(region, starts[:, 0], starts[:, 1], out_px, out_px)
 
 
+#: A level computed from a finer one on every read is computed once instead when it is at most this large.
+MAX_COMPUTED_LEVEL_BYTES = 1 << 30
+
+
+def computed_once(pyramid: ImagePyramid, level: ImageLevel) -> ImageLevel:
+    """``level`` with its pixels in memory where it is derived lazily from a finer level and small enough.
+
+    spatialdata builds the coarser levels of an image parsed with ``scale_factors`` (spatialdata-io's readers
+    do) as dask graphs over the finest one: every tile read would coarsen its part of the finest level again,
+    margins included, a dozen dask layers per read. Such a level (its graph larger than the finest level's)
+    is computed once, at most :data:`MAX_COMPUTED_LEVEL_BYTES`; the pixels are the same either way. Levels read
+    from a store, numpy-backed levels and the finest level are returned as they are.
+    """
+    arr, finest = getattr(level.data, "data", None), getattr(pyramid.levels[0].data, "data", None)
+    graph, finest_graph = getattr(arr, "dask", None), getattr(finest, "dask", None)
+    if graph is None or finest_graph is None or level is pyramid.levels[0]:
+        return level
+    if len(graph.layers) <= len(finest_graph.layers) or arr.nbytes > MAX_COMPUTED_LEVEL_BYTES:
+        return level
+    values = np.asarray(arr.compute(scheduler="threads"))
+    return ImageLevel(level.index, level.data.copy(data=values), level.to_um, level.pixels)
+
+
 def _tile_size(level: ImageLevel) -> tuple[int, int]:
     """Tile (rows, cols): the dask chunk size, split so that no tile exceeds ``MAX_TILE_PX``."""
     chunks = getattr(level.data.data, "chunks", None)

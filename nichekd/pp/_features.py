@@ -573,7 +573,8 @@ def _encode(
                 p["centres"],
                 patch_size_um,
                 spec.input_size,
-                level=p["level"],
+                # a dask partition reads only its own part of the image: never the whole level
+                level=p["level"] if _PARTITION.get() else _image.computed_once(p["pyramid"], p["level"]),
                 num_workers=num_workers,
             )
             for idx, x in _batches(stream, max(batch_size, getattr(encoder, "min_batch", 1))):
