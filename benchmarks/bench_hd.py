@@ -259,6 +259,45 @@ def agreement(grid_ums=(16.0, 32.0, 48.0), epochs: int = 10, seed: int = 0, back
     return out
 
 
+def grid_seeds(backbone: str = "efficientnet_lite0", seeds=(0, 1, 2)) -> dict:
+    """One patch per bin against the grid ``grid_um="auto"`` takes on large sections (a quarter of the patch
+    side), on the untiled crop: the default student (early stopping) per seed, k-means and Leiden once."""
+    import numpy as np
+
+    import nichekd as nk
+    from nichekd.models.encoders import resolve_spec
+    from nichekd.pp._grid import AUTO_GRID_FRACTION
+
+    spec = resolve_spec(backbone)
+    grid = spec.input_size * spec.mpp * AUTO_GRID_FRACTION
+    sdata = nk.datasets.visium_hd_kidney_crop()
+    table = sdata.tables["table"]
+    nk.tl.teacher_niches(sdata, n_niches=5, method="aggregate", random_state=0, progress=False)
+    runs = {"he_bins": None, "he_grid": grid}
+    for key, g in runs.items():
+        nk.pp.histology_features(sdata, backbone=backbone, key_added=key, grid_um=g)
+    nk.pp.spatial_split(sdata)
+    out: dict = {"n_bins": int(table.n_obs), "backbone": backbone, "grid_um": grid, "seeds": list(seeds),
+                 "student": {}, "kmeans": {}, "leiden": {}}  # fmt: skip
+    for key in runs:
+        for seed in seeds:
+            nk.tl.distill(
+                sdata, features_key=key, key_added=f"s_{key}_{seed}", random_state=seed, progress=False
+            )
+            score = nk.tl.evaluate(sdata, predictions=[f"s_{key}_{seed}"])
+            out["student"].setdefault(key, []).append(float(score["ari"].iloc[0]))
+        for method in ("kmeans", "leiden"):
+            nk.tl.histology_baseline(sdata, method=method, n_niches=5, features_key=key,
+                                     key_added=f"b_{method}_{key}", random_state=0)  # fmt: skip
+            score = nk.tl.evaluate(sdata, predictions=[f"b_{method}_{key}"])
+            out[method][key] = float(score["ari"].iloc[0])
+        print(key, out["student"][key], flush=True)
+    out["machine"] = _common.machine()
+    out["mean"] = {k: float(np.mean(v)) for k, v in out["student"].items()}
+    out["sd"] = {k: float(np.std(v, ddof=1)) for k, v in out["student"].items()}
+    return out
+
+
 def run(
     n_tiles: int,
     grid_um: float | None,
@@ -407,7 +446,7 @@ def report(data: dict | None) -> list[str]:
             name = (
                 "one patch per bin"
                 if key == "he_bins"
-                else f"`grid_um='auto'` (default): {rec.get('grid_um')} um"
+                else f"grid {rec.get('grid_um'):g} um (the spacing of `grid_um='auto'`)"
                 if key == "he_auto"
                 else f"grid {key.removeprefix('he_grid')} um"
             )
@@ -416,6 +455,25 @@ def report(data: dict | None) -> list[str]:
             )
         m = agr["machine"]
         lines += ["", f"Measured {m['date']} (load average {m['load_average_1min']}).", ""]
+    gs = data.get("grid_seeds")
+    if gs:
+        m = gs["machine"]
+        lines += [
+            f"**One patch per bin vs the {gs['grid_um']:g} um grid `grid_um='auto'` takes on large sections**, "
+            f"untiled crop ({gs['n_bins']:,} bins, {gs['backbone']}, default student, seeds "
+            f"{', '.join(map(str, gs['seeds']))}; ARI against the teacher on the test strip; commit "
+            f"{m.get('commit')}, {m['date']}, load average {m['load_average_1min']}):",
+            "",
+            "| features | student ARI per seed | mean +- sd | k-means | Leiden |",
+            "|---|---|---|---|---|",
+        ]
+        for key, name in (("he_bins", "one patch per bin"), ("he_grid", f"grid {gs['grid_um']:g} um")):
+            per = ", ".join(f"{a:.3f}" for a in gs["student"][key])
+            lines.append(
+                f"| {name} | {per} | {gs['mean'][key]:.3f} +- {gs['sd'][key]:.3f} | "
+                f"{gs['kmeans'][key]:.3f} | {gs['leiden'][key]:.3f} |"
+            )
+        lines.append("")
     return lines
 
 
@@ -434,6 +492,8 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=float, default=None, help="seconds")
     parser.add_argument("--agreement", action="store_true", help="grid vs per-bin features on the crop")
+    parser.add_argument("--grid-seeds", action="store_true",
+                        help="per-bin vs the auto grid spacing, default student, 3 seeds (EfficientNet-Lite0)")  # fmt: skip
     parser.add_argument("--agreement-grids", default="16,32,48", help="comma-separated; 'auto' allowed")
     parser.add_argument("--backbone", default="stain", help="encoder of --agreement")
     parser.add_argument("--defaults", action="store_true",
@@ -445,7 +505,12 @@ def main() -> None:
     if args.worker:
         worker(args.tiles, grid, args.epochs, args.seed, args.store, args.architecture, args.defaults)
         return
-    if args.agreement:
+    if args.grid_seeds:
+        result = grid_seeds(args.backbone if args.backbone != "stain" else "efficientnet_lite0")
+        data = _common.load_results("hd") or {}
+        data["grid_seeds"] = result
+        _common.save_results("hd", data)
+    elif args.agreement:
         grids = [g if g == "auto" else float(g) for g in args.agreement_grids.split(",")]
         result = agreement(grids, epochs=args.epochs, seed=args.seed, backbone=args.backbone)
         data = _common.load_results("hd") or {}  # read after the run: other runs may have written meanwhile

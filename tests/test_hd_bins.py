@@ -158,7 +158,28 @@ def _dense_bins(side_um: float = 400.0, bin_um: float = 8.0, mpp: float = 2.0):
     return build_library(table, library="hd", xy_um=xy, diameter_um=bin_um, image=img, mpp=mpp)
 
 
-def test_auto_grid_for_dense_bins_is_recorded_and_replayed():
+@pytest.fixture
+def few_observations_suffice(monkeypatch):
+    """``grid_um="auto"`` takes the grid from 1,000 observations (a full section's size is out of a test's reach)."""
+    from nichekd.pp import _grid
+
+    monkeypatch.setattr(_grid, "AUTO_GRID_MIN_OBSERVATIONS", 1000)
+
+
+def test_auto_grid_needs_a_large_section():
+    """Below AUTO_GRID_MIN_OBSERVATIONS dense bins keep one patch each: affordable, and on the kidney crop a grid
+    lowered the student's ARI (AUTO_GRID_MIN_OBSERVATIONS' comment)."""
+    sdata = _dense_bins()
+    table = sdata.tables["table"]
+    nk.pp.histology_features(sdata, backbone="stain", patch_size_um=112.0, key_added="auto")
+    params = table.uns["auto"]["params"]
+    assert params.get("grid_um") is None and params.get("grid_nodes") is None
+    assert params["grid_choice"].startswith(
+        "auto: one patch per observation (fewer than 100,000 observations"
+    )
+
+
+def test_auto_grid_for_dense_bins_is_recorded_and_replayed(few_observations_suffice):
     from nichekd.tl._predict import _replay
 
     sdata = _dense_bins()
@@ -193,7 +214,7 @@ def test_auto_grid_keeps_one_patch_per_sparse_observation():
     assert params["grid_choice"].startswith("auto: one patch per observation")
 
 
-def test_dask_features_decide_the_auto_grid_once_for_the_section():
+def test_dask_features_decide_the_auto_grid_once_for_the_section(few_observations_suffice):
     sdata = _dense_bins(side_um=1100.0, mpp=0.5)  # 2200 px: more than one image tile, so several partitions
     table = sdata.tables["table"]
     nk.pp.histology_features(sdata, backbone="stain", patch_size_um=112.0, key_added="one")

@@ -257,9 +257,10 @@ def histology_features(
         Encode one patch per node of a square grid of this spacing (microns) over the observations and give
         each observation the bilinear interpolation of the 4 nodes around it, instead of one patch per
         observation. ``"auto"`` (default): a grid of a quarter of the patch side (28 um for 112 um patches)
-        where observations are much denser than the patch, i.e. where it makes at least 8x fewer encoder
-        passes (Visium HD 8 um bins: about 11x), else one patch per observation (Visium spots, cells of most
-        tissues); the choice and its reason are recorded (``grid_um``, ``grid_choice``) and
+        on large, dense sections, i.e. at least 100,000 observations and at least 8x fewer encoder passes (a
+        full Visium HD section of 8 um bins: about 11x), else one patch per observation (smaller sections,
+        where it is affordable and scores better, Visium spots, cells of most tissues); the choice and its
+        reason are recorded (``grid_um``, ``grid_choice``) and
         :func:`nichekd.tl.predict_niches` replays the recorded spacing. A number forces that spacing;
         ``None`` forces one patch per observation. Agreement of grid and per-bin features:
         ``docs/scaling.md``.

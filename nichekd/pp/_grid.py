@@ -102,14 +102,20 @@ AUTO_GRID_FRACTION = 0.25
 #: one patch per observation (Visium HD bins, cells packed closer than ~10 um); sparser observations
 #: (Visium spots, cells of most tissues: 4-5x on the simulator) keep their own patches.
 AUTO_GRID_MIN_SAVING = 8.0
+#: ``grid_um="auto"`` chooses the grid only for at least this many observations in the call (a full Visium HD
+#: section, ~660k 8 um bins: an hour of EfficientNet-Lite0 on a 2-core CPU with one patch each). Below it one
+#: patch per observation is affordable and worth it: on the 15,611-bin kidney crop a 28 um grid lowered the
+#: student's ARI from 0.210 to 0.146 (EfficientNet-Lite0, 3 seeds, ``benchmarks/bench_hd.py --agreement``).
+AUTO_GRID_MIN_OBSERVATIONS = 100_000
 
 
 def auto_grid_um(centres: Mapping[str, np.ndarray], patch_size_um: float) -> tuple[float | None, str]:
     """The grid spacing ``grid_um="auto"`` means for these observations, and why.
 
-    A grid of spacing ``AUTO_GRID_FRACTION * patch_size_um`` is chosen when its nodes (those around the
-    observations, counted per section) are at least ``AUTO_GRID_MIN_SAVING`` times fewer than the
-    observations, and every section spans several grid cells; otherwise ``None`` (one patch per observation).
+    A grid of spacing ``AUTO_GRID_FRACTION * patch_size_um`` is chosen when there are at least
+    ``AUTO_GRID_MIN_OBSERVATIONS`` observations, the grid's nodes (those around the observations, counted per
+    section) are at least ``AUTO_GRID_MIN_SAVING`` times fewer, and every section spans several grid cells;
+    otherwise ``None`` (one patch per observation).
 
     Parameters
     ----------
@@ -124,9 +130,11 @@ def auto_grid_um(centres: Mapping[str, np.ndarray], patch_size_um: float) -> tup
 
     Examples
     --------
-    >>> bins = np.mgrid[0:800:8, 0:800:8].reshape(2, -1).T.astype(float)  # 8 um bins over 0.8 mm
+    >>> bins = np.mgrid[0:3200:8, 0:3200:8].reshape(2, -1).T.astype(float)  # 160,000 8 um bins, 3.2 mm
     >>> auto_grid_um({"s": bins}, 112.0)[0]
     28.0
+    >>> auto_grid_um({"s": bins[:20_000]}, 112.0)[1].startswith("auto: one patch per observation (fewer than")
+    True
     >>> spots = np.mgrid[0:2000:100, 0:2000:100].reshape(2, -1).T.astype(float)  # Visium-like spacing
     >>> auto_grid_um({"s": spots}, 112.0)[0] is None
     True
@@ -140,9 +148,16 @@ def auto_grid_um(centres: Mapping[str, np.ndarray], patch_size_um: float) -> tup
     nodes = sum(len(grid_nodes(c, grid_um)[0]) for c in sections.values())
     saving = n_obs / max(nodes, 1)
     counts = f"{n_obs:,} observations, {nodes:,} nodes of a {grid_um:g} um grid ({saving:.1f}x fewer patches)"
-    if saving >= AUTO_GRID_MIN_SAVING and not small:
+    few = n_obs < AUTO_GRID_MIN_OBSERVATIONS
+    if saving >= AUTO_GRID_MIN_SAVING and not small and not few:
         return grid_um, f"auto: grid chosen, {counts}"
-    why = f"sections {small[:3]} span under 4 grid cells" if small else f"under {AUTO_GRID_MIN_SAVING:g}x"
+    why = (
+        f"fewer than {AUTO_GRID_MIN_OBSERVATIONS:,} observations"
+        if few
+        else f"sections {small[:3]} span under 4 grid cells"
+        if small
+        else f"under {AUTO_GRID_MIN_SAVING:g}x"
+    )
     return None, f"auto: one patch per observation ({why}; {counts})"
 
 
