@@ -109,7 +109,7 @@ def worker(
 ) -> None:
     """Run the pipeline once and emit per-stage numbers (after every stage, so a stopped run keeps them).
 
-    ``defaults``: every public function with its default arguments (the teacher's K, the EfficientNet-Lite0
+    ``defaults``: every public function with its default arguments (K=5, which has no default; the EfficientNet-Lite0
     features with ``grid_um="auto"``, the default student with early stopping), as a user who follows the
     docs runs it; ``grid_um``, ``epochs`` and ``architecture`` are then ignored."""
     import numpy as np
@@ -141,7 +141,7 @@ def worker(
         del sdata.tables["square_016um"], sdata.shapes["kidney_square_016um"]
         with stage("teacher"):
             if defaults:
-                nk.tl.teacher_niches(sdata, random_state=seed, progress=False)
+                nk.tl.teacher_niches(sdata, n_niches=5, random_state=seed, progress=False)  # K has no default
             else:
                 nk.tl.teacher_niches(sdata, n_niches=5, method="aggregate", random_state=seed, progress=False)
         k = int(table.obs["teacher_niche"].nunique())
@@ -337,7 +337,7 @@ def report(data: dict | None) -> list[str]:
             "`benchmarks/bench_hd.py`); teacher `aggregate` K=5, stain encoder on a grid with per-bin bilinear "
             "read-out, student (column header) for a fixed number of epochs, k-means and Leiden on the same "
             "features, H&E-only prediction on an expression-free copy, zarr write; a column headed *defaults* "
-            "calls every function with its default arguments instead (the teacher's default K, EfficientNet-Lite0 "
+            "calls every function with its default arguments instead (K=5, which has no default; EfficientNet-Lite0 "
             "features with `grid_um='auto'`, the default student with early stopping). Time is wall clock (in "
             "brackets: CPU seconds of the process, all threads; on the shared machine the wall time is mostly "
             "waiting for a core), memory the resident-set peak (per step: high-water mark reset before the step; "
