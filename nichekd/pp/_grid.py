@@ -105,7 +105,7 @@ AUTO_GRID_MIN_SAVING = 8.0
 #: ``grid_um="auto"`` chooses the grid only for at least this many observations in the call (a full Visium HD
 #: section, ~660k 8 um bins: an hour of EfficientNet-Lite0 on a 2-core CPU with one patch each). Below it one
 #: patch per observation is affordable and worth it: on the 15,611-bin kidney crop a 28 um grid lowered the
-#: student's ARI from 0.210 to 0.146 (EfficientNet-Lite0, 3 seeds, ``benchmarks/bench_hd.py --agreement``).
+#: student's ARI from 0.211 to 0.146 (EfficientNet-Lite0, 3 seeds, ``benchmarks/bench_hd.py --grid-seeds``).
 AUTO_GRID_MIN_OBSERVATIONS = 100_000
 
 
