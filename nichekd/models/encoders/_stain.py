@@ -229,7 +229,7 @@ def _features_chunk(x: np.ndarray) -> np.ndarray:
     q = (10.0, 50.0, 90.0)
     hp, ep = _hist_percentiles(hf, q), _hist_percentiles(ef, q)
     hm, em = hf.mean(1), ef.mean(1)
-    levels = np.clip(h * np.float32(GLCM_LEVELS / GLCM_H_MAX), 0, GLCM_LEVELS - 1).astype(np.intp)
+    levels = np.clip(h * np.float32(GLCM_LEVELS / GLCM_H_MAX), 0, GLCM_LEVELS - 1).astype(np.int32)
     grad_h = np.abs(np.diff(h, axis=1)).mean((1, 2)) + np.abs(np.diff(h, axis=2)).mean((1, 2))
     grad_e = np.abs(np.diff(e, axis=1)).mean((1, 2)) + np.abs(np.diff(e, axis=2)).mean((1, 2))
     rgb_mean, rgb_std = _rgb_moments(x)
